@@ -1,0 +1,89 @@
+//! The one error type of the crate: the reference's four variants plus what
+//! dynquant checks that the reference does not.
+
+use core::fmt;
+
+/// Errors from dynamic quantization operations.
+///
+/// The first four variants are the reference module's (`oxibonsai-model`
+/// 0.1.1, `dynamic_quant`), with the same fields and messages; the rest are
+/// dynquant's additions for input the reference accepts silently.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DynQuantError {
+    /// Shape mismatch between expected and actual sizes.
+    ShapeMismatch { expected: usize, actual: usize },
+    /// Input tensor is empty.
+    EmptyInput,
+    /// Alpha value is out of the valid [0, 1] range.
+    InvalidAlpha(f32),
+    /// Input feature dimension doesn't match smooth factors length.
+    FeatureDimMismatch { in_features: usize, sf_len: usize },
+    /// A NaN or infinity where finite values are required.
+    NonFinite { index: usize, value: f32 },
+    /// `Percentile(p)` with `p` outside (0, 1] or NaN.
+    InvalidPercentile(f32),
+    /// SmoothQuant epsilon that is negative, NaN or infinite.
+    InvalidEpsilon(f32),
+    /// Any other argument out of its domain; the message names it.
+    InvalidArgument(String),
+}
+
+impl fmt::Display for DynQuantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ShapeMismatch { expected, actual } => {
+                write!(f, "shape mismatch: expected {expected}, got {actual}")
+            }
+            Self::EmptyInput => write!(f, "empty input"),
+            Self::InvalidAlpha(a) => write!(f, "invalid alpha {a}: must be in [0, 1]"),
+            Self::FeatureDimMismatch {
+                in_features,
+                sf_len,
+            } => write!(
+                f,
+                "dimension mismatch: in_features {in_features}, smooth_factors {sf_len}"
+            ),
+            Self::NonFinite { index, value } => write!(
+                f,
+                "non-finite value {value} at flat index {index}: activations must be finite \
+                 (pass nan_policy=\"reference\" to reproduce the reference's handling)"
+            ),
+            Self::InvalidPercentile(p) => {
+                write!(f, "invalid percentile {p}: must be in (0, 1]")
+            }
+            Self::InvalidEpsilon(e) => {
+                write!(f, "invalid epsilon {e}: must be finite and >= 0")
+            }
+            Self::InvalidArgument(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl std::error::Error for DynQuantError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_match_the_reference() {
+        let e = DynQuantError::ShapeMismatch {
+            expected: 3,
+            actual: 4,
+        };
+        assert_eq!(e.to_string(), "shape mismatch: expected 3, got 4");
+        assert_eq!(DynQuantError::EmptyInput.to_string(), "empty input");
+        assert_eq!(
+            DynQuantError::InvalidAlpha(1.5).to_string(),
+            "invalid alpha 1.5: must be in [0, 1]"
+        );
+        let e = DynQuantError::FeatureDimMismatch {
+            in_features: 4,
+            sf_len: 3,
+        };
+        assert_eq!(
+            e.to_string(),
+            "dimension mismatch: in_features 4, smooth_factors 3"
+        );
+    }
+}

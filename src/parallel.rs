@@ -1,0 +1,130 @@
+//! The thread pool the kernels share, and the two ways they split work.
+//!
+//! dynquant keeps its own rayon pool (not rayon's global one) so that
+//! [`set_num_threads`] can resize it at any time: calls already running keep
+//! the pool they started on. Its default size follows `RAYON_NUM_THREADS`,
+//! else the number of CPUs. Work below a grain runs on the caller's thread,
+//! because handing a job to the pool costs microseconds.
+
+use std::sync::{Arc, OnceLock, RwLock};
+
+use rayon::prelude::*;
+use rayon::ThreadPool;
+
+use crate::DynQuantError;
+
+/// Elements of streaming work (one read, one write) worth one task.
+pub const GRAIN: usize = 1 << 16;
+
+fn slot() -> &'static RwLock<Arc<ThreadPool>> {
+    static POOL: OnceLock<RwLock<Arc<ThreadPool>>> = OnceLock::new();
+    POOL.get_or_init(|| RwLock::new(Arc::new(build(0).expect("building the default thread pool"))))
+}
+
+fn build(threads: usize) -> Result<ThreadPool, DynQuantError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("dynquant-{i}"))
+        .build()
+        .map_err(|e| DynQuantError::InvalidArgument(format!("cannot start {threads} threads: {e}")))
+}
+
+/// The pool for a new call.
+pub fn pool() -> Arc<ThreadPool> {
+    slot().read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Threads the kernels use.
+pub fn num_threads() -> usize {
+    pool().current_num_threads()
+}
+
+/// Resizes the pool; `0` means the default (`RAYON_NUM_THREADS` or the CPU
+/// count). Safe while other threads run kernels: they finish on the old pool.
+pub fn set_num_threads(threads: usize) -> Result<(), DynQuantError> {
+    if threads > 4096 {
+        return Err(DynQuantError::InvalidArgument(format!(
+            "num_threads must be between 0 (default) and 4096, got {threads}"
+        )));
+    }
+    let fresh = Arc::new(build(threads)?);
+    *slot().write().unwrap_or_else(|e| e.into_inner()) = fresh;
+    Ok(())
+}
+
+/// Runs `f` on the pool when `work` is worth splitting and the pool has more
+/// than one thread, else on this thread. `f` gets whether to split.
+pub fn run<R: Send>(work: usize, f: impl FnOnce(bool) -> R + Send) -> R {
+    if work < 2 * GRAIN {
+        return f(false);
+    }
+    let pool = pool();
+    if pool.current_num_threads() < 2 {
+        return f(false);
+    }
+    pool.install(|| f(true))
+}
+
+/// Maps `f` over chunks of `data` and folds the results with `reduce`.
+pub fn map_reduce<T: Sync, R: Send>(
+    data: &[T],
+    grain: usize,
+    identity: R,
+    map: impl Fn(&[T]) -> R + Sync + Send,
+    reduce: impl Fn(R, R) -> R + Sync + Send,
+) -> R
+where
+    R: Clone + Sync,
+{
+    run(data.len(), |split| {
+        if split {
+            data.par_chunks(grain.max(1))
+                .map(&map)
+                .reduce(|| identity.clone(), &reduce)
+        } else {
+            reduce(identity.clone(), map(data))
+        }
+    })
+}
+
+/// Calls `f(input_chunk, output_chunk)` over matching chunks of `input_len`
+/// and `output_len` items, `items_per_task` at a time. `input.len()` and
+/// `output.len()` must be whole multiples of the per-item lengths.
+pub fn zip_chunks<T: Sync, U: Send>(
+    input: &[T],
+    input_len: usize,
+    output: &mut [U],
+    output_len: usize,
+    items_per_task: usize,
+    f: impl Fn(&[T], &mut [U]) + Sync + Send,
+) {
+    let (input_len, output_len) = (input_len.max(1), output_len.max(1));
+    let items_per_task = items_per_task.max(1);
+    run(input.len().max(output.len()), |split| {
+        if split {
+            input
+                .par_chunks(input_len * items_per_task)
+                .zip(output.par_chunks_mut(output_len * items_per_task))
+                .for_each(|(i, o)| f(i, o));
+        } else {
+            f(input, output);
+        }
+    })
+}
+
+/// Calls `f` on chunks of `items_per_task * item_len` items of `data`.
+pub fn chunks_mut<U: Send>(
+    data: &mut [U],
+    item_len: usize,
+    items_per_task: usize,
+    f: impl Fn(&mut [U]) + Sync + Send,
+) {
+    let chunk = item_len.max(1) * items_per_task.max(1);
+    run(data.len(), |split| {
+        if split {
+            data.par_chunks_mut(chunk).for_each(&f);
+        } else {
+            f(data);
+        }
+    })
+}

@@ -1,0 +1,327 @@
+//! The dynamic quantizers: int8 per tensor, int8 per row, int4 per tensor.
+//!
+//! The reference's functions keep their names and signatures (and its
+//! results, including NaN→0); the `try_` forms add a [`NanPolicy`], check the
+//! percentile and the shape, and return errors instead. The `_into` forms
+//! write into caller-owned buffers, which is what the Python layer uses.
+
+use rayon::prelude::*;
+
+use crate::parallel;
+use crate::scale::{first_non_finite, try_compute_scale, DynamicScaleMode, NanPolicy};
+use crate::simd;
+use crate::tensor::{DynQuantFormat, DynQuantTensor};
+use crate::DynQuantError;
+
+/// Clip value of int8 quantization.
+pub const INT8_CLIP: f32 = 127.0;
+/// Clip value of int4 quantization.
+pub const INT4_CLIP: f32 = 7.0;
+
+/// Quantizes `data` with the given scale into `out` (zeros for scale 0).
+pub(crate) fn quantize_with_scale(data: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
+    if scale == 0.0 {
+        out.fill(0);
+        return;
+    }
+    parallel::zip_chunks(data, 1, out, 1, parallel::GRAIN, |x, o| {
+        simd::quantize(x, scale, clip, o)
+    });
+}
+
+/// Per-tensor quantization of `data` into `out`; returns the scale.
+pub fn quantize_per_tensor_into(
+    data: &[f32],
+    clip: f32,
+    mode: DynamicScaleMode,
+    policy: NanPolicy,
+    out: &mut [i8],
+) -> Result<f32, DynQuantError> {
+    if out.len() != data.len() {
+        return Err(DynQuantError::ShapeMismatch {
+            expected: data.len(),
+            actual: out.len(),
+        });
+    }
+    let scale = try_compute_scale(data, clip, mode, policy)?;
+    quantize_with_scale(data, scale, clip, out);
+    Ok(scale)
+}
+
+/// Quantizes whole rows of `cols` values, one scale per row.
+fn quantize_rows(
+    data: &[f32],
+    cols: usize,
+    clip: f32,
+    mode: DynamicScaleMode,
+    policy: NanPolicy,
+    out: &mut [i8],
+    scales: &mut [f32],
+) -> Result<(), DynQuantError> {
+    for ((row, q), s) in data.chunks(cols).zip(out.chunks_mut(cols)).zip(scales) {
+        *s = try_compute_scale(row, clip, mode, policy)?;
+        if *s == 0.0 {
+            q.fill(0);
+        } else {
+            simd::quantize(row, *s, clip, q);
+        }
+    }
+    Ok(())
+}
+
+/// Per-row int8 quantization of a row-major `[rows, cols]` array into `out`
+/// (same length) and `scales` (`rows` long). Rows run in parallel.
+pub fn quantize_per_row_into(
+    data: &[f32],
+    cols: usize,
+    mode: DynamicScaleMode,
+    policy: NanPolicy,
+    out: &mut [i8],
+    scales: &mut [f32],
+) -> Result<(), DynQuantError> {
+    let rows = scales.len();
+    let total = rows.checked_mul(cols).ok_or_else(|| {
+        DynQuantError::InvalidArgument(format!("{rows} x {cols} elements overflow usize"))
+    })?;
+    for actual in [data.len(), out.len()] {
+        if actual != total {
+            return Err(DynQuantError::ShapeMismatch {
+                expected: total,
+                actual,
+            });
+        }
+    }
+    if total == 0 {
+        scales.fill(0.0);
+        return Ok(());
+    }
+    let rows_per_task = (parallel::GRAIN / cols).max(1);
+    let result = parallel::run(total, |split| {
+        if split {
+            data.par_chunks(cols * rows_per_task)
+                .zip(out.par_chunks_mut(cols * rows_per_task))
+                .zip(scales.par_chunks_mut(rows_per_task))
+                .try_for_each(|((x, q), s)| quantize_rows(x, cols, INT8_CLIP, mode, policy, q, s))
+        } else {
+            quantize_rows(data, cols, INT8_CLIP, mode, policy, out, scales)
+        }
+    });
+    // A task's error indexes its own rows; name the first bad value overall.
+    result.map_err(|e| match e {
+        DynQuantError::NonFinite { .. } => first_non_finite(data),
+        other => other,
+    })
+}
+
+fn per_tensor(
+    data: &[f32],
+    clip: f32,
+    mode: DynamicScaleMode,
+    policy: NanPolicy,
+    format: DynQuantFormat,
+) -> Result<DynQuantTensor, DynQuantError> {
+    let mut q = vec![0i8; data.len()];
+    let scale = quantize_per_tensor_into(data, clip, mode, policy, &mut q)?;
+    Ok(DynQuantTensor {
+        data: q,
+        scales: vec![scale],
+        shape: vec![data.len()],
+        format,
+    })
+}
+
+/// Dynamically quantize a 1D activation tensor to INT8 (per-tensor).
+///
+/// # Panics
+/// With `Percentile` and a NaN in `data`, as the reference does.
+pub fn dynamic_quantize_int8(data: &[f32], mode: DynamicScaleMode) -> DynQuantTensor {
+    per_tensor(data, INT8_CLIP, mode, NanPolicy::Reference, DynQuantFormat::Int8PerTensor)
+        .unwrap_or_else(|e| panic!("dynamic_quantize_int8: {e}"))
+}
+
+/// INT4 quantization: clamp to [-7, 7], stored as i8; `scale = amax / 7`.
+///
+/// # Panics
+/// With `Percentile` and a NaN in `data`, as the reference does.
+pub fn dynamic_quantize_int4(data: &[f32], mode: DynamicScaleMode) -> DynQuantTensor {
+    per_tensor(data, INT4_CLIP, mode, NanPolicy::Reference, DynQuantFormat::Int4PerTensor)
+        .unwrap_or_else(|e| panic!("dynamic_quantize_int4: {e}"))
+}
+
+/// [`dynamic_quantize_int8`] with a NaN policy and a checked percentile.
+pub fn try_dynamic_quantize_int8(
+    data: &[f32],
+    mode: DynamicScaleMode,
+    policy: NanPolicy,
+) -> Result<DynQuantTensor, DynQuantError> {
+    per_tensor(data, INT8_CLIP, mode.validate()?, policy, DynQuantFormat::Int8PerTensor)
+}
+
+/// [`dynamic_quantize_int4`] with a NaN policy and a checked percentile.
+pub fn try_dynamic_quantize_int4(
+    data: &[f32],
+    mode: DynamicScaleMode,
+    policy: NanPolicy,
+) -> Result<DynQuantTensor, DynQuantError> {
+    per_tensor(data, INT4_CLIP, mode.validate()?, policy, DynQuantFormat::Int4PerTensor)
+}
+
+/// Dynamically quantize a 2D activation tensor to INT8, one scale per row.
+///
+/// `data` is row-major with shape `[rows, cols]`. Like the reference, a
+/// `data` longer than `rows * cols` is cut, and a shorter one gives a short
+/// last row and all-zero rows after it (use [`try_dynamic_quantize_int8_per_row`]
+/// to get an error instead).
+///
+/// # Panics
+/// With `Percentile` and a NaN in `data`, as the reference does.
+pub fn dynamic_quantize_int8_per_row(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    mode: DynamicScaleMode,
+) -> DynQuantTensor {
+    let shape = vec![rows, cols];
+    let empty = || DynQuantTensor {
+        data: Vec::new(),
+        scales: Vec::new(),
+        shape: shape.clone(),
+        format: DynQuantFormat::Int8PerRow,
+    };
+    if data.is_empty() || rows == 0 || cols == 0 {
+        return empty();
+    }
+    let total = rows.saturating_mul(cols);
+    if data.len() >= total {
+        return try_per_row(&data[..total], rows, cols, mode, NanPolicy::Reference)
+            .unwrap_or_else(|e| panic!("dynamic_quantize_int8_per_row: {e}"));
+    }
+    // Short input: the reference's row loop, padded rows and all.
+    let mut q = Vec::with_capacity(total);
+    let mut scales = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let start = r * cols;
+        if start >= data.len() {
+            q.resize(q.len() + cols, 0);
+            scales.push(0.0);
+            continue;
+        }
+        let row = &data[start..(start + cols).min(data.len())];
+        let scale = try_compute_scale(row, INT8_CLIP, mode, NanPolicy::Reference)
+            .unwrap_or_else(|e| panic!("dynamic_quantize_int8_per_row: {e}"));
+        let at = q.len();
+        q.resize(at + row.len(), 0);
+        quantize_with_scale(row, scale, INT8_CLIP, &mut q[at..]);
+        scales.push(scale);
+    }
+    DynQuantTensor {
+        data: q,
+        scales,
+        shape,
+        format: DynQuantFormat::Int8PerRow,
+    }
+}
+
+fn try_per_row(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    mode: DynamicScaleMode,
+    policy: NanPolicy,
+) -> Result<DynQuantTensor, DynQuantError> {
+    let mut q = vec![0i8; data.len()];
+    let mut scales = vec![0.0f32; rows];
+    quantize_per_row_into(data, cols, mode, policy, &mut q, &mut scales)?;
+    if q.is_empty() {
+        scales.clear();
+    }
+    Ok(DynQuantTensor {
+        data: q,
+        scales,
+        shape: vec![rows, cols],
+        format: DynQuantFormat::Int8PerRow,
+    })
+}
+
+/// [`dynamic_quantize_int8_per_row`] with a NaN policy, a checked percentile
+/// and `data.len() == rows * cols` required. Zero-size input gives empty data
+/// and no scales, as the reference does.
+pub fn try_dynamic_quantize_int8_per_row(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    mode: DynamicScaleMode,
+    policy: NanPolicy,
+) -> Result<DynQuantTensor, DynQuantError> {
+    try_per_row(data, rows, cols, mode.validate()?, policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DynamicScaleMode::*;
+
+    #[test]
+    fn ties_round_away_from_zero() {
+        // amax 127 gives scale exactly 1.0, so x / s == x.
+        let x = [127.0, 0.5, -0.5, 1.5, -2.5, 0.49999997, -126.5];
+        let t = dynamic_quantize_int8(&x, MaxAbs);
+        assert_eq!(t.scales, vec![1.0]);
+        assert_eq!(t.data, vec![127, 1, -1, 2, -3, 0, -127]);
+    }
+
+    #[test]
+    fn int4_clamps_to_seven() {
+        let x = [7.0, -7.0, 3.5, -100.0];
+        let t = dynamic_quantize_int4(&x, Percentile(0.5));
+        assert_eq!(t.scales, vec![1.0]);
+        assert_eq!(t.data, vec![7, -7, 4, -7]);
+    }
+
+    #[test]
+    fn empty_inputs() {
+        let t = dynamic_quantize_int8(&[], MaxAbs);
+        assert_eq!((t.data.len(), t.scales.clone(), t.shape.clone()), (0, vec![0.0], vec![0]));
+        let t = dynamic_quantize_int8_per_row(&[], 3, 0, MaxAbs);
+        assert!(t.data.is_empty() && t.scales.is_empty());
+        let t = try_dynamic_quantize_int8_per_row(&[], 3, 0, MaxAbs, NanPolicy::Raise).unwrap();
+        assert!(t.data.is_empty() && t.scales.is_empty());
+    }
+
+    #[test]
+    fn short_per_row_input_pads_like_the_reference() {
+        let t = dynamic_quantize_int8_per_row(&[1.0, 2.0, 3.0], 3, 2, MaxAbs);
+        assert_eq!(t.data, vec![64, 127, 127, 0, 0]);
+        assert_eq!(t.scales, vec![2.0 / 127.0, 3.0 / 127.0, 0.0]);
+    }
+
+    #[test]
+    fn non_finite_policies() {
+        let x = [1.0, f32::NAN, 2.0];
+        let t = dynamic_quantize_int8(&x, MaxAbs);
+        assert_eq!(t.data, vec![64, 0, 127]);
+        let e = try_dynamic_quantize_int8(&x, MaxAbs, NanPolicy::Raise).unwrap_err();
+        assert!(matches!(e, DynQuantError::NonFinite { index: 1, .. }));
+        let t = dynamic_quantize_int8(&[1.0, f32::INFINITY], MaxAbs);
+        assert_eq!((t.data, t.scales), (vec![0, 0], vec![f32::INFINITY]));
+        let rows = [1.0, 2.0, 3.0, f32::INFINITY];
+        let e = try_dynamic_quantize_int8_per_row(&rows, 2, 2, MaxAbs, NanPolicy::Raise).unwrap_err();
+        assert!(matches!(e, DynQuantError::NonFinite { index: 3, .. }));
+    }
+
+    #[test]
+    fn per_row_shape_is_checked() {
+        let e = try_dynamic_quantize_int8_per_row(&[1.0; 5], 2, 3, MaxAbs, NanPolicy::Raise);
+        assert_eq!(e.unwrap_err(), DynQuantError::ShapeMismatch { expected: 6, actual: 5 });
+    }
+
+    #[test]
+    fn subnormal_amax_scale_underflows_to_zero() {
+        let tiny = f32::from_bits(63); // 63 * 2^-149: amax / 127 rounds to 0
+        let t = dynamic_quantize_int8(&[tiny, -tiny], MaxAbs);
+        assert_eq!((t.data, t.scales), (vec![0, 0], vec![0.0]));
+        // 64 * 2^-149 / 127 rounds up to 2^-149, so q = 64, not 127.
+        let t = dynamic_quantize_int8(&[f32::from_bits(64)], MaxAbs);
+        assert_eq!((t.data, t.scales), (vec![64], vec![f32::from_bits(1)]));
+    }
+}

@@ -1,0 +1,200 @@
+//! SIMD dispatch: the one place that decides which instruction set runs.
+//!
+//! Every kernel has a plain scalar twin in [`scalar`] that defines its result;
+//! the AVX2 (x86-64) and NEON (aarch64) bodies must give the same bits, and
+//! the tests force each available path to prove it. The path is chosen once,
+//! at first use, from the `DYNQUANT_KERNEL` environment variable
+//! (`auto` | `scalar` | `avx2` | `neon`, default `auto` = best detected), and
+//! can be changed at run time with [`set_isa`].
+
+use crate::DynQuantError;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+pub mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
+/// An instruction-set path for the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust, the reference for every other path.
+    Scalar,
+    /// x86-64 AVX2 intrinsics.
+    Avx2,
+    /// aarch64 NEON intrinsics.
+    Neon,
+}
+
+impl Isa {
+    /// Lower-case name, as accepted by `DYNQUANT_KERNEL`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Neon => "neon",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Isa::Scalar => 1,
+            Isa::Avx2 => 2,
+            Isa::Neon => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Isa> {
+        match code {
+            1 => Some(Isa::Scalar),
+            2 => Some(Isa::Avx2),
+            3 => Some(Isa::Neon),
+            _ => None,
+        }
+    }
+
+    /// Parses `auto` (the best supported path) or a path name.
+    pub fn parse(name: &str) -> Result<Isa, DynQuantError> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(best_supported()),
+            "scalar" => Ok(Isa::Scalar),
+            "avx2" => Ok(Isa::Avx2),
+            "neon" => Ok(Isa::Neon),
+            other => Err(DynQuantError::InvalidArgument(format!(
+                "unknown kernel path {other:?}: expected one of auto, scalar, avx2, neon"
+            ))),
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+}
+
+/// The fastest path this CPU supports.
+pub fn best_supported() -> Isa {
+    [Isa::Avx2, Isa::Neon]
+        .into_iter()
+        .find(|isa| isa.is_supported())
+        .unwrap_or(Isa::Scalar)
+}
+
+/// Every path this CPU supports, scalar first.
+pub fn supported() -> Vec<Isa> {
+    [Isa::Scalar, Isa::Avx2, Isa::Neon]
+        .into_iter()
+        .filter(|isa| isa.is_supported())
+        .collect()
+}
+
+static ACTIVE: AtomicU8 = AtomicU8::new(0);
+
+/// The path the kernels use now.
+///
+/// First call reads `DYNQUANT_KERNEL`; an unknown or unsupported value there
+/// panics with a message naming it, rather than silently running another path.
+pub fn active() -> Isa {
+    if let Some(isa) = Isa::from_code(ACTIVE.load(Ordering::Relaxed)) {
+        return isa;
+    }
+    let isa = match std::env::var("DYNQUANT_KERNEL") {
+        Ok(value) => match Isa::parse(&value) {
+            Ok(isa) if isa.is_supported() => isa,
+            Ok(isa) => panic!(
+                "DYNQUANT_KERNEL={value}: the {} path is not supported by this CPU",
+                isa.name()
+            ),
+            Err(e) => panic!("DYNQUANT_KERNEL: {e}"),
+        },
+        Err(_) => best_supported(),
+    };
+    ACTIVE.store(isa.code(), Ordering::Relaxed);
+    isa
+}
+
+/// Forces a path for every later kernel call (tests and debugging).
+pub fn set_isa(isa: Isa) -> Result<(), DynQuantError> {
+    if !isa.is_supported() {
+        return Err(DynQuantError::InvalidArgument(format!(
+            "the {} kernel path is not supported by this CPU (supported: {})",
+            isa.name(),
+            supported()
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    ACTIVE.store(isa.code(), Ordering::Relaxed);
+    Ok(())
+}
+
+// ─── Dispatched kernels ─────────────────────────────────────────────────────
+//
+// Each `match` arm for a SIMD path is sound because `active()` only returns a
+// path that `Isa::is_supported` confirmed on this CPU.
+
+/// Maximum of the absolute-value bit patterns of `x` (0 for empty input).
+///
+/// For non-negative floats the bit pattern orders like the value, so the
+/// result is `max |x_i|`'s bits when all values are finite; a result above
+/// `0x7f80_0000` means a NaN is present, equal to it means an infinity is.
+/// One pass gives both the scale and the finiteness check.
+#[inline]
+pub fn abs_max_bits(x: &[f32]) -> u32 {
+    match active() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: active() returned Avx2, so the CPU supports AVX2.
+        Isa::Avx2 => unsafe { avx2::abs_max_bits(x) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: active() returned Neon, so the CPU supports NEON.
+        Isa::Neon => unsafe { neon::abs_max_bits(x) },
+        _ => scalar::abs_max_bits(x),
+    }
+}
+
+/// `out[i] = clamp(round_half_away(x[i] / scale), -clip, clip)`, NaN to 0.
+///
+/// `scale` must be non-zero (callers write zeros themselves for scale 0), and
+/// `clip` at most 127.
+#[inline]
+pub fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
+    assert_eq!(x.len(), out.len(), "quantize: input and output lengths");
+    match active() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 confirmed by active(); lengths checked above.
+        Isa::Avx2 => unsafe { avx2::quantize(x, scale, clip, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON confirmed by active(); lengths checked above.
+        Isa::Neon => unsafe { neon::quantize(x, scale, clip, out) },
+        _ => scalar::quantize(x, scale, clip, out),
+    }
+}
+
+/// Exact `sum w[i] * a[i]`; `a` must not hold -128 (quantized activations
+/// are within ±127), `w` may hold any int8.
+#[inline]
+pub fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
+    assert_eq!(w.len(), a.len(), "dot_i8: operand lengths");
+    match active() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 confirmed by active(); lengths checked above.
+        Isa::Avx2 => unsafe { avx2::dot_i8(w, a) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON confirmed by active(); lengths checked above.
+        Isa::Neon => unsafe { neon::dot_i8(w, a) },
+        _ => scalar::dot_i8(w, a),
+    }
+}
