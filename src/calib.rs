@@ -82,7 +82,15 @@ impl CalibStats {
         }
         let m = batches
             .iter()
-            .map(|b| parallel::map_reduce(b, parallel::GRAIN, Moments::EMPTY, Moments::of, Moments::merge))
+            .map(|b| {
+                parallel::map_reduce(
+                    b,
+                    parallel::GRAIN,
+                    Moments::EMPTY,
+                    Moments::of,
+                    Moments::merge,
+                )
+            })
             .fold(Moments::EMPTY, Moments::merge);
         if m.abs_max_bits > INF_BITS || (m.abs_max_bits == INF_BITS && policy == NanPolicy::Raise) {
             let mut offset = 0;
@@ -104,7 +112,11 @@ impl CalibStats {
                     b,
                     parallel::GRAIN,
                     0.0f64,
-                    |c| c.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum(),
+                    |c| {
+                        c.iter()
+                            .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+                            .sum()
+                    },
                     |x, y| x + y,
                 )
             })
@@ -145,8 +157,14 @@ mod tests {
     #[test]
     fn empty_and_zero() {
         assert_eq!(CalibStats::collect(&[]), CalibStats::default());
-        assert_eq!(CalibStats::collect(&[vec![], vec![]]), CalibStats::default());
-        assert_eq!(CalibStats::collect(&[vec![0.0; 4]]).suggested_scale, 1.0 / 127.0);
+        assert_eq!(
+            CalibStats::collect(&[vec![], vec![]]),
+            CalibStats::default()
+        );
+        assert_eq!(
+            CalibStats::collect(&[vec![0.0; 4]]).suggested_scale,
+            1.0 / 127.0
+        );
     }
 
     #[test]

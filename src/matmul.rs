@@ -83,10 +83,21 @@ pub fn w8a8_matvec_into(
     out: &mut [f32],
 ) -> Result<(), DynQuantError> {
     let out_size = out.len();
-    check_matvec(weight_i8.len(), weight_scales.len(), activation.len(), out_size, in_size)?;
+    check_matvec(
+        weight_i8.len(),
+        weight_scales.len(),
+        activation.len(),
+        out_size,
+        in_size,
+    )?;
     let mut q = vec![0i8; in_size];
-    let scale =
-        quantize_per_tensor_into(activation, INT8_CLIP, DynamicScaleMode::MaxAbs, policy, &mut q)?;
+    let scale = quantize_per_tensor_into(
+        activation,
+        INT8_CLIP,
+        DynamicScaleMode::MaxAbs,
+        policy,
+        &mut q,
+    )?;
     int8_rows_times_vector(weight_i8, weight_scales, &q, scale, out);
     Ok(())
 }
@@ -107,7 +118,14 @@ pub fn w8a8_matvec(
     out_size: usize,
     in_size: usize,
 ) -> Result<Vec<f32>, DynQuantError> {
-    try_w8a8_matvec(weight_i8, weight_scales, activation, out_size, in_size, NanPolicy::Reference)
+    try_w8a8_matvec(
+        weight_i8,
+        weight_scales,
+        activation,
+        out_size,
+        in_size,
+        NanPolicy::Reference,
+    )
 }
 
 /// [`w8a8_matvec`] with a NaN policy.
@@ -119,9 +137,22 @@ pub fn try_w8a8_matvec(
     in_size: usize,
     policy: NanPolicy,
 ) -> Result<Vec<f32>, DynQuantError> {
-    check_matvec(weight_i8.len(), weight_scales.len(), activation.len(), out_size, in_size)?;
+    check_matvec(
+        weight_i8.len(),
+        weight_scales.len(),
+        activation.len(),
+        out_size,
+        in_size,
+    )?;
     let mut out = vec![0.0; out_size];
-    w8a8_matvec_into(weight_i8, weight_scales, activation, in_size, policy, &mut out)?;
+    w8a8_matvec_into(
+        weight_i8,
+        weight_scales,
+        activation,
+        in_size,
+        policy,
+        &mut out,
+    )?;
     Ok(out)
 }
 
@@ -133,18 +164,30 @@ mod tests {
     fn errors_in_the_reference_order() {
         let w = [1i8; 6];
         let s = [1.0f32; 2];
-        assert_eq!(w8a8_matvec(&w, &s, &[], 2, 3), Err(DynQuantError::EmptyInput));
+        assert_eq!(
+            w8a8_matvec(&w, &s, &[], 2, 3),
+            Err(DynQuantError::EmptyInput)
+        );
         assert_eq!(
             w8a8_matvec(&w, &s, &[1.0; 2], 2, 3),
-            Err(DynQuantError::ShapeMismatch { expected: 3, actual: 2 })
+            Err(DynQuantError::ShapeMismatch {
+                expected: 3,
+                actual: 2
+            })
         );
         assert_eq!(
             w8a8_matvec(&w[..5], &s, &[1.0; 3], 2, 3),
-            Err(DynQuantError::ShapeMismatch { expected: 6, actual: 5 })
+            Err(DynQuantError::ShapeMismatch {
+                expected: 6,
+                actual: 5
+            })
         );
         assert_eq!(
             w8a8_matvec(&w, &s[..1], &[1.0; 3], 2, 3),
-            Err(DynQuantError::ShapeMismatch { expected: 2, actual: 1 })
+            Err(DynQuantError::ShapeMismatch {
+                expected: 2,
+                actual: 1
+            })
         );
         assert_eq!(w8a8_matvec(&[], &[], &[1.0; 3], 0, 3), Ok(vec![]));
     }

@@ -18,7 +18,11 @@ pub const GRAIN: usize = 1 << 16;
 
 fn slot() -> &'static RwLock<Arc<ThreadPool>> {
     static POOL: OnceLock<RwLock<Arc<ThreadPool>>> = OnceLock::new();
-    POOL.get_or_init(|| RwLock::new(Arc::new(build(0).expect("building the default thread pool"))))
+    POOL.get_or_init(|| {
+        RwLock::new(Arc::new(
+            build(0).expect("building the default thread pool"),
+        ))
+    })
 }
 
 fn build(threads: usize) -> Result<ThreadPool, DynQuantError> {

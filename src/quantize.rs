@@ -135,8 +135,14 @@ fn per_tensor(
 /// # Panics
 /// With `Percentile` and a NaN in `data`, as the reference does.
 pub fn dynamic_quantize_int8(data: &[f32], mode: DynamicScaleMode) -> DynQuantTensor {
-    per_tensor(data, INT8_CLIP, mode, NanPolicy::Reference, DynQuantFormat::Int8PerTensor)
-        .unwrap_or_else(|e| panic!("dynamic_quantize_int8: {e}"))
+    per_tensor(
+        data,
+        INT8_CLIP,
+        mode,
+        NanPolicy::Reference,
+        DynQuantFormat::Int8PerTensor,
+    )
+    .unwrap_or_else(|e| panic!("dynamic_quantize_int8: {e}"))
 }
 
 /// INT4 quantization: clamp to [-7, 7], stored as i8; `scale = amax / 7`.
@@ -144,8 +150,14 @@ pub fn dynamic_quantize_int8(data: &[f32], mode: DynamicScaleMode) -> DynQuantTe
 /// # Panics
 /// With `Percentile` and a NaN in `data`, as the reference does.
 pub fn dynamic_quantize_int4(data: &[f32], mode: DynamicScaleMode) -> DynQuantTensor {
-    per_tensor(data, INT4_CLIP, mode, NanPolicy::Reference, DynQuantFormat::Int4PerTensor)
-        .unwrap_or_else(|e| panic!("dynamic_quantize_int4: {e}"))
+    per_tensor(
+        data,
+        INT4_CLIP,
+        mode,
+        NanPolicy::Reference,
+        DynQuantFormat::Int4PerTensor,
+    )
+    .unwrap_or_else(|e| panic!("dynamic_quantize_int4: {e}"))
 }
 
 /// [`dynamic_quantize_int8`] with a NaN policy and a checked percentile.
@@ -154,7 +166,13 @@ pub fn try_dynamic_quantize_int8(
     mode: DynamicScaleMode,
     policy: NanPolicy,
 ) -> Result<DynQuantTensor, DynQuantError> {
-    per_tensor(data, INT8_CLIP, mode.validate()?, policy, DynQuantFormat::Int8PerTensor)
+    per_tensor(
+        data,
+        INT8_CLIP,
+        mode.validate()?,
+        policy,
+        DynQuantFormat::Int8PerTensor,
+    )
 }
 
 /// [`dynamic_quantize_int4`] with a NaN policy and a checked percentile.
@@ -163,7 +181,13 @@ pub fn try_dynamic_quantize_int4(
     mode: DynamicScaleMode,
     policy: NanPolicy,
 ) -> Result<DynQuantTensor, DynQuantError> {
-    per_tensor(data, INT4_CLIP, mode.validate()?, policy, DynQuantFormat::Int4PerTensor)
+    per_tensor(
+        data,
+        INT4_CLIP,
+        mode.validate()?,
+        policy,
+        DynQuantFormat::Int4PerTensor,
+    )
 }
 
 /// Dynamically quantize a 2D activation tensor to INT8, one scale per row.
@@ -281,7 +305,10 @@ mod tests {
     #[test]
     fn empty_inputs() {
         let t = dynamic_quantize_int8(&[], MaxAbs);
-        assert_eq!((t.data.len(), t.scales.clone(), t.shape.clone()), (0, vec![0.0], vec![0]));
+        assert_eq!(
+            (t.data.len(), t.scales.clone(), t.shape.clone()),
+            (0, vec![0.0], vec![0])
+        );
         let t = dynamic_quantize_int8_per_row(&[], 3, 0, MaxAbs);
         assert!(t.data.is_empty() && t.scales.is_empty());
         let t = try_dynamic_quantize_int8_per_row(&[], 3, 0, MaxAbs, NanPolicy::Raise).unwrap();
@@ -305,14 +332,21 @@ mod tests {
         let t = dynamic_quantize_int8(&[1.0, f32::INFINITY], MaxAbs);
         assert_eq!((t.data, t.scales), (vec![0, 0], vec![f32::INFINITY]));
         let rows = [1.0, 2.0, 3.0, f32::INFINITY];
-        let e = try_dynamic_quantize_int8_per_row(&rows, 2, 2, MaxAbs, NanPolicy::Raise).unwrap_err();
+        let e =
+            try_dynamic_quantize_int8_per_row(&rows, 2, 2, MaxAbs, NanPolicy::Raise).unwrap_err();
         assert!(matches!(e, DynQuantError::NonFinite { index: 3, .. }));
     }
 
     #[test]
     fn per_row_shape_is_checked() {
         let e = try_dynamic_quantize_int8_per_row(&[1.0; 5], 2, 3, MaxAbs, NanPolicy::Raise);
-        assert_eq!(e.unwrap_err(), DynQuantError::ShapeMismatch { expected: 6, actual: 5 });
+        assert_eq!(
+            e.unwrap_err(),
+            DynQuantError::ShapeMismatch {
+                expected: 6,
+                actual: 5
+            }
+        );
     }
 
     #[test]

@@ -209,7 +209,9 @@ mod tests {
         let mut state = 12345u64;
         let data: Vec<f32> = (0..100_003)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let u = (state >> 40) as f32 / (1u64 << 24) as f32;
                 (u - 0.5) * if state & 1 == 0 { 1.0 } else { 1e-30 }
             })
@@ -223,8 +225,14 @@ mod tests {
     #[test]
     fn scale_of_zeros_and_empty() {
         assert_eq!(compute_scale(&[], 127.0, DynamicScaleMode::MaxAbs), 0.0);
-        assert_eq!(compute_scale(&[0.0, -0.0], 127.0, DynamicScaleMode::MaxAbs), 0.0);
-        assert_eq!(compute_scale(&[1.0, -2.0, 0.5], 127.0, DynamicScaleMode::MaxAbs), 2.0 / 127.0);
+        assert_eq!(
+            compute_scale(&[0.0, -0.0], 127.0, DynamicScaleMode::MaxAbs),
+            0.0
+        );
+        assert_eq!(
+            compute_scale(&[1.0, -2.0, 0.5], 127.0, DynamicScaleMode::MaxAbs),
+            2.0 / 127.0
+        );
     }
 
     #[test]
@@ -238,14 +246,25 @@ mod tests {
             try_compute_scale(&data, 127.0, DynamicScaleMode::MaxAbs, NanPolicy::Raise),
             Err(DynQuantError::NonFinite { index: 1, .. })
         ));
-        assert!(try_compute_scale(&data, 127.0, DynamicScaleMode::Percentile(0.5), NanPolicy::Reference).is_err());
+        assert!(try_compute_scale(
+            &data,
+            127.0,
+            DynamicScaleMode::Percentile(0.5),
+            NanPolicy::Reference
+        )
+        .is_err());
         let inf = [1.0, f32::NEG_INFINITY];
         assert_eq!(
             try_compute_scale(&inf, 127.0, DynamicScaleMode::MaxAbs, NanPolicy::Reference),
             Ok(f32::INFINITY)
         );
         assert_eq!(
-            try_compute_scale(&inf, 127.0, DynamicScaleMode::Percentile(0.5), NanPolicy::Reference),
+            try_compute_scale(
+                &inf,
+                127.0,
+                DynamicScaleMode::Percentile(0.5),
+                NanPolicy::Reference
+            ),
             Ok(1.0 / 127.0)
         );
     }

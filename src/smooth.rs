@@ -74,7 +74,13 @@ pub fn column_abs_max(data: &[f32], cols: usize) -> Vec<f32> {
     // Chunks of whole rows keep columns aligned across tasks.
     bits = merge(
         bits,
-        parallel::map_reduce(&data[..whole], rows_per_task, vec![0u32; cols], per_chunk, merge),
+        parallel::map_reduce(
+            &data[..whole],
+            rows_per_task,
+            vec![0u32; cols],
+            per_chunk,
+            merge,
+        ),
     );
     bits = merge(bits, per_chunk(&data[whole..]));
     bits.into_iter().map(f32::from_bits).collect()
@@ -247,14 +253,23 @@ mod tests {
         let cfg = SmoothQuantConfig::default_alpha();
         let f = compute_smooth_factors(&a, &w, 2, 2, 1, &cfg);
         let eps = 1e-5f32;
-        assert_eq!(f[0], ((2.0f32 + eps).powf(0.5) / (9.0f32 + eps).powf(0.5)).max(eps));
-        assert_eq!(f[1], ((4.0f32 + eps).powf(0.5) / (1.0f32 + eps).powf(0.5)).max(eps));
+        assert_eq!(
+            f[0],
+            ((2.0f32 + eps).powf(0.5) / (9.0f32 + eps).powf(0.5)).max(eps)
+        );
+        assert_eq!(
+            f[1],
+            ((4.0f32 + eps).powf(0.5) / (1.0f32 + eps).powf(0.5)).max(eps)
+        );
     }
 
     #[test]
     fn alpha_and_epsilon_are_checked() {
         assert_eq!(SmoothQuantConfig::new(1.5).alpha, 1.0);
-        assert_eq!(SmoothQuantConfig::try_new(1.5, 1e-5), Err(DynQuantError::InvalidAlpha(1.5)));
+        assert_eq!(
+            SmoothQuantConfig::try_new(1.5, 1e-5),
+            Err(DynQuantError::InvalidAlpha(1.5))
+        );
         assert!(SmoothQuantConfig::try_new(f32::NAN, 1e-5).is_err());
         assert!(SmoothQuantConfig::try_new(0.5, -1.0).is_err());
         assert!(SmoothQuantConfig::try_new(0.5, 0.0).is_ok());
@@ -265,11 +280,17 @@ mod tests {
         let mut a = vec![1.0; 5];
         assert_eq!(
             smooth_activations(&mut a, &[1.0; 3], 2, 2),
-            Err(DynQuantError::FeatureDimMismatch { in_features: 2, sf_len: 3 })
+            Err(DynQuantError::FeatureDimMismatch {
+                in_features: 2,
+                sf_len: 3
+            })
         );
         assert_eq!(
             smooth_weights(&mut a, &[1.0; 2], 2, 2),
-            Err(DynQuantError::ShapeMismatch { expected: 4, actual: 5 })
+            Err(DynQuantError::ShapeMismatch {
+                expected: 4,
+                actual: 5
+            })
         );
         let mut a = vec![2.0, 6.0, 4.0, 9.0];
         smooth_activations(&mut a, &[2.0, 3.0], 2, 2).unwrap();

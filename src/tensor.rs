@@ -32,52 +32,15 @@ impl DynQuantTensor {
         out
     }
 
-    /// Length of [`Self::dequantize`]'s result. For a per-row tensor whose
-    /// data is not a whole number of rows, the reference drops the remainder.
+    /// Length of [`Self::dequantize`]'s result.
     pub fn dequantized_len(&self) -> usize {
-        match self.format {
-            DynQuantFormat::Int8PerRow => {
-                if self.scales.is_empty() || self.data.is_empty() {
-                    0
-                } else {
-                    let cols = self.data.len() / self.scales.len();
-                    (cols * self.scales.len()).min(self.data.len())
-                }
-            }
-            _ => self.data.len(),
-        }
+        dequantized_len(&self.data, &self.scales, self.format)
     }
 
     /// [`Self::dequantize`] into `out`, which must have
     /// [`Self::dequantized_len`] elements.
     pub fn dequantize_into(&self, out: &mut [f32]) {
-        assert_eq!(out.len(), self.dequantized_len(), "dequantize_into: output length");
-        match self.format {
-            DynQuantFormat::Int8PerRow => {
-                if out.is_empty() {
-                    return;
-                }
-                let cols = self.data.len() / self.scales.len();
-                if cols == 0 {
-                    return;
-                }
-                for ((o, q), &scale) in out
-                    .chunks_mut(cols)
-                    .zip(self.data.chunks(cols))
-                    .zip(&self.scales)
-                {
-                    for (o, &q) in o.iter_mut().zip(q) {
-                        *o = q as f32 * scale;
-                    }
-                }
-            }
-            _ => {
-                let scale = self.scales.first().copied().unwrap_or(0.0);
-                for (o, &q) in out.iter_mut().zip(&self.data) {
-                    *o = q as f32 * scale;
-                }
-            }
-        }
+        dequantize_into(&self.data, &self.scales, self.format, out)
     }
 
     /// Memory in bytes (data + scales).
@@ -102,20 +65,81 @@ impl DynQuantTensor {
     }
 }
 
+/// Length of the dequantized values of `data` and `scales` in `format`. For
+/// a per-row tensor whose data is not a whole number of rows, the reference
+/// drops the remainder.
+pub fn dequantized_len(data: &[i8], scales: &[f32], format: DynQuantFormat) -> usize {
+    match format {
+        DynQuantFormat::Int8PerRow if scales.is_empty() => 0,
+        DynQuantFormat::Int8PerRow => data.len() / scales.len() * scales.len(),
+        _ => data.len(),
+    }
+}
+
+/// Dequantizes the parts of a tensor into `out` (see [`dequantized_len`]).
+pub fn dequantize_into(data: &[i8], scales: &[f32], format: DynQuantFormat, out: &mut [f32]) {
+    assert_eq!(
+        out.len(),
+        dequantized_len(data, scales, format),
+        "dequantize_into: output length"
+    );
+    match format {
+        DynQuantFormat::Int8PerRow => {
+            let cols = data.len() / scales.len().max(1);
+            if cols == 0 {
+                return;
+            }
+            for ((o, q), &scale) in out.chunks_mut(cols).zip(data.chunks(cols)).zip(scales) {
+                for (o, &q) in o.iter_mut().zip(q) {
+                    *o = q as f32 * scale;
+                }
+            }
+        }
+        _ => {
+            let scale = scales.first().copied().unwrap_or(0.0);
+            for (o, &q) in out.iter_mut().zip(data) {
+                *o = q as f32 * scale;
+            }
+        }
+    }
+}
+
 /// Mean absolute quantization error between `original` and the dequantized
 /// tensor, over their common length (0.0 when that is 0). Each difference is
 /// taken in f32 as the reference does; the sum is kept in f64, which is more
 /// accurate than the reference's f32 sum.
 pub fn quantization_mae(original: &[f32], quantized: &DynQuantTensor) -> f32 {
-    let reconstructed = quantized.dequantize();
-    let n = original.len().min(reconstructed.len());
+    mae_of_parts(
+        original,
+        &quantized.data,
+        &quantized.scales,
+        quantized.format,
+    )
+}
+
+/// [`quantization_mae`] on a tensor's parts, without building one.
+pub fn mae_of_parts(original: &[f32], data: &[i8], scales: &[f32], format: DynQuantFormat) -> f32 {
+    let len = dequantized_len(data, scales, format);
+    let n = original.len().min(len);
     if n == 0 {
         return 0.0;
     }
+    // Row r of a per-row tensor has scale r; per tensor, one chunk.
+    let (cols, per_tensor_scale) = match format {
+        DynQuantFormat::Int8PerRow => (len / scales.len(), None),
+        _ => (n, Some(scales.first().copied().unwrap_or(0.0))),
+    };
     let sum: f64 = original[..n]
-        .iter()
-        .zip(&reconstructed[..n])
-        .map(|(&o, &r)| (o - r).abs() as f64)
+        .chunks(cols)
+        .zip(data[..n].chunks(cols))
+        .enumerate()
+        .map(|(r, (o, q))| {
+            let scale = per_tensor_scale.unwrap_or_else(|| scales[r]);
+            o.iter()
+                .zip(q)
+                .map(|(&o, &q)| (o - q as f32 * scale).abs() as f64)
+                .sum::<f64>()
+        })
         .sum();
     (sum / n as f64) as f32
 }

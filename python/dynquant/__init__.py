@@ -1,0 +1,71 @@
+"""dynquant — dynamic activation quantization (W8A8 / W4A8) for CPU inference.
+
+Bit-exact with the ``dynamic_quant`` module of the Rust crate
+``oxibonsai-model`` 0.1.1, with SIMD and multi-threaded kernels.
+"""
+
+from __future__ import annotations
+
+from ._core import __version__
+from .calib import CalibStats
+from .errors import (
+    ArgumentTypeError,
+    DTypeError,
+    DynQuantError,
+    EmptyInputError,
+    FeatureDimMismatchError,
+    InternalError,
+    InvalidAlphaError,
+    InvalidArgumentError,
+    InvalidEpsilonError,
+    InvalidPercentileError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
+from .kernels import KernelInfo, kernel_info, set_kernel, set_num_threads
+from .matmul import w8a8_matvec
+from .modes import DynQuantFormat, MaxAbs, Percentile, ScaleMode
+from .quantize import compute_scale, quantize_int4, quantize_int8, quantize_int8_per_row
+from .smooth import (
+    SmoothQuantConfig,
+    compute_smooth_factors,
+    smooth_activations,
+    smooth_weights,
+)
+from .tensor import DynQuantTensor, quantization_mae
+
+__all__ = [
+    "ArgumentTypeError",
+    "CalibStats",
+    "DTypeError",
+    "DynQuantError",
+    "DynQuantFormat",
+    "DynQuantTensor",
+    "EmptyInputError",
+    "FeatureDimMismatchError",
+    "InternalError",
+    "InvalidAlphaError",
+    "InvalidArgumentError",
+    "InvalidEpsilonError",
+    "InvalidPercentileError",
+    "KernelInfo",
+    "MaxAbs",
+    "NonFiniteError",
+    "Percentile",
+    "ScaleMode",
+    "ShapeMismatchError",
+    "SmoothQuantConfig",
+    "__version__",
+    "compute_scale",
+    "compute_smooth_factors",
+    "kernel_info",
+    "quantization_mae",
+    "quantize_int4",
+    "quantize_int8",
+    "quantize_int8_per_row",
+    "set_kernel",
+    "set_num_threads",
+    "smooth_activations",
+    "smooth_weights",
+    "w8a8_matvec",
+]

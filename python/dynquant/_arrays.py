@@ -1,0 +1,99 @@
+"""Turning caller input into the arrays the Rust core takes, with errors
+that say what was expected and what came in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import DTypeError, InvalidArgumentError, NonFiniteError, ShapeMismatchError
+
+F32 = np.dtype(np.float32)
+I8 = np.dtype(np.int8)
+
+NAN_POLICIES = ("raise", "reference")
+
+
+def check_nan_policy(nan_policy: str) -> bool:
+    """True for the reference's handling of NaN/Inf, False to raise."""
+    if nan_policy == "raise":
+        return False
+    if nan_policy == "reference":
+        return True
+    raise InvalidArgumentError(
+        f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}", value=nan_policy
+    )
+
+
+def _describe(x: Any) -> str:
+    dtype = getattr(x, "dtype", None)
+    return f"dtype {dtype}" if dtype is not None else f"{type(x).__name__}"
+
+
+def as_float32(x: Any, name: str, ndim: int | None = None) -> npt.NDArray[np.float32]:
+    """A C-contiguous float32 view or copy of ``x``.
+
+    Floating and integer input is converted (as NumPy's ``astype`` would);
+    bool, complex, object, string and datetime input is a ``DTypeError``.
+    """
+    if type(x) is np.ndarray and x.dtype == F32 and x.flags.c_contiguous:
+        a = x
+    else:
+        try:
+            a = np.asarray(x)
+        except ValueError as e:  # ragged nested lists
+            raise ShapeMismatchError(
+                f"{name} must be a rectangular array of numbers: {e}",
+                expected="rectangular array",
+                actual=type(x).__name__,
+            ) from None
+        if a.dtype.kind not in "fiu":
+            raise DTypeError(
+                f"{name} must be a real floating or integer array, got {_describe(a)}",
+                expected="float32 (or another real numeric dtype)",
+                actual=str(a.dtype),
+            )
+        a = np.ascontiguousarray(a, dtype=F32)
+    if ndim is not None and a.ndim != ndim:
+        raise ShapeMismatchError(
+            f"{name} must be {ndim}-D, got {a.ndim}-D with shape {a.shape}",
+            expected=f"{ndim}-D",
+            actual=a.shape,
+        )
+    return a
+
+
+def as_int8(x: Any, name: str, ndim: int) -> npt.NDArray[np.int8]:
+    """A C-contiguous int8 array; any other dtype is a ``DTypeError`` (int8
+    weights are never produced by silent casting)."""
+    a = np.asarray(x)
+    if a.dtype != I8:
+        raise DTypeError(
+            f"{name} must be int8 (quantized weights), got {_describe(a)}; "
+            "use dq.quantize_weights_int8 to quantize float weights",
+            expected="int8",
+            actual=str(a.dtype),
+        )
+    if a.ndim != ndim:
+        raise ShapeMismatchError(
+            f"{name} must be {ndim}-D, got {a.ndim}-D with shape {a.shape}",
+            expected=f"{ndim}-D",
+            actual=a.shape,
+        )
+    return np.ascontiguousarray(a)
+
+
+def check_finite(a: npt.NDArray[np.float32], name: str) -> None:
+    """Raise ``NonFiniteError`` naming the first NaN/Inf of ``a``."""
+    finite = np.isfinite(a)
+    if not finite.all():
+        index = int(np.argmin(finite.reshape(-1)))
+        value = float(a.reshape(-1)[index])
+        raise NonFiniteError(
+            f"non-finite value {value} at flat index {index} of {name}: activations must be "
+            'finite (pass nan_policy="reference" to reproduce the reference\'s handling)',
+            index=index,
+            value=value,
+        )

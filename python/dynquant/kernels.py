@@ -1,0 +1,44 @@
+"""Which kernel path and how many threads run, and how to change them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import _core
+
+__all__ = ["KernelInfo", "kernel_info", "set_kernel", "set_num_threads"]
+
+
+@dataclass(frozen=True, slots=True)
+class KernelInfo:
+    """The active instruction-set path, the thread count, what this CPU supports."""
+
+    isa: str
+    threads: int
+    supported: tuple[str, ...]
+    arch: str
+
+
+def kernel_info() -> KernelInfo:
+    """The path (``DYNQUANT_KERNEL`` or detected) and threads in use."""
+    info = _core.kernel_info()
+    return KernelInfo(info["isa"], info["threads"], tuple(info["supported"]), info["arch"])
+
+
+def set_kernel(name: str) -> None:
+    """Force a kernel path: ``"auto"``, ``"scalar"``, ``"avx2"`` or ``"neon"``.
+
+    The same as setting ``DYNQUANT_KERNEL`` before import; every path gives
+    the same bits, only the speed differs.
+    """
+    _core.set_kernel(name)
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the kernels; 0 restores the default (``RAYON_NUM_THREADS``
+    or the CPU count). Safe while other threads run kernels."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        from .errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"set_num_threads needs an int >= 0, got {n!r}")
+    _core.set_num_threads(n)

@@ -1,0 +1,390 @@
+//! PyO3 glue for `dynquant._core`: argument conversion, error mapping and
+//! releasing the GIL. No math here — every call forwards to the crate.
+//!
+//! The Python layer (`python/dynquant/`) hands in C-contiguous arrays of the
+//! right dtype and ndim; these functions still check what they rely on.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use numpy::ndarray::IxDyn;
+use numpy::{
+    IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
+    PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods,
+};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::calib::CalibStats;
+use crate::scale::{DynamicScaleMode, NanPolicy};
+use crate::tensor::DynQuantFormat;
+use crate::{matmul, parallel, quantize, scale, simd, smooth, tensor, DynQuantError};
+
+/// Builds the matching exception of `dynquant.errors`.
+fn to_py_err(py: Python<'_>, err: DynQuantError) -> PyErr {
+    let build = || -> PyResult<PyErr> {
+        let errors = py.import("dynquant.errors")?;
+        let kwargs = PyDict::new(py);
+        let class = match &err {
+            DynQuantError::ShapeMismatch { expected, actual } => {
+                kwargs.set_item("expected", expected)?;
+                kwargs.set_item("actual", actual)?;
+                "ShapeMismatchError"
+            }
+            DynQuantError::EmptyInput => "EmptyInputError",
+            DynQuantError::InvalidAlpha(alpha) => {
+                kwargs.set_item("alpha", alpha)?;
+                "InvalidAlphaError"
+            }
+            DynQuantError::FeatureDimMismatch {
+                in_features,
+                sf_len,
+            } => {
+                kwargs.set_item("in_features", in_features)?;
+                kwargs.set_item("sf_len", sf_len)?;
+                "FeatureDimMismatchError"
+            }
+            DynQuantError::NonFinite { index, value } => {
+                kwargs.set_item("index", index)?;
+                kwargs.set_item("value", value)?;
+                "NonFiniteError"
+            }
+            DynQuantError::InvalidPercentile(p) => {
+                kwargs.set_item("p", p)?;
+                "InvalidPercentileError"
+            }
+            DynQuantError::InvalidEpsilon(e) => {
+                kwargs.set_item("epsilon", e)?;
+                "InvalidEpsilonError"
+            }
+            DynQuantError::InvalidArgument(_) => "InvalidArgumentError",
+        };
+        let value = errors
+            .getattr(class)?
+            .call((err.to_string(),), Some(&kwargs))?;
+        Ok(PyErr::from_value(value))
+    };
+    build().unwrap_or_else(|e| e)
+}
+
+/// Runs `f` without the GIL; a Rust panic becomes `dynquant.errors.InternalError`
+/// instead of unwinding into Python.
+fn detached<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> Result<T, DynQuantError> + Send,
+) -> PyResult<T> {
+    match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(to_py_err(py, err)),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            let class = py.import("dynquant.errors")?.getattr("InternalError")?;
+            Err(PyErr::from_value(class.call1((format!(
+                "internal error in dynquant's Rust core (please report): {msg}"
+            ),))?))
+        }
+    }
+}
+
+fn contiguous<'a, T>(slice: Result<&'a [T], numpy::AsSliceError>) -> PyResult<&'a [T]> {
+    slice.map_err(|_| PyValueError::new_err("dynquant._core expects C-contiguous arrays"))
+}
+
+fn contiguous_mut<'a, T>(slice: Result<&'a mut [T], numpy::AsSliceError>) -> PyResult<&'a mut [T]> {
+    slice.map_err(|_| PyValueError::new_err("dynquant._core expects C-contiguous arrays"))
+}
+
+fn scale_mode(percentile: Option<f32>) -> DynamicScaleMode {
+    percentile.map_or(DynamicScaleMode::MaxAbs, DynamicScaleMode::Percentile)
+}
+
+fn nan_policy(reference: bool) -> NanPolicy {
+    if reference {
+        NanPolicy::Reference
+    } else {
+        NanPolicy::Raise
+    }
+}
+
+fn format_of(code: u8) -> PyResult<DynQuantFormat> {
+    match code {
+        0 => Ok(DynQuantFormat::Int8PerTensor),
+        1 => Ok(DynQuantFormat::Int8PerRow),
+        2 => Ok(DynQuantFormat::Int4PerTensor),
+        _ => Err(PyValueError::new_err(format!("unknown format code {code}"))),
+    }
+}
+
+/// A fresh array of `shape`, filled by `fill` without the GIL.
+fn new_array<'py, T: numpy::Element + Send, R: Send>(
+    py: Python<'py>,
+    shape: &[usize],
+    fill: impl FnOnce(&mut [T]) -> Result<R, DynQuantError> + Send,
+) -> PyResult<(Bound<'py, PyArrayDyn<T>>, R)> {
+    // SAFETY: the array is new and uninitialised; `fill` writes every element
+    // (each kernel fills its whole output) before Python can see it, and no
+    // other reference to it exists meanwhile.
+    let array = unsafe { PyArrayDyn::<T>::new(py, IxDyn(shape), false) };
+    let out = contiguous_mut(unsafe { array.as_slice_mut() })?;
+    let extra = detached(py, || fill(out))?;
+    Ok((array, extra))
+}
+
+#[pyfunction]
+fn noop() {}
+
+#[pyfunction]
+fn kernel_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let info = PyDict::new(py);
+    info.set_item("isa", simd::active().name())?;
+    info.set_item("threads", parallel::num_threads())?;
+    let supported: Vec<&str> = simd::supported().iter().map(|i| i.name()).collect();
+    info.set_item("supported", PyList::new(py, supported)?)?;
+    info.set_item("arch", std::env::consts::ARCH)?;
+    Ok(info)
+}
+
+#[pyfunction]
+fn set_kernel(py: Python<'_>, name: &str) -> PyResult<()> {
+    simd::Isa::parse(name)
+        .and_then(simd::set_isa)
+        .map_err(|e| to_py_err(py, e))
+}
+
+#[pyfunction]
+fn set_num_threads(py: Python<'_>, threads: usize) -> PyResult<()> {
+    detached(py, || parallel::set_num_threads(threads))
+}
+
+#[pyfunction]
+fn compute_scale(
+    py: Python<'_>,
+    x: PyReadonlyArrayDyn<'_, f32>,
+    clip: f32,
+    percentile: Option<f32>,
+    reference: bool,
+) -> PyResult<f32> {
+    let x = contiguous(x.as_slice())?;
+    detached(py, || {
+        scale::try_compute_scale(x, clip, scale_mode(percentile), nan_policy(reference))
+    })
+}
+
+/// Per-tensor quantization keeping the input's shape: `(q, scale)`.
+#[pyfunction]
+fn quantize_per_tensor<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    clip: f32,
+    percentile: Option<f32>,
+    reference: bool,
+) -> PyResult<(Bound<'py, PyArrayDyn<i8>>, f32)> {
+    let shape = x.shape().to_vec();
+    let x = contiguous(x.as_slice())?;
+    let mode = scale_mode(percentile)
+        .validate()
+        .map_err(|e| to_py_err(py, e))?;
+    new_array(py, &shape, |out| {
+        quantize::quantize_per_tensor_into(x, clip, mode, nan_policy(reference), out)
+    })
+}
+
+/// Per-row int8 quantization of a 2-D array: `(q, scales)`.
+#[pyfunction]
+fn quantize_per_row<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    percentile: Option<f32>,
+    reference: bool,
+) -> PyResult<(Bound<'py, PyArrayDyn<i8>>, Bound<'py, PyArray1<f32>>)> {
+    let (rows, cols) = (x.shape()[0], x.shape()[1]);
+    let x = contiguous(x.as_slice())?;
+    let mode = scale_mode(percentile)
+        .validate()
+        .map_err(|e| to_py_err(py, e))?;
+    let mut scales = vec![0f32; rows];
+    let (q, ()) = new_array(py, &[rows, cols], |out| {
+        quantize::quantize_per_row_into(x, cols, mode, nan_policy(reference), out, &mut scales)
+    })?;
+    Ok((q, scales.into_pyarray(py)))
+}
+
+#[pyfunction]
+fn dequantize<'py>(
+    py: Python<'py>,
+    data: PyReadonlyArrayDyn<'py, i8>,
+    scales: PyReadonlyArray1<'py, f32>,
+    format: u8,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let format = format_of(format)?;
+    let (data, scales) = (contiguous(data.as_slice())?, contiguous(scales.as_slice())?);
+    let len = tensor::dequantized_len(data, scales, format);
+    let (out, ()) = new_array(py, &[len], |out| {
+        tensor::dequantize_into(data, scales, format, out);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+#[pyfunction]
+fn quantization_mae(
+    py: Python<'_>,
+    original: PyReadonlyArrayDyn<'_, f32>,
+    data: PyReadonlyArrayDyn<'_, i8>,
+    scales: PyReadonlyArray1<'_, f32>,
+    format: u8,
+) -> PyResult<f32> {
+    let format = format_of(format)?;
+    let original = contiguous(original.as_slice())?;
+    let (data, scales) = (contiguous(data.as_slice())?, contiguous(scales.as_slice())?);
+    detached(py, || {
+        Ok(tensor::mae_of_parts(original, data, scales, format))
+    })
+}
+
+#[pyfunction]
+fn smooth_factors<'py>(
+    py: Python<'py>,
+    activations: PyReadonlyArray2<'py, f32>,
+    weights: PyReadonlyArray2<'py, f32>,
+    alpha: f32,
+    epsilon: f32,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let in_features = activations.shape()[1];
+    if weights.shape()[1] != in_features {
+        return Err(to_py_err(
+            py,
+            DynQuantError::FeatureDimMismatch {
+                in_features,
+                sf_len: weights.shape()[1],
+            },
+        ));
+    }
+    let config =
+        smooth::SmoothQuantConfig::try_new(alpha, epsilon).map_err(|e| to_py_err(py, e))?;
+    let (tokens, out_features) = (activations.shape()[0], weights.shape()[0]);
+    let a = contiguous(activations.as_slice())?;
+    let w = contiguous(weights.as_slice())?;
+    let factors = detached(py, || {
+        Ok(smooth::compute_smooth_factors(
+            a,
+            w,
+            in_features,
+            tokens,
+            out_features,
+            &config,
+        ))
+    })?;
+    Ok(factors.into_pyarray(py))
+}
+
+fn rows_of(ndim: usize, shape: &[usize]) -> usize {
+    if ndim == 2 {
+        shape[0]
+    } else {
+        1
+    }
+}
+
+/// `out = src / factors` (or `* factors` with `multiply`) per column.
+#[pyfunction]
+fn smooth_apply(
+    py: Python<'_>,
+    src: PyReadonlyArrayDyn<'_, f32>,
+    factors: PyReadonlyArray1<'_, f32>,
+    multiply: bool,
+    mut out: PyReadwriteArrayDyn<'_, f32>,
+) -> PyResult<()> {
+    let in_features = factors.len();
+    let rows = rows_of(src.ndim(), src.shape());
+    let factors = contiguous(factors.as_slice())?;
+    let src = contiguous(src.as_slice())?;
+    let dst = contiguous_mut(out.as_slice_mut())?;
+    detached(py, || {
+        if multiply {
+            smooth::smooth_weights_into(src, factors, rows, in_features, dst)
+        } else {
+            smooth::smooth_activations_into(src, factors, rows, in_features, dst)
+        }
+    })
+}
+
+/// [`smooth_apply`] in place on `data`.
+#[pyfunction]
+fn smooth_apply_inplace(
+    py: Python<'_>,
+    mut data: PyReadwriteArrayDyn<'_, f32>,
+    factors: PyReadonlyArray1<'_, f32>,
+    multiply: bool,
+) -> PyResult<()> {
+    let in_features = factors.len();
+    let rows = rows_of(data.ndim(), data.shape());
+    let factors = contiguous(factors.as_slice())?;
+    let data = contiguous_mut(data.as_slice_mut())?;
+    detached(py, || {
+        if multiply {
+            smooth::smooth_weights(data, factors, rows, in_features)
+        } else {
+            smooth::smooth_activations(data, factors, rows, in_features)
+        }
+    })
+}
+
+#[pyfunction]
+fn w8a8_matvec<'py>(
+    py: Python<'py>,
+    weight: PyReadonlyArray2<'py, i8>,
+    weight_scales: PyReadonlyArray1<'py, f32>,
+    activation: PyReadonlyArray1<'py, f32>,
+    reference: bool,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let (out_size, in_size) = (weight.shape()[0], weight.shape()[1]);
+    let w = contiguous(weight.as_slice())?;
+    let s = contiguous(weight_scales.as_slice())?;
+    let a = contiguous(activation.as_slice())?;
+    let (out, ()) = new_array(py, &[out_size], |out| {
+        matmul::w8a8_matvec_into(w, s, a, in_size, nan_policy(reference), out)
+    })?;
+    Ok(out)
+}
+
+/// `(min, max, mean, std_dev, p99, suggested_scale)` over all batches.
+#[pyfunction]
+fn calib_collect(
+    py: Python<'_>,
+    batches: Vec<PyReadonlyArrayDyn<'_, f32>>,
+    reference: bool,
+) -> PyResult<(f32, f32, f32, f32, f32, f32)> {
+    let parts = batches
+        .iter()
+        .map(|b| contiguous(b.as_slice()))
+        .collect::<PyResult<Vec<&[f32]>>>()?;
+    let s = detached(py, || {
+        CalibStats::try_collect(&parts, nan_policy(reference))
+    })?;
+    Ok((s.min, s.max, s.mean, s.std_dev, s.p99, s.suggested_scale))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(noop, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_info, m)?)?;
+    m.add_function(wrap_pyfunction!(set_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(compute_scale, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_per_tensor, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_per_row, m)?)?;
+    m.add_function(wrap_pyfunction!(dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(quantization_mae, m)?)?;
+    m.add_function(wrap_pyfunction!(smooth_factors, m)?)?;
+    m.add_function(wrap_pyfunction!(smooth_apply, m)?)?;
+    m.add_function(wrap_pyfunction!(smooth_apply_inplace, m)?)?;
+    m.add_function(wrap_pyfunction!(w8a8_matvec, m)?)?;
+    m.add_function(wrap_pyfunction!(calib_collect, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
