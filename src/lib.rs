@@ -10,7 +10,8 @@
 //! One module per concept:
 //! [`scale`] (scale modes, percentile), [`quantize`] (the quantizers),
 //! [`tensor`] (the quantized tensor), [`smooth`] (SmoothQuant),
-//! [`matmul`] (W8A8 products), [`calib`] (calibration statistics),
+//! [`matmul`] (W8A8 products), [`weights`] (weight quantizers, int4
+//! packing), [`w4a8`] (W4A8 products), [`calib`] (calibration statistics),
 //! [`error`], [`simd`] (kernel dispatch), [`parallel`] (the thread pool).
 //! The Python bindings live in `python.rs` behind the `python` feature.
 
@@ -23,13 +24,15 @@ pub mod scale;
 pub mod simd;
 pub mod smooth;
 pub mod tensor;
+pub mod w4a8;
+pub mod weights;
 
 #[cfg(feature = "python")]
 mod python;
 
 pub use calib::CalibStats;
 pub use error::DynQuantError;
-pub use matmul::{try_w8a8_matvec, w8a8_matvec, w8a8_matvec_into};
+pub use matmul::{try_w8a8_matvec, w8a8_matmul_into, w8a8_matvec, w8a8_matvec_into, ActQuant};
 pub use quantize::{
     dynamic_quantize_int4, dynamic_quantize_int8, dynamic_quantize_int8_per_row,
     try_dynamic_quantize_int4, try_dynamic_quantize_int8, try_dynamic_quantize_int8_per_row,
@@ -40,3 +43,5 @@ pub use smooth::{
     smooth_weights_into, SmoothQuantConfig,
 };
 pub use tensor::{quantization_mae, DynQuantFormat, DynQuantTensor};
+pub use w4a8::{w4a8_matmul_into, Int4Layout};
+pub use weights::{pack_int4, quantize_weights_int4, quantize_weights_int8, unpack_int4};

@@ -1,9 +1,9 @@
 //! W8A8 products: int8 weights times dynamically quantized activations.
 
-use rayon::prelude::*;
+use core::ops::Range;
 
-use crate::parallel;
-use crate::quantize::{quantize_per_tensor_into, INT8_CLIP};
+use crate::parallel::{self, DisjointOut};
+use crate::quantize::{quantize_per_row_into, quantize_per_tensor_into, INT8_CLIP};
 use crate::scale::{DynamicScaleMode, NanPolicy};
 use crate::simd;
 use crate::DynQuantError;
@@ -43,6 +43,85 @@ fn check_matvec(
     Ok(())
 }
 
+/// Dot products of weight rows `rows` with tokens `m0..m0 + T`, `R` rows at
+/// a time (then single rows for the remainder).
+fn tile_rows<const R: usize, const T: usize>(
+    w: &[i8],
+    q: &[i8],
+    k: usize,
+    rows: Range<usize>,
+    m0: usize,
+    emit: &impl Fn(usize, usize, i64),
+) {
+    let tokens: [&[i8]; T] = core::array::from_fn(|t| &q[(m0 + t) * k..(m0 + t + 1) * k]);
+    let mut n = rows.start;
+    while n + R <= rows.end {
+        let weights: [&[i8]; R] = core::array::from_fn(|r| &w[(n + r) * k..(n + r + 1) * k]);
+        let d = simd::dot_tile(&weights, &tokens);
+        for (r, row) in d.iter().enumerate() {
+            for (t, &acc) in row.iter().enumerate() {
+                emit(m0 + t, n + r, acc);
+            }
+        }
+        n += R;
+    }
+    for n in n..rows.end {
+        let d = simd::dot_tile(&[&w[n * k..(n + 1) * k]], &tokens);
+        for (t, &acc) in d[0].iter().enumerate() {
+            emit(m0 + t, n, acc);
+        }
+    }
+}
+
+/// All tokens against weight rows `rows`: tokens four at a time, so each
+/// block of weight rows stays in cache while the tokens stream past.
+fn gemm_block(
+    w: &[i8],
+    q: &[i8],
+    k: usize,
+    m: usize,
+    rows: Range<usize>,
+    emit: &impl Fn(usize, usize, i64),
+) {
+    let mut m0 = 0;
+    while m0 + 4 <= m {
+        tile_rows::<2, 4>(w, q, k, rows.clone(), m0, emit);
+        m0 += 4;
+    }
+    match m - m0 {
+        3 => tile_rows::<2, 3>(w, q, k, rows, m0, emit),
+        2 => tile_rows::<2, 2>(w, q, k, rows, m0, emit),
+        1 => tile_rows::<4, 1>(w, q, k, rows, m0, emit),
+        _ => {}
+    }
+}
+
+/// Exact int8 GEMM: `out[i * n + j] = finish(i, j, sum_l q[i, l] * w[j, l])`
+/// for `m` tokens `q` (`[m, k]`, within ±127) and `n` weight rows `w`
+/// (`[n, k]`, any int8). Weight rows are split across threads.
+pub(crate) fn int8_gemm(
+    w: &[i8],
+    q: &[i8],
+    m: usize,
+    n: usize,
+    k: usize,
+    finish: impl Fn(usize, usize, i64) -> f32 + Sync + Send,
+    out: &mut [f32],
+) {
+    assert!(
+        w.len() == n * k && q.len() == m * k && out.len() == m * n,
+        "int8_gemm: shapes"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let sink = DisjointOut::new(out);
+    // SAFETY (for `write`): every (i, j) pair is emitted exactly once, by the
+    // one task that owns weight row j.
+    let emit = |i: usize, j: usize, acc: i64| unsafe { sink.write(i * n + j, finish(i, j, acc)) };
+    parallel::weight_row_blocks(m, n, k, |rows| gemm_block(w, q, k, m, rows, &emit));
+}
+
 /// `out[o] = (dot(w[o], q) as f32 * w_scales[o]) * q_scale` — the
 /// reference's dequantization, in its order. `q` is int8 within ±127.
 pub(crate) fn int8_rows_times_vector(
@@ -52,24 +131,8 @@ pub(crate) fn int8_rows_times_vector(
     q_scale: f32,
     out: &mut [f32],
 ) {
-    let in_size = q.len().max(1);
-    let row = |w: &[i8], s: &[f32], o: &mut [f32]| {
-        for ((w, &ws), o) in w.chunks_exact(in_size).zip(s).zip(o.iter_mut()) {
-            *o = (simd::dot_i8(w, q) as f32 * ws) * q_scale;
-        }
-    };
-    let rows_per_task = (parallel::GRAIN / in_size).max(1);
-    parallel::run(weight_i8.len(), |split| {
-        if split {
-            weight_i8
-                .par_chunks(in_size * rows_per_task)
-                .zip(weight_scales.par_chunks(rows_per_task))
-                .zip(out.par_chunks_mut(rows_per_task))
-                .for_each(|((w, s), o)| row(w, s, o));
-        } else {
-            row(weight_i8, weight_scales, out);
-        }
-    });
+    let finish = |_: usize, j: usize, acc: i64| (acc as f32 * weight_scales[j]) * q_scale;
+    int8_gemm(weight_i8, q, 1, out.len(), q.len(), finish, out);
 }
 
 /// W8A8 matrix-vector product into `out` (`out_size` long): quantize the
@@ -156,6 +219,104 @@ pub fn try_w8a8_matvec(
     Ok(out)
 }
 
+/// How a W8A8 GEMM quantizes its activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActQuant {
+    /// One scale per token (row): each token's result equals
+    /// [`w8a8_matvec`] on that token, bit for bit.
+    PerToken,
+    /// One scale for all tokens (the reference's per-tensor rule).
+    PerTensor,
+}
+
+/// Batched W8A8: `out[i, j] = (dot(w[j], q[i]) as f32 * w_scales[j]) * s_i
+/// (+ bias[j])` for `m` tokens `x` (`[m, k]`), int8 weights `[n, k]`.
+#[allow(clippy::too_many_arguments)]
+pub fn w8a8_matmul_into(
+    x: &[f32],
+    m: usize,
+    weight_i8: &[i8],
+    weight_scales: &[f32],
+    bias: Option<&[f32]>,
+    act: ActQuant,
+    policy: NanPolicy,
+    out: &mut [f32],
+) -> Result<(), DynQuantError> {
+    let n = weight_scales.len();
+    let k = if m == 0 { 0 } else { x.len() / m };
+    if m > 0 && x.len() != m * k {
+        return Err(DynQuantError::ShapeMismatch {
+            expected: m * k,
+            actual: x.len(),
+        });
+    }
+    if m > 0 && k == 0 {
+        return Err(DynQuantError::EmptyInput);
+    }
+    let k = if m == 0 {
+        weight_i8.len() / n.max(1)
+    } else {
+        k
+    };
+    for (expected, actual) in [
+        (n * k, weight_i8.len()),
+        (n, bias.map_or(n, <[f32]>::len)),
+        (m * n, out.len()),
+    ] {
+        if expected != actual {
+            return Err(DynQuantError::ShapeMismatch { expected, actual });
+        }
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    let mut q = vec![0i8; m * k];
+    let scales = match act {
+        ActQuant::PerToken => {
+            let mut s = vec![0.0f32; m];
+            quantize_per_row_into(x, k, DynamicScaleMode::MaxAbs, policy, &mut q, &mut s)?;
+            s
+        }
+        ActQuant::PerTensor => {
+            vec![quantize_per_tensor_into(
+                x,
+                INT8_CLIP,
+                DynamicScaleMode::MaxAbs,
+                policy,
+                &mut q,
+            )?]
+        }
+    };
+    let token_scale = |i: usize| {
+        if scales.len() == 1 {
+            scales[0]
+        } else {
+            scales[i]
+        }
+    };
+    match bias {
+        Some(b) => int8_gemm(
+            weight_i8,
+            &q,
+            m,
+            n,
+            k,
+            |i, j, acc| (acc as f32 * weight_scales[j]) * token_scale(i) + b[j],
+            out,
+        ),
+        None => int8_gemm(
+            weight_i8,
+            &q,
+            m,
+            n,
+            k,
+            |i, j, acc| (acc as f32 * weight_scales[j]) * token_scale(i),
+            out,
+        ),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +360,32 @@ mod tests {
         let w = [-128i8, -128, -128, 127, -128, 0];
         let y = w8a8_matvec(&w, &[1.0, 0.5], &a, 2, 3).unwrap();
         assert_eq!(y, vec![-128.0, (127.0 * 127.0 + 128.0 * 127.0) * 0.5]);
+    }
+
+    #[test]
+    fn matmul_rows_equal_matvec() {
+        let (m, n, k) = (7, 5, 67);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37)
+            .collect();
+        let w: Vec<i8> = (0..n * k).map(|i| (i * 91 % 256) as u8 as i8).collect();
+        let s: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 0.003).collect();
+        let mut y = vec![0.0; m * n];
+        w8a8_matmul_into(
+            &x,
+            m,
+            &w,
+            &s,
+            None,
+            ActQuant::PerToken,
+            NanPolicy::Raise,
+            &mut y,
+        )
+        .unwrap();
+        for i in 0..m {
+            let row = w8a8_matvec(&w, &s, &x[i * k..(i + 1) * k], n, k).unwrap();
+            assert_eq!(&y[i * n..(i + 1) * n], row.as_slice());
+        }
     }
 
     #[test]

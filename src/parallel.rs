@@ -132,3 +132,66 @@ pub fn chunks_mut<U: Send>(
         }
     })
 }
+
+/// The output of a product, shared by tasks that each write their own
+/// columns (weight rows) of it.
+pub(crate) struct DisjointOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks write disjoint indices (see `write`), so sharing the pointer
+// across threads cannot race; the borrow it came from outlives the tasks.
+unsafe impl Send for DisjointOut {}
+unsafe impl Sync for DisjointOut {}
+
+impl DisjointOut {
+    pub(crate) fn new(out: &mut [f32]) -> Self {
+        Self {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+        }
+    }
+
+    /// # Safety
+    /// No other thread writes `index` while this call runs.
+    pub(crate) unsafe fn write(&self, index: usize, value: f32) {
+        assert!(
+            index < self.len,
+            "DisjointOut: index {index} of {}",
+            self.len
+        );
+        // SAFETY: in bounds (asserted); exclusive per the caller's contract.
+        unsafe { *self.ptr.add(index) = value };
+    }
+}
+
+/// Runs `f` over blocks of the `n` weight rows of an `[m, k] x [n, k]^T`
+/// product, in parallel when it is big enough. A block is sized for L2
+/// (or, for one token, a grain of streaming work), with a few per thread.
+pub(crate) fn weight_row_blocks(
+    m: usize,
+    n: usize,
+    k: usize,
+    f: impl Fn(core::ops::Range<usize>) + Sync + Send,
+) {
+    let k1 = k.max(1);
+    let threads = num_threads();
+    let rows_per_block = if m == 1 {
+        (GRAIN / k1).max(4)
+    } else {
+        ((256 << 10) / k1).max(4)
+    };
+    let rows_per_block = rows_per_block.min(n.div_ceil(4 * threads).max(4));
+    run(m.saturating_mul(n).saturating_mul(k1) / 4, |split| {
+        if split {
+            (0..n.div_ceil(rows_per_block))
+                .into_par_iter()
+                .for_each(|b| {
+                    f(b * rows_per_block..((b + 1) * rows_per_block).min(n));
+                });
+        } else {
+            f(0..n);
+        }
+    });
+}

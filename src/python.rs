@@ -352,6 +352,38 @@ fn w8a8_matvec<'py>(
     Ok(out)
 }
 
+/// Batched W8A8 of a 2-D `x` `[m, k]`: `[m, n]`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn w8a8_matmul<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    weight: PyReadonlyArray2<'py, i8>,
+    weight_scales: PyReadonlyArray1<'py, f32>,
+    bias: Option<PyReadonlyArray1<'py, f32>>,
+    per_token: bool,
+    reference: bool,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let m = x.shape()[0];
+    let n = weight.shape()[0];
+    let xs = contiguous(x.as_slice())?;
+    let w = contiguous(weight.as_slice())?;
+    let s = contiguous(weight_scales.as_slice())?;
+    let b = bias
+        .as_ref()
+        .map(|b| contiguous(b.as_slice()))
+        .transpose()?;
+    let act = if per_token {
+        matmul::ActQuant::PerToken
+    } else {
+        matmul::ActQuant::PerTensor
+    };
+    let (out, ()) = new_array(py, &[m, n], |out| {
+        matmul::w8a8_matmul_into(xs, m, w, s, b, act, nan_policy(reference), out)
+    })?;
+    Ok(out)
+}
+
 /// `(min, max, mean, std_dev, p99, suggested_scale)` over all batches.
 #[pyfunction]
 fn calib_collect(
@@ -384,6 +416,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(smooth_apply, m)?)?;
     m.add_function(wrap_pyfunction!(smooth_apply_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(w8a8_matvec, m)?)?;
+    m.add_function(wrap_pyfunction!(w8a8_matmul, m)?)?;
     m.add_function(wrap_pyfunction!(calib_collect, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -148,3 +148,131 @@ pub unsafe fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
     }
     total + scalar::dot_i8(&w[body..], &a[body..])
 }
+
+/// Exact dot products of `R` weight rows with `T` activation rows:
+/// `out[r][t] = sum_i w[r][i] * a[t][i]`. Each weight vector is loaded and
+/// made absolute once and used for all `T` activations, each activation
+/// vector once for all `R` rows. `a` must not hold -128.
+///
+/// # Safety
+/// AVX2 available; every row has the same length (the dispatcher asserts).
+#[target_feature(enable = "avx2")]
+pub unsafe fn dot_tile<const R: usize, const T: usize>(
+    w: &[&[i8]; R],
+    a: &[&[i8]; T],
+) -> [[i64; T]; R] {
+    let k = a[0].len();
+    let ones = _mm256_set1_epi16(1);
+    let body = k / 32 * 32;
+    let mut out = [[0i64; T]; R];
+    let mut start = 0;
+    while start < body {
+        let end = (start + STEPS_PER_BLOCK * 32).min(body);
+        let mut acc = [[_mm256_setzero_si256(); T]; R];
+        let mut i = start;
+        // i + 32 <= end <= body <= k == every row's length: loads in bounds.
+        while i < end {
+            let av: [__m256i; T] = core::array::from_fn(|t| load32_i8(a[t], i));
+            for r in 0..R {
+                let wv = load32_i8(w[r], i);
+                let w_abs = _mm256_abs_epi8(wv);
+                for t in 0..T {
+                    let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(av[t], wv));
+                    acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(p, ones));
+                }
+            }
+            i += 32;
+        }
+        for r in 0..R {
+            for t in 0..T {
+                out[r][t] += hsum_i32_to_i64(acc[r][t]);
+            }
+        }
+        start = end;
+    }
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] += scalar::dot_i8(&w[r][body..], &a[t][body..]);
+        }
+    }
+    out
+}
+
+/// 32 int4 weights (columns `col..col + 32`) from 16 packed bytes starting
+/// at byte `col / 2`, sign-extended to int8 in column order. Byte j holds
+/// column 2j in its low nibble and 2j + 1 in its high nibble.
+///
+/// # Safety
+/// AVX2 available and `col / 2 + 16 <= packed.len()`.
+#[inline(always)]
+unsafe fn unpack_int4_32(packed: &[u8], col: usize) -> __m256i {
+    debug_assert!(col / 2 + 16 <= packed.len());
+    let b = _mm_loadu_si128(packed.as_ptr().add(col / 2) as *const __m128i);
+    let low = _mm_set1_epi8(0x0f);
+    let lo = _mm_and_si128(b, low);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), low);
+    let nibbles = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+    // (v ^ 8) - 8 maps 0..15 to the two's-complement values 0..7, -8..-1.
+    let eight = _mm256_set1_epi8(8);
+    _mm256_sub_epi8(_mm256_xor_si256(nibbles, eight), eight)
+}
+
+/// Sums of the eight i32 lanes of four vectors, exact, as one 4-lane vector.
+#[inline(always)]
+unsafe fn hsum4_i32(a: [__m256i; 4]) -> __m128i {
+    let h01 = _mm256_hadd_epi32(a[0], a[1]);
+    let h23 = _mm256_hadd_epi32(a[2], a[3]);
+    let h = _mm256_hadd_epi32(h01, h23);
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+}
+
+/// W4A8 of four packed weight rows with `T` token rows; see
+/// [`super::w4a8_tile`] for the arithmetic. Requires `k % 32 == 0` and
+/// `group % 32 == 0`, `k % group == 0` (the dispatcher checks).
+///
+/// # Safety
+/// AVX2 available; `w[r].len() >= k / 2`, `ws[r].len() >= k / group`, every
+/// token row `k` long (the dispatcher asserts).
+#[target_feature(enable = "avx2")]
+pub unsafe fn w4a8_tile<const T: usize>(
+    w: &[&[u8]; 4],
+    ws: &[&[f32]; 4],
+    a: &[&[i8]; T],
+    group: usize,
+) -> [[f32; T]; 4] {
+    let k = a[0].len();
+    let ones = _mm256_set1_epi16(1);
+    let mut y = [_mm_setzero_ps(); T];
+    for g in 0..k / group {
+        let mut acc = [[_mm256_setzero_si256(); 4]; T];
+        let mut col = g * group;
+        // col + 32 <= (g + 1) * group <= k: weight bytes col/2..col/2+16
+        // and activation bytes col..col+32 are in bounds.
+        while col < (g + 1) * group {
+            let wv: [__m256i; 4] = core::array::from_fn(|r| unpack_int4_32(w[r], col));
+            for t in 0..T {
+                let av = load32_i8(a[t], col);
+                for r in 0..4 {
+                    let p =
+                        _mm256_maddubs_epi16(_mm256_abs_epi8(wv[r]), _mm256_sign_epi8(av, wv[r]));
+                    acc[t][r] = _mm256_add_epi32(acc[t][r], _mm256_madd_epi16(p, ones));
+                }
+            }
+            col += 32;
+        }
+        let scales = _mm_setr_ps(ws[0][g], ws[1][g], ws[2][g], ws[3][g]);
+        for t in 0..T {
+            let p = _mm_mul_ps(_mm_cvtepi32_ps(hsum4_i32(acc[t])), scales);
+            y[t] = if g == 0 { p } else { _mm_add_ps(y[t], p) };
+        }
+    }
+    let mut out = [[0.0f32; T]; 4];
+    for t in 0..T {
+        let mut lanes = [0.0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), y[t]);
+        for r in 0..4 {
+            out[r][t] = lanes[r];
+        }
+    }
+    out
+}

@@ -198,3 +198,62 @@ pub fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
         _ => scalar::dot_i8(w, a),
     }
 }
+
+/// Exact dot products of `R` weight rows with `T` activation rows (all of one
+/// length): `out[r][t] = sum_i w[r][i] * a[t][i]`. Activations must not hold
+/// -128; weights may hold any int8.
+#[inline]
+pub fn dot_tile<const R: usize, const T: usize>(w: &[&[i8]; R], a: &[&[i8]; T]) -> [[i64; T]; R] {
+    let k = a.first().map_or(0, |row| row.len());
+    assert!(
+        w.iter().all(|row| row.len() == k) && a.iter().all(|row| row.len() == k),
+        "dot_tile: rows of unequal length"
+    );
+    if T == 0 {
+        return [[0; T]; R];
+    }
+    match active() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 confirmed by active(); row lengths checked above.
+        Isa::Avx2 => unsafe { avx2::dot_tile(w, a) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => core::array::from_fn(|r| core::array::from_fn(|t| dot_i8(w[r], a[t]))),
+        _ => scalar::dot_tile(w, a),
+    }
+}
+
+/// W4A8 of `R` packed int4 weight rows with `T` int8 token rows:
+/// `out[r][t] = sum over groups g, in order, of (acc_g as f32 * ws[r][g])`
+/// in f32 (the first group's product starts the sum), where `acc_g` is the
+/// exact integer dot product over the group's columns. With one group this
+/// is `acc as f32 * ws[r][0]`, the W8A8 formula.
+#[inline]
+pub fn w4a8_tile<const R: usize, const T: usize>(
+    w: &[&[u8]; R],
+    ws: &[&[f32]; R],
+    a: &[&[i8]; T],
+    group: usize,
+) -> [[f32; T]; R] {
+    let k = a.first().map_or(0, |row| row.len());
+    let groups = k.div_ceil(group.max(1));
+    assert!(
+        group > 0 && k < (1 << 20),
+        "w4a8_tile: group {group}, k {k}"
+    );
+    assert!(
+        w.iter().all(|row| row.len() >= k.div_ceil(2))
+            && ws.iter().all(|row| row.len() >= groups)
+            && a.iter().all(|row| row.len() == k),
+        "w4a8_tile: operand lengths"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if R == 4 && T > 0 && k % 32 == 0 && group % 32 == 0 && k % group == 0 && active() == Isa::Avx2
+    {
+        let w4: &[&[u8]; 4] = w.as_slice().try_into().expect("R == 4");
+        let ws4: &[&[f32]; 4] = ws.as_slice().try_into().expect("R == 4");
+        // SAFETY: AVX2 confirmed by active(); shapes checked above.
+        let y = unsafe { avx2::w4a8_tile(w4, ws4, a, group) };
+        return core::array::from_fn(|r| y[r]);
+    }
+    scalar::w4a8_tile(w, ws, a, group)
+}

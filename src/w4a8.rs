@@ -1,0 +1,235 @@
+//! W4A8 products: packed int4 weights (see [`crate::weights`] for the
+//! layout) times dynamically quantized int8 activations. Nibbles are
+//! unpacked inside the kernel, 32 at a time; the matrix is never expanded.
+
+use core::ops::Range;
+
+use crate::matmul::ActQuant;
+use crate::parallel::{self, DisjointOut};
+use crate::quantize::{quantize_per_row_into, quantize_per_tensor_into, INT8_CLIP};
+use crate::scale::{DynamicScaleMode, NanPolicy};
+use crate::simd;
+use crate::DynQuantError;
+
+/// Shape of a packed int4 weight matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Int4Layout {
+    /// Output features (rows).
+    pub out_features: usize,
+    /// Input features (columns before packing).
+    pub in_features: usize,
+    /// Columns per scale; `in_features` for one scale per row.
+    pub group_size: usize,
+}
+
+impl Int4Layout {
+    /// Packed bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.in_features.div_ceil(2)
+    }
+
+    /// Scales per row.
+    pub fn groups(&self) -> usize {
+        self.in_features.div_ceil(self.group_size.max(1))
+    }
+}
+
+/// Weight rows `rows` against all `m` tokens, 4 rows x up to 2 tokens a tile.
+fn w4a8_block(
+    packed: &[u8],
+    scales: &[f32],
+    layout: Int4Layout,
+    q: &[i8],
+    m: usize,
+    rows: Range<usize>,
+    emit: &impl Fn(usize, usize, f32),
+) {
+    let (k, rb, g) = (layout.in_features, layout.row_bytes(), layout.groups());
+    let token = |i: usize| &q[i * k..(i + 1) * k];
+    let wrow = |j: usize| &packed[j * rb..(j + 1) * rb];
+    let srow = |j: usize| &scales[j * g..(j + 1) * g];
+    let mut j = rows.start;
+    while j < rows.end {
+        if j + 4 <= rows.end {
+            let w: [&[u8]; 4] = core::array::from_fn(|r| wrow(j + r));
+            let s: [&[f32]; 4] = core::array::from_fn(|r| srow(j + r));
+            let mut i = 0;
+            while i + 2 <= m {
+                let y = simd::w4a8_tile(&w, &s, &[token(i), token(i + 1)], layout.group_size);
+                for (r, y) in y.iter().enumerate() {
+                    emit(i, j + r, y[0]);
+                    emit(i + 1, j + r, y[1]);
+                }
+                i += 2;
+            }
+            if i < m {
+                let y = simd::w4a8_tile(&w, &s, &[token(i)], layout.group_size);
+                for (r, y) in y.iter().enumerate() {
+                    emit(i, j + r, y[0]);
+                }
+            }
+            j += 4;
+        } else {
+            for i in 0..m {
+                let y = simd::w4a8_tile(&[wrow(j)], &[srow(j)], &[token(i)], layout.group_size);
+                emit(i, j, y[0][0]);
+            }
+            j += 1;
+        }
+    }
+}
+
+/// Batched W4A8: `out[i, j] = y_ij * s_i (+ bias[j])` where `y_ij` sums,
+/// group by group in f32, the exact integer dot product of the group times
+/// the group's scale (see [`simd::w4a8_tile`]). With one group per row this
+/// equals W8A8 on the unpacked weights, bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn w4a8_matmul_into(
+    x: &[f32],
+    m: usize,
+    packed: &[u8],
+    scales: &[f32],
+    layout: Int4Layout,
+    bias: Option<&[f32]>,
+    act: ActQuant,
+    policy: NanPolicy,
+    out: &mut [f32],
+) -> Result<(), DynQuantError> {
+    let (n, k) = (layout.out_features, layout.in_features);
+    if m > 0 && k == 0 {
+        return Err(DynQuantError::EmptyInput);
+    }
+    if layout.group_size == 0 || k >= 1 << 20 {
+        return Err(DynQuantError::InvalidArgument(format!(
+            "W4A8 needs 0 < group_size and in_features < 2^20, got group_size {} and {k}",
+            layout.group_size
+        )));
+    }
+    for (expected, actual) in [
+        (m * k, x.len()),
+        (n * layout.row_bytes(), packed.len()),
+        (n * layout.groups(), scales.len()),
+        (n, bias.map_or(n, <[f32]>::len)),
+        (m * n, out.len()),
+    ] {
+        if expected != actual {
+            return Err(DynQuantError::ShapeMismatch { expected, actual });
+        }
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let mut q = vec![0i8; m * k];
+    let token_scales = match act {
+        ActQuant::PerToken => {
+            let mut s = vec![0.0f32; m];
+            quantize_per_row_into(x, k, DynamicScaleMode::MaxAbs, policy, &mut q, &mut s)?;
+            s
+        }
+        ActQuant::PerTensor => {
+            let s =
+                quantize_per_tensor_into(x, INT8_CLIP, DynamicScaleMode::MaxAbs, policy, &mut q)?;
+            vec![s; m]
+        }
+    };
+    let sink = DisjointOut::new(out);
+    let emit = |i: usize, j: usize, y: f32| {
+        let v = y * token_scales[i];
+        let v = bias.map_or(v, |b| v + b[j]);
+        // SAFETY: each (i, j) is emitted once, by the task owning row j.
+        unsafe { sink.write(i * n + j, v) }
+    };
+    parallel::weight_row_blocks(m, n, k / 2, |rows| {
+        w4a8_block(packed, scales, layout, &q, m, rows, &emit)
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matmul::w8a8_matmul_into;
+    use crate::weights::{pack_int4, quantize_weights_int4, unpack_int4};
+
+    fn data(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 - 500.0) / 97.0)
+            .collect()
+    }
+
+    #[test]
+    fn one_group_equals_w8a8_on_unpacked_values() {
+        let (m, n, k) = (5, 9, 96);
+        let x = data(m * k, 1);
+        let values: Vec<i8> = (0..n * k).map(|i| ((i * 13 % 16) as i8) - 8).collect();
+        let packed = pack_int4(&values, k).unwrap();
+        let scales: Vec<f32> = (0..n).map(|j| 0.01 * (j + 1) as f32).collect();
+        let layout = Int4Layout {
+            out_features: n,
+            in_features: k,
+            group_size: k,
+        };
+        let mut y4 = vec![0.0; m * n];
+        let mut y8 = vec![0.0; m * n];
+        for act in [ActQuant::PerToken, ActQuant::PerTensor] {
+            w4a8_matmul_into(
+                &x,
+                m,
+                &packed,
+                &scales,
+                layout,
+                None,
+                act,
+                NanPolicy::Raise,
+                &mut y4,
+            )
+            .unwrap();
+            w8a8_matmul_into(
+                &x,
+                m,
+                &values,
+                &scales,
+                None,
+                act,
+                NanPolicy::Raise,
+                &mut y8,
+            )
+            .unwrap();
+            assert_eq!(y4, y8);
+        }
+    }
+
+    #[test]
+    fn simd_and_scalar_paths_agree_with_groups() {
+        let (m, n, k) = (3, 10, 128);
+        let x = data(m * k, 2);
+        let w = data(n * k, 3);
+        let (packed, scales) = quantize_weights_int4(&w, n, k, Some(32)).unwrap();
+        assert_eq!(unpack_int4(&packed, k).unwrap().len(), n * k);
+        let layout = Int4Layout {
+            out_features: n,
+            in_features: k,
+            group_size: 32,
+        };
+        let mut results = Vec::new();
+        for isa in simd::supported() {
+            simd::set_isa(isa).unwrap();
+            let mut y = vec![0.0; m * n];
+            w4a8_matmul_into(
+                &x,
+                m,
+                &packed,
+                &scales,
+                layout,
+                None,
+                ActQuant::PerToken,
+                NanPolicy::Raise,
+                &mut y,
+            )
+            .unwrap();
+            results.push(y);
+        }
+        simd::set_isa(simd::best_supported()).unwrap();
+        assert!(results.windows(2).all(|p| p[0] == p[1]));
+    }
+}
