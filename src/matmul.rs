@@ -219,14 +219,51 @@ pub fn try_w8a8_matvec(
     Ok(out)
 }
 
-/// How a W8A8 GEMM quantizes its activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActQuant {
-    /// One scale per token (row): each token's result equals
-    /// [`w8a8_matvec`] on that token, bit for bit.
-    PerToken,
-    /// One scale for all tokens (the reference's per-tensor rule).
-    PerTensor,
+/// How a product quantizes its activations.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActQuant {
+    /// One scale per token (row) — then each token's W8A8 result equals
+    /// [`w8a8_matvec`] on that token, bit for bit — or one for all tokens
+    /// (the reference's per-tensor rule).
+    pub per_token: bool,
+    /// How each scale is chosen.
+    pub mode: DynamicScaleMode,
+    /// What NaN and infinities do.
+    pub policy: NanPolicy,
+}
+
+impl ActQuant {
+    /// Per token, MaxAbs, non-finite input rejected.
+    pub const PER_TOKEN: ActQuant = ActQuant {
+        per_token: true,
+        mode: DynamicScaleMode::MaxAbs,
+        policy: NanPolicy::Raise,
+    };
+
+    /// Per tensor, MaxAbs, non-finite input rejected.
+    pub const PER_TENSOR: ActQuant = ActQuant {
+        per_token: false,
+        ..Self::PER_TOKEN
+    };
+
+    /// Quantizes `m` tokens of `k` values into `q`; returns one scale per token.
+    pub(crate) fn quantize(
+        &self,
+        x: &[f32],
+        k: usize,
+        q: &mut [i8],
+    ) -> Result<Vec<f32>, DynQuantError> {
+        let m = x.len() / k.max(1);
+        let mode = self.mode.validate()?;
+        if self.per_token {
+            let mut s = vec![0.0f32; m];
+            quantize_per_row_into(x, k, mode, self.policy, q, &mut s)?;
+            Ok(s)
+        } else {
+            let s = quantize_per_tensor_into(x, INT8_CLIP, mode, self.policy, q)?;
+            Ok(vec![s; m])
+        }
+    }
 }
 
 /// Batched W8A8: `out[i, j] = (dot(w[j], q[i]) as f32 * w_scales[j]) * s_i
@@ -239,7 +276,6 @@ pub fn w8a8_matmul_into(
     weight_scales: &[f32],
     bias: Option<&[f32]>,
     act: ActQuant,
-    policy: NanPolicy,
     out: &mut [f32],
 ) -> Result<(), DynQuantError> {
     let n = weight_scales.len();
@@ -271,29 +307,8 @@ pub fn w8a8_matmul_into(
         return Ok(());
     }
     let mut q = vec![0i8; m * k];
-    let scales = match act {
-        ActQuant::PerToken => {
-            let mut s = vec![0.0f32; m];
-            quantize_per_row_into(x, k, DynamicScaleMode::MaxAbs, policy, &mut q, &mut s)?;
-            s
-        }
-        ActQuant::PerTensor => {
-            vec![quantize_per_tensor_into(
-                x,
-                INT8_CLIP,
-                DynamicScaleMode::MaxAbs,
-                policy,
-                &mut q,
-            )?]
-        }
-    };
-    let token_scale = |i: usize| {
-        if scales.len() == 1 {
-            scales[0]
-        } else {
-            scales[i]
-        }
-    };
+    let scales = act.quantize(x, k, &mut q)?;
+    let token_scale = |i: usize| scales[i];
     match bias {
         Some(b) => int8_gemm(
             weight_i8,
@@ -371,17 +386,7 @@ mod tests {
         let w: Vec<i8> = (0..n * k).map(|i| (i * 91 % 256) as u8 as i8).collect();
         let s: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 0.003).collect();
         let mut y = vec![0.0; m * n];
-        w8a8_matmul_into(
-            &x,
-            m,
-            &w,
-            &s,
-            None,
-            ActQuant::PerToken,
-            NanPolicy::Raise,
-            &mut y,
-        )
-        .unwrap();
+        w8a8_matmul_into(&x, m, &w, &s, None, ActQuant::PER_TOKEN, &mut y).unwrap();
         for i in 0..m {
             let row = w8a8_matvec(&w, &s, &x[i * k..(i + 1) * k], n, k).unwrap();
             assert_eq!(&y[i * n..(i + 1) * n], row.as_slice());

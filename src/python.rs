@@ -18,7 +18,9 @@ use pyo3::types::{PyDict, PyList};
 use crate::calib::CalibStats;
 use crate::scale::{DynamicScaleMode, NanPolicy};
 use crate::tensor::DynQuantFormat;
-use crate::{matmul, parallel, quantize, scale, simd, smooth, tensor, DynQuantError};
+use crate::{
+    matmul, parallel, quantize, scale, simd, smooth, tensor, w4a8, weights, DynQuantError,
+};
 
 /// Builds the matching exception of `dynquant.errors`.
 fn to_py_err(py: Python<'_>, err: DynQuantError) -> PyErr {
@@ -290,6 +292,36 @@ fn rows_of(ndim: usize, shape: &[usize]) -> usize {
     }
 }
 
+/// Factors from per-channel activation maxima and the weights `[out, in]`.
+#[pyfunction]
+fn smooth_factors_from_act_max<'py>(
+    py: Python<'py>,
+    act_max: PyReadonlyArray1<'py, f32>,
+    weights: PyReadonlyArray2<'py, f32>,
+    alpha: f32,
+    epsilon: f32,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let in_features = weights.shape()[1];
+    if act_max.len() != in_features {
+        return Err(to_py_err(
+            py,
+            DynQuantError::FeatureDimMismatch {
+                in_features,
+                sf_len: act_max.len(),
+            },
+        ));
+    }
+    let config =
+        smooth::SmoothQuantConfig::try_new(alpha, epsilon).map_err(|e| to_py_err(py, e))?;
+    let a = contiguous(act_max.as_slice())?;
+    let w = contiguous(weights.as_slice())?;
+    let factors = detached(py, || {
+        let w_max = smooth::column_abs_max(w, in_features);
+        Ok(smooth::smooth_factors_from_maxima(a, &w_max, &config))
+    })?;
+    Ok(factors.into_pyarray(py))
+}
+
 /// `out = src / factors` (or `* factors` with `multiply`) per column.
 #[pyfunction]
 fn smooth_apply(
@@ -362,6 +394,7 @@ fn w8a8_matmul<'py>(
     weight_scales: PyReadonlyArray1<'py, f32>,
     bias: Option<PyReadonlyArray1<'py, f32>>,
     per_token: bool,
+    percentile: Option<f32>,
     reference: bool,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let m = x.shape()[0];
@@ -373,13 +406,115 @@ fn w8a8_matmul<'py>(
         .as_ref()
         .map(|b| contiguous(b.as_slice()))
         .transpose()?;
-    let act = if per_token {
-        matmul::ActQuant::PerToken
-    } else {
-        matmul::ActQuant::PerTensor
+    let act = matmul::ActQuant {
+        per_token,
+        mode: scale_mode(percentile),
+        policy: nan_policy(reference),
     };
     let (out, ()) = new_array(py, &[m, n], |out| {
-        matmul::w8a8_matmul_into(xs, m, w, s, b, act, nan_policy(reference), out)
+        matmul::w8a8_matmul_into(xs, m, w, s, b, act, out)
+    })?;
+    Ok(out)
+}
+
+/// Int8 weights `[out, in]` → `(q, scales)`.
+#[pyfunction]
+fn quantize_weights_int8<'py>(
+    py: Python<'py>,
+    weight: PyReadonlyArray2<'py, f32>,
+) -> PyResult<(Bound<'py, PyArrayDyn<i8>>, Bound<'py, PyArray1<f32>>)> {
+    let (n, k) = (weight.shape()[0], weight.shape()[1]);
+    let w = contiguous(weight.as_slice())?;
+    let (q, s) = detached(py, || weights::quantize_weights_int8(w, n, k))?;
+    Ok((q.into_pyarray(py).reshape(vec![n, k])?, s.into_pyarray(py)))
+}
+
+/// Int4 weights `[out, in]` → `(packed [out, ceil(in/2)], scales [out, groups])`.
+#[pyfunction]
+fn quantize_weights_int4<'py>(
+    py: Python<'py>,
+    weight: PyReadonlyArray2<'py, f32>,
+    group_size: Option<usize>,
+) -> PyResult<(Bound<'py, PyArrayDyn<u8>>, Bound<'py, PyArrayDyn<f32>>)> {
+    let (n, k) = (weight.shape()[0], weight.shape()[1]);
+    let w = contiguous(weight.as_slice())?;
+    let (p, s) = detached(py, || weights::quantize_weights_int4(w, n, k, group_size))?;
+    let groups = if n == 0 { 0 } else { s.len() / n };
+    Ok((
+        p.into_pyarray(py).reshape(vec![n, k.div_ceil(2)])?,
+        s.into_pyarray(py).reshape(vec![n, groups])?,
+    ))
+}
+
+/// Packs `[rows, cols]` int4 values → `[rows, ceil(cols/2)]` bytes.
+#[pyfunction]
+fn pack_int4<'py>(
+    py: Python<'py>,
+    values: PyReadonlyArray2<'py, i8>,
+) -> PyResult<Bound<'py, PyArrayDyn<u8>>> {
+    let (rows, cols) = (values.shape()[0], values.shape()[1]);
+    let v = contiguous(values.as_slice())?;
+    let p = detached(py, || weights::pack_int4(v, cols))?;
+    Ok(p.into_pyarray(py).reshape(vec![rows, cols.div_ceil(2)])?)
+}
+
+/// Unpacks `[rows, ceil(cols/2)]` bytes → `[rows, cols]` int4 values.
+#[pyfunction]
+fn unpack_int4<'py>(
+    py: Python<'py>,
+    packed: PyReadonlyArray2<'py, u8>,
+    cols: usize,
+) -> PyResult<Bound<'py, PyArrayDyn<i8>>> {
+    let rows = packed.shape()[0];
+    if packed.shape()[1] != cols.div_ceil(2) {
+        return Err(to_py_err(
+            py,
+            DynQuantError::ShapeMismatch {
+                expected: cols.div_ceil(2),
+                actual: packed.shape()[1],
+            },
+        ));
+    }
+    let p = contiguous(packed.as_slice())?;
+    let v = detached(py, || weights::unpack_int4(p, cols))?;
+    Ok(v.into_pyarray(py).reshape(vec![rows, cols])?)
+}
+
+/// Batched W4A8 of a 2-D `x` `[m, k]` with packed weights: `[m, n]`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn w4a8_matmul<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    packed: PyReadonlyArray2<'py, u8>,
+    scales: PyReadonlyArray2<'py, f32>,
+    in_features: usize,
+    group_size: usize,
+    bias: Option<PyReadonlyArray1<'py, f32>>,
+    per_token: bool,
+    percentile: Option<f32>,
+    reference: bool,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let m = x.shape()[0];
+    let layout = w4a8::Int4Layout {
+        out_features: packed.shape()[0],
+        in_features,
+        group_size,
+    };
+    let xs = contiguous(x.as_slice())?;
+    let p = contiguous(packed.as_slice())?;
+    let s = contiguous(scales.as_slice())?;
+    let b = bias
+        .as_ref()
+        .map(|b| contiguous(b.as_slice()))
+        .transpose()?;
+    let act = matmul::ActQuant {
+        per_token,
+        mode: scale_mode(percentile),
+        policy: nan_policy(reference),
+    };
+    let (out, ()) = new_array(py, &[m, layout.out_features], |out| {
+        w4a8::w4a8_matmul_into(xs, m, p, s, layout, b, act, out)
     })?;
     Ok(out)
 }
@@ -413,10 +548,16 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(quantization_mae, m)?)?;
     m.add_function(wrap_pyfunction!(smooth_factors, m)?)?;
+    m.add_function(wrap_pyfunction!(smooth_factors_from_act_max, m)?)?;
     m.add_function(wrap_pyfunction!(smooth_apply, m)?)?;
     m.add_function(wrap_pyfunction!(smooth_apply_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(w8a8_matvec, m)?)?;
     m.add_function(wrap_pyfunction!(w8a8_matmul, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_weights_int8, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_weights_int4, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_int4, m)?)?;
+    m.add_function(wrap_pyfunction!(unpack_int4, m)?)?;
+    m.add_function(wrap_pyfunction!(w4a8_matmul, m)?)?;
     m.add_function(wrap_pyfunction!(calib_collect, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -6,8 +6,6 @@ use core::ops::Range;
 
 use crate::matmul::ActQuant;
 use crate::parallel::{self, DisjointOut};
-use crate::quantize::{quantize_per_row_into, quantize_per_tensor_into, INT8_CLIP};
-use crate::scale::{DynamicScaleMode, NanPolicy};
 use crate::simd;
 use crate::DynQuantError;
 
@@ -92,7 +90,6 @@ pub fn w4a8_matmul_into(
     layout: Int4Layout,
     bias: Option<&[f32]>,
     act: ActQuant,
-    policy: NanPolicy,
     out: &mut [f32],
 ) -> Result<(), DynQuantError> {
     let (n, k) = (layout.out_features, layout.in_features);
@@ -120,18 +117,7 @@ pub fn w4a8_matmul_into(
         return Ok(());
     }
     let mut q = vec![0i8; m * k];
-    let token_scales = match act {
-        ActQuant::PerToken => {
-            let mut s = vec![0.0f32; m];
-            quantize_per_row_into(x, k, DynamicScaleMode::MaxAbs, policy, &mut q, &mut s)?;
-            s
-        }
-        ActQuant::PerTensor => {
-            let s =
-                quantize_per_tensor_into(x, INT8_CLIP, DynamicScaleMode::MaxAbs, policy, &mut q)?;
-            vec![s; m]
-        }
-    };
+    let token_scales = act.quantize(x, k, &mut q)?;
     let sink = DisjointOut::new(out);
     let emit = |i: usize, j: usize, y: f32| {
         let v = y * token_scales[i];
@@ -171,30 +157,9 @@ mod tests {
         };
         let mut y4 = vec![0.0; m * n];
         let mut y8 = vec![0.0; m * n];
-        for act in [ActQuant::PerToken, ActQuant::PerTensor] {
-            w4a8_matmul_into(
-                &x,
-                m,
-                &packed,
-                &scales,
-                layout,
-                None,
-                act,
-                NanPolicy::Raise,
-                &mut y4,
-            )
-            .unwrap();
-            w8a8_matmul_into(
-                &x,
-                m,
-                &values,
-                &scales,
-                None,
-                act,
-                NanPolicy::Raise,
-                &mut y8,
-            )
-            .unwrap();
+        for act in [ActQuant::PER_TOKEN, ActQuant::PER_TENSOR] {
+            w4a8_matmul_into(&x, m, &packed, &scales, layout, None, act, &mut y4).unwrap();
+            w8a8_matmul_into(&x, m, &values, &scales, None, act, &mut y8).unwrap();
             assert_eq!(y4, y8);
         }
     }
@@ -222,8 +187,7 @@ mod tests {
                 &scales,
                 layout,
                 None,
-                ActQuant::PerToken,
-                NanPolicy::Raise,
+                ActQuant::PER_TOKEN,
                 &mut y,
             )
             .unwrap();

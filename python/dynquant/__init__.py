@@ -23,7 +23,8 @@ from .errors import (
     ShapeMismatchError,
 )
 from .kernels import KernelInfo, kernel_info, set_kernel, set_num_threads
-from .matmul import w8a8_matvec
+from .layers import QuantizedLinear
+from .matmul import w4a8_matmul, w4a8_matvec, w8a8_matmul, w8a8_matvec
 from .modes import DynQuantFormat, MaxAbs, Percentile, ScaleMode
 from .quantize import compute_scale, quantize_int4, quantize_int8, quantize_int8_per_row
 from .smooth import (
@@ -33,6 +34,7 @@ from .smooth import (
     smooth_weights,
 )
 from .tensor import DynQuantTensor, quantization_mae
+from .weights import pack_int4, quantize_weights_int4, quantize_weights_int8, unpack_int4
 
 __all__ = [
     "ArgumentTypeError",
@@ -52,6 +54,7 @@ __all__ = [
     "MaxAbs",
     "NonFiniteError",
     "Percentile",
+    "QuantizedLinear",
     "ScaleMode",
     "ShapeMismatchError",
     "SmoothQuantConfig",
@@ -59,13 +62,20 @@ __all__ = [
     "compute_scale",
     "compute_smooth_factors",
     "kernel_info",
+    "pack_int4",
     "quantization_mae",
     "quantize_int4",
     "quantize_int8",
     "quantize_int8_per_row",
+    "quantize_weights_int4",
+    "quantize_weights_int8",
     "set_kernel",
     "set_num_threads",
     "smooth_activations",
     "smooth_weights",
+    "unpack_int4",
+    "w4a8_matmul",
+    "w4a8_matvec",
+    "w8a8_matmul",
     "w8a8_matvec",
 ]

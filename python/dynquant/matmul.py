@@ -1,4 +1,5 @@
-"""W8A8 products of int8 weights and dynamically quantized activations."""
+"""W8A8 and W4A8 products of quantized weights and dynamically quantized
+activations."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import numpy.typing as npt
 
 from . import _core
 from ._arrays import as_float32, as_int8, check_nan_policy
+from .errors import DTypeError, InvalidArgumentError, ShapeMismatchError
+from .modes import MaxAbs, ScaleMode, percentile_arg
 
-__all__ = ["w8a8_matvec"]
+__all__ = ["w4a8_matmul", "w4a8_matvec", "w8a8_matmul", "w8a8_matvec"]
+
+_MAX_ABS = MaxAbs()
 
 
 def w8a8_matvec(
@@ -27,3 +32,135 @@ def w8a8_matvec(
     a = as_float32(activation, "activation", ndim=1)
     y: npt.NDArray[np.float32] = _core.w8a8_matvec(w, s, a, check_nan_policy(nan_policy))
     return y
+
+
+def _tokens(x: Any) -> tuple[npt.NDArray[np.float32], tuple[int, ...]]:
+    a = as_float32(x, "x")
+    if a.ndim == 0:
+        raise ShapeMismatchError(
+            "x must have at least one axis [..., in]", expected="[..., in]", actual=a.shape
+        )
+    return a.reshape(-1, a.shape[-1]), a.shape[:-1]
+
+
+def _bias(bias: Any, out_features: int) -> npt.NDArray[np.float32] | None:
+    if bias is None:
+        return None
+    b = as_float32(bias, "bias", ndim=1)
+    if b.shape[0] != out_features:
+        raise ShapeMismatchError(
+            f"bias has {b.shape[0]} values for {out_features} outputs",
+            expected=out_features,
+            actual=b.shape[0],
+        )
+    return b
+
+
+def w8a8_matmul(
+    x: Any,
+    weight_i8: Any,
+    weight_scales: Any,
+    *,
+    per_token: bool = True,
+    bias: Any = None,
+    act_mode: ScaleMode = _MAX_ABS,
+    nan_policy: str = "raise",
+) -> npt.NDArray[np.float32]:
+    """Batched W8A8: ``x [..., in]`` times int8 ``weight_i8 [out, in]`` → ``[..., out]``.
+
+    Activations are quantized per token (one scale per row of ``x``, the
+    default — each token's result equals ``w8a8_matvec`` on it, bit for bit)
+    or per tensor (``per_token=False``, the reference's rule); the integer
+    accumulation is exact; ``y = (acc * weight_scales[o]) * act_scale (+ bias)``.
+    """
+    x2, lead = _tokens(x)
+    w = as_int8(weight_i8, "weight_i8", ndim=2)
+    s = as_float32(weight_scales, "weight_scales", ndim=1)
+    y = _core.w8a8_matmul(
+        x2,
+        w,
+        s,
+        _bias(bias, w.shape[0]),
+        bool(per_token),
+        percentile_arg(act_mode),
+        check_nan_policy(nan_policy),
+    )
+    out: npt.NDArray[np.float32] = y.reshape(*lead, w.shape[0])
+    return out
+
+
+def w4a8_matmul(
+    x: Any,
+    packed: Any,
+    scales: Any,
+    *,
+    group_size: int | None = None,
+    per_token: bool = True,
+    bias: Any = None,
+    act_mode: ScaleMode = _MAX_ABS,
+    nan_policy: str = "raise",
+) -> npt.NDArray[np.float32]:
+    """Batched W4A8 on packed int4 weights (see ``dynquant.weights`` for the
+    layout) with scales ``[out, groups]``: ``x [..., in]`` → ``[..., out]``.
+
+    Per weight row and token, each group's exact integer dot product is scaled
+    by its group scale and the groups are summed in order in float32; the
+    token scale multiplies last. With ``group_size=None`` (one scale per row)
+    this equals ``w8a8_matmul`` on the unpacked weights, bit for bit.
+    """
+    x2, lead = _tokens(x)
+    k = x2.shape[1]
+    p = np.asarray(packed)
+    if p.dtype != np.uint8 or p.ndim != 2:
+        raise DTypeError(
+            f"packed must be 2-D uint8 (from dq.quantize_weights_int4), got {p.ndim}-D {p.dtype}",
+            expected="2-D uint8",
+            actual=f"{p.ndim}-D {p.dtype}",
+        )
+    if p.shape[1] != (k + 1) // 2:
+        raise ShapeMismatchError(
+            f"packed weights have {p.shape[1]} bytes per row; x has {k} features, "
+            f"which pack into {(k + 1) // 2}",
+            expected=(k + 1) // 2,
+            actual=p.shape[1],
+        )
+    group = k if group_size is None else group_size
+    if isinstance(group, bool) or not isinstance(group, int) or group <= 0:
+        raise InvalidArgumentError(f"group_size must be None or a positive int, got {group_size!r}")
+    s = as_float32(scales, "scales", ndim=2)
+    groups = -(-k // group) if k else 0
+    if s.shape != (p.shape[0], groups):
+        raise ShapeMismatchError(
+            f"scales must have shape {(p.shape[0], groups)} for {p.shape[0]} rows in groups of "
+            f"{group}, got {s.shape}",
+            expected=(p.shape[0], groups),
+            actual=s.shape,
+        )
+    y = _core.w4a8_matmul(
+        x2,
+        np.ascontiguousarray(p),
+        s,
+        k,
+        max(group, 1),
+        _bias(bias, p.shape[0]),
+        bool(per_token),
+        percentile_arg(act_mode),
+        check_nan_policy(nan_policy),
+    )
+    out: npt.NDArray[np.float32] = y.reshape(*lead, p.shape[0])
+    return out
+
+
+def w4a8_matvec(
+    packed: Any,
+    scales: Any,
+    activation: Any,
+    *,
+    group_size: int | None = None,
+    nan_policy: str = "raise",
+) -> npt.NDArray[np.float32]:
+    """W4A8 matrix–vector product of one ``activation [in]`` (per-tensor scale)."""
+    a = as_float32(activation, "activation", ndim=1)
+    return w4a8_matmul(
+        a, packed, scales, group_size=group_size, per_token=True, nan_policy=nan_policy
+    )

@@ -39,11 +39,15 @@ def _per_tensor(
     x: Any, mode: ScaleMode, nan_policy: str, clip: float, fmt: DynQuantFormat
 ) -> DynQuantTensor:
     a = as_float32(x, "x")
-    q, scale = _core.quantize_per_tensor(a, clip, percentile_arg(mode), check_nan_policy(nan_policy))
+    q, scale = _core.quantize_per_tensor(
+        a, clip, percentile_arg(mode), check_nan_policy(nan_policy)
+    )
     return DynQuantTensor._trusted(q, np.array([scale], dtype=np.float32), a.shape, fmt)
 
 
-def quantize_int8(x: Any, mode: ScaleMode = _MAX_ABS, *, nan_policy: str = "raise") -> DynQuantTensor:
+def quantize_int8(
+    x: Any, mode: ScaleMode = _MAX_ABS, *, nan_policy: str = "raise"
+) -> DynQuantTensor:
     """Per-tensor int8: one scale ``amax / 127``; ``q = clamp(round(x / s), -127, 127)``
     with round half away from zero. Keeps ``x``'s shape.
 
@@ -53,7 +57,9 @@ def quantize_int8(x: Any, mode: ScaleMode = _MAX_ABS, *, nan_policy: str = "rais
     return _per_tensor(x, mode, nan_policy, 127.0, DynQuantFormat.Int8PerTensor)
 
 
-def quantize_int4(x: Any, mode: ScaleMode = _MAX_ABS, *, nan_policy: str = "raise") -> DynQuantTensor:
+def quantize_int4(
+    x: Any, mode: ScaleMode = _MAX_ABS, *, nan_policy: str = "raise"
+) -> DynQuantTensor:
     """Per-tensor int4: one scale ``amax / 7``; values in [-7, 7], one per int8."""
     return _per_tensor(x, mode, nan_policy, 7.0, DynQuantFormat.Int4PerTensor)
 

@@ -109,7 +109,9 @@ def _apply(
         src = as_float32(x, name)
     if src.ndim not in (1, 2):
         raise ShapeMismatchError(
-            f"{name} must be 1-D or 2-D, got shape {src.shape}", expected="1-D or 2-D", actual=src.shape
+            f"{name} must be 1-D or 2-D, got shape {src.shape}",
+            expected="1-D or 2-D",
+            actual=src.shape,
         )
     in_features = src.shape[-1]
     if f.shape[0] != in_features:
@@ -131,7 +133,9 @@ def _apply(
         )
     elif out.shape != src.shape:
         raise ShapeMismatchError(
-            f"out has shape {out.shape}, {name} has {src.shape}", expected=src.shape, actual=out.shape
+            f"out has shape {out.shape}, {name} has {src.shape}",
+            expected=src.shape,
+            actual=out.shape,
         )
     elif not out.flags.writeable:
         raise ShapeMismatchError("out is read-only")

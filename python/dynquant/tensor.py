@@ -38,7 +38,9 @@ class DynQuantTensor:
         data = np.asarray(self.data)
         if data.dtype != I8:
             raise DTypeError(
-                f"data must be int8, got dtype {data.dtype}", expected="int8", actual=str(data.dtype)
+                f"data must be int8, got dtype {data.dtype}",
+                expected="int8",
+                actual=str(data.dtype),
             )
         scales = np.asarray(self.scales)
         if scales.dtype != F32 or scales.ndim != 1:
@@ -70,9 +72,7 @@ class DynQuantTensor:
             )
         limit = 7 if self.format is DynQuantFormat.Int4PerTensor else 127
         if data.size and int(np.abs(data.astype(np.int16)).max()) > limit:
-            raise InvalidArgumentError(
-                f"{self.format.name} values must lie in [-{limit}, {limit}]"
-            )
+            raise InvalidArgumentError(f"{self.format.name} values must lie in [-{limit}, {limit}]")
         self.data, self.scales, self.shape = data, scales, shape
 
     @classmethod
@@ -131,7 +131,12 @@ class DynQuantTensor:
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"data": self.data, "scales": self.scales, "shape": self.shape, "format": self.format}
+        return {
+            "data": self.data,
+            "scales": self.scales,
+            "shape": self.shape,
+            "format": self.format,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for k, v in state.items():

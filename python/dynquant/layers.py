@@ -1,0 +1,206 @@
+"""``QuantizedLinear``: a Linear layer with int8 or packed int4 weights and
+dynamically quantized activations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _core
+from ._arrays import as_float32
+from .errors import ArgumentTypeError, FeatureDimMismatchError, InvalidArgumentError
+from .matmul import w4a8_matmul, w8a8_matmul
+from .modes import MaxAbs, Percentile, ScaleMode
+from .smooth import SmoothQuantConfig, compute_smooth_factors, smooth_activations, smooth_weights
+from .weights import quantize_weights_int4, quantize_weights_int8, unpack_int4
+
+__all__ = ["QuantizedLinear"]
+
+
+def _smooth_factors(smooth: Any, weight: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Factors from ``(SmoothQuantConfig, calibration)``, where calibration is
+    activations ``[tokens, in]`` or per-channel ``max|A_j|`` ``[in]``."""
+    if not (isinstance(smooth, tuple) and len(smooth) == 2):
+        raise ArgumentTypeError(
+            "smooth must be (SmoothQuantConfig, activations [tokens, in] or per-channel "
+            f"max |A| [in]), got {type(smooth).__name__}"
+        )
+    config, calibration = smooth
+    if not isinstance(config, SmoothQuantConfig):
+        raise ArgumentTypeError(f"smooth[0] must be a SmoothQuantConfig, got {config!r}")
+    if hasattr(calibration, "channel_max"):  # a streamed per-channel observer
+        calibration = calibration.channel_max()
+    a = as_float32(calibration, "smooth calibration")
+    if a.ndim == 2:
+        return compute_smooth_factors(a, weight, config)
+    if a.ndim == 1:
+        if a.shape[0] != weight.shape[1]:
+            raise FeatureDimMismatchError(
+                f"{a.shape[0]} channel maxima for {weight.shape[1]} input features",
+                in_features=weight.shape[1],
+                sf_len=a.shape[0],
+            )
+        factors: npt.NDArray[np.float32] = _core.smooth_factors_from_act_max(
+            a, weight, config.alpha, config.epsilon
+        )
+        return factors
+    raise ArgumentTypeError(f"smooth calibration must be 1-D or 2-D, got shape {a.shape}")
+
+
+class QuantizedLinear:
+    """``y = x @ W.T + b`` with quantized ``W`` and activations quantized at run time.
+
+    Build with :meth:`from_float`. ``bits=8``: int8 weights, one scale per
+    output row. ``bits=4``: int4 weights packed two per byte, one scale per
+    row or per ``group_size`` input columns. Activations are quantized per
+    token (default) or per tensor, with ``act_mode`` choosing each scale.
+    With ``smooth``, SmoothQuant factors are folded into the weights and the
+    activations are divided by them at run time.
+    """
+
+    __slots__ = (
+        "act_mode",
+        "bias",
+        "bits",
+        "group_size",
+        "in_features",
+        "out_features",
+        "per_token",
+        "smooth_alpha",
+        "smooth_factors",
+        "weight",
+        "weight_scales",
+    )
+
+    in_features: int
+    out_features: int
+    bits: int
+    group_size: int | None
+    per_token: bool
+    act_mode: ScaleMode
+    weight: npt.NDArray[Any]
+    weight_scales: npt.NDArray[np.float32]
+    bias: npt.NDArray[np.float32] | None
+    smooth_factors: npt.NDArray[np.float32] | None
+    smooth_alpha: float | None
+
+    @classmethod
+    def from_float(
+        cls,
+        weight: Any,
+        bias: Any = None,
+        *,
+        bits: int = 8,
+        group_size: int | None = None,
+        act_mode: ScaleMode = MaxAbs(),  # noqa: B008 - frozen, immutable
+        per_token: bool = True,
+        smooth: tuple[SmoothQuantConfig, Any] | None = None,
+    ) -> QuantizedLinear:
+        """Quantize a float Linear: ``weight [out, in]``, ``bias [out]``.
+
+        ``smooth=(SmoothQuantConfig(alpha), calibration)`` where calibration
+        is activations ``[tokens, in]`` seen by this layer, or their
+        per-channel ``max|A_j|`` ``[in]``.
+        """
+        if bits not in (4, 8) or isinstance(bits, bool):
+            raise InvalidArgumentError(f"bits must be 8 or 4, got {bits!r}")
+        if bits == 8 and group_size is not None:
+            raise InvalidArgumentError("group_size applies to bits=4 only")
+        if not isinstance(act_mode, (MaxAbs, Percentile)):
+            raise ArgumentTypeError(
+                f"act_mode must be dq.MaxAbs() or dq.Percentile(p), got {act_mode!r}"
+            )
+        w = as_float32(weight, "weight", ndim=2)
+        layer = object.__new__(cls)
+        layer.out_features, layer.in_features = (int(d) for d in w.shape)
+        layer.bits, layer.group_size = bits, group_size
+        layer.per_token, layer.act_mode = bool(per_token), act_mode
+        layer.bias = None if bias is None else as_float32(bias, "bias", ndim=1).copy()
+        if layer.bias is not None and layer.bias.shape[0] != layer.out_features:
+            raise FeatureDimMismatchError(
+                f"bias has {layer.bias.shape[0]} values for {layer.out_features} outputs",
+                in_features=layer.out_features,
+                sf_len=layer.bias.shape[0],
+            )
+        layer.smooth_factors, layer.smooth_alpha = None, None
+        if smooth is not None:
+            factors = _smooth_factors(smooth, w)
+            w = smooth_weights(w, factors)
+            layer.smooth_factors, layer.smooth_alpha = factors, smooth[0].alpha
+        if bits == 8:
+            layer.weight, layer.weight_scales = quantize_weights_int8(w)
+        else:
+            layer.weight, layer.weight_scales = quantize_weights_int4(w, group_size)
+        return layer
+
+    def __call__(self, x: Any, *, nan_policy: str = "raise") -> npt.NDArray[np.float32]:
+        """``x [..., in]`` → ``[..., out]``."""
+        a = as_float32(x, "x")
+        if a.ndim == 0 or a.shape[-1] != self.in_features:
+            raise FeatureDimMismatchError(
+                f"x has shape {a.shape}; this layer takes [..., {self.in_features}]",
+                in_features=self.in_features,
+                sf_len=a.shape[-1] if a.ndim else 0,
+            )
+        if self.smooth_factors is not None:
+            a = smooth_activations(a.reshape(-1, self.in_features), self.smooth_factors).reshape(
+                a.shape
+            )
+        if self.bits == 8:
+            return w8a8_matmul(
+                a,
+                self.weight,
+                self.weight_scales,
+                per_token=self.per_token,
+                bias=self.bias,
+                act_mode=self.act_mode,
+                nan_policy=nan_policy,
+            )
+        return w4a8_matmul(
+            a,
+            self.weight,
+            self.weight_scales,
+            group_size=self.group_size,
+            per_token=self.per_token,
+            bias=self.bias,
+            act_mode=self.act_mode,
+            nan_policy=nan_policy,
+        )
+
+    def dequantized_weight(self) -> npt.NDArray[np.float32]:
+        """The float ``[out, in]`` weight this layer multiplies by (after smoothing)."""
+        if self.bits == 8:
+            values = self.weight.astype(np.float32)
+            return values * self.weight_scales[:, None]
+        values = unpack_int4(self.weight, self.in_features).astype(np.float32)
+        group = self.group_size or max(self.in_features, 1)
+        scales = np.repeat(self.weight_scales, group, axis=1)[:, : self.in_features]
+        out: npt.NDArray[np.float32] = values * scales
+        return out
+
+    def memory_bytes(self) -> int:
+        """Bytes of weights, scales, bias and smoothing factors."""
+        parts = [self.weight, self.weight_scales, self.bias, self.smooth_factors]
+        return sum(int(p.nbytes) for p in parts if p is not None)
+
+    def __repr__(self) -> str:
+        group = f", group_size={self.group_size}" if self.bits == 4 else ""
+        smooth = (
+            f", smooth=SmoothQuant(alpha={self.smooth_alpha})"
+            if self.smooth_alpha is not None
+            else ""
+        )
+        return (
+            f"QuantizedLinear(in_features={self.in_features}, out_features={self.out_features}, "
+            f"bits={self.bits}{group}, per_token={self.per_token}, act_mode={self.act_mode!r}, "
+            f"bias={self.bias is not None}{smooth}, memory_bytes={self.memory_bytes()})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in self.__slots__:
+            setattr(self, name, state[name])

@@ -1,0 +1,83 @@
+"""Weight quantizers and int4 packing.
+
+Packed int4 layout: ``[out, ceil(in / 2)]`` uint8; byte ``j`` of a row holds
+column ``2j`` in its low nibble and column ``2j + 1`` in its high nibble, each
+a 4-bit two's-complement value in [-8, 7] (an odd last column leaves the last
+high nibble 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _core
+from ._arrays import as_float32, as_int8
+from .errors import DTypeError, InvalidArgumentError
+
+__all__ = ["pack_int4", "quantize_weights_int4", "quantize_weights_int8", "unpack_int4"]
+
+GROUP_SIZES = (None, 32, 64, 128)
+
+
+def quantize_weights_int8(
+    weight: Any,
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]:
+    """Symmetric int8 weights ``[out, in]``, one scale per output row.
+
+    ``scale = max|row| / 127`` and ``q = clamp(round(w / scale), -127, 127)``
+    (round half away from zero). Returns ``(q, scales)``; NaN/Inf raise.
+    """
+    w = as_float32(weight, "weight", ndim=2)
+    q, scales = _core.quantize_weights_int8(w)
+    return q, scales
+
+
+def quantize_weights_int4(
+    weight: Any, group_size: int | None = None
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+    """Int4 weights ``[out, in]`` packed two per byte, one scale per row
+    (``group_size=None``) or per group of ``group_size`` input columns.
+
+    Each group's scale minimises its squared error: a search over clip ratios
+    of ``max|w| / 7`` with a least-squares refit, as llama.cpp's k-quants do
+    (plain round-to-nearest is the first candidate, so never worse).
+    Returns ``(packed [out, ceil(in/2)] uint8, scales [out, groups] float32)``.
+    """
+    if group_size is not None and (
+        isinstance(group_size, bool)
+        or not isinstance(group_size, int)
+        or group_size <= 0
+        or group_size % 2
+    ):
+        raise InvalidArgumentError(
+            f"group_size must be None or a positive even int (32, 64, 128), got {group_size!r}"
+        )
+    w = as_float32(weight, "weight", ndim=2)
+    packed, scales = _core.quantize_weights_int4(w, group_size)
+    return packed, scales
+
+
+def pack_int4(values: Any) -> npt.NDArray[np.uint8]:
+    """Pack int8 values in [-8, 7] of shape ``[rows, cols]`` (or ``[cols]``)
+    two per byte: ``[rows, ceil(cols / 2)]``."""
+    v = as_int8(values, "values", ndim=np.ndim(values) if np.ndim(values) in (1, 2) else 2)
+    packed = _core.pack_int4(v.reshape(1, -1) if v.ndim == 1 else v)
+    return packed.reshape(-1) if v.ndim == 1 else packed
+
+
+def unpack_int4(packed: Any, cols: int) -> npt.NDArray[np.int8]:
+    """Inverse of ``pack_int4``: ``[rows, ceil(cols / 2)]`` bytes → ``[rows, cols]``."""
+    p = np.asarray(packed)
+    if p.dtype != np.uint8:
+        raise DTypeError(
+            f"packed must be uint8, got dtype {p.dtype}", expected="uint8", actual=str(p.dtype)
+        )
+    if isinstance(cols, bool) or not isinstance(cols, int) or cols < 0:
+        raise InvalidArgumentError(f"cols must be an int >= 0, got {cols!r}")
+    one_d = p.ndim == 1
+    p2 = np.ascontiguousarray(p.reshape(1, -1) if one_d else p)
+    values = _core.unpack_int4(p2, cols)
+    return values.reshape(-1) if one_d else values
