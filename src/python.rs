@@ -22,6 +22,9 @@ use crate::{
     matmul, parallel, quantize, scale, simd, smooth, tensor, w4a8, weights, DynQuantError,
 };
 
+/// Quantized values and their scales, as returned to Python.
+type QuantizedParts<'py> = (Bound<'py, PyArrayDyn<i8>>, Bound<'py, PyArray1<f32>>);
+
 /// Builds the matching exception of `dynquant.errors`.
 fn to_py_err(py: Python<'_>, err: DynQuantError) -> PyErr {
     let build = || -> PyResult<PyErr> {
@@ -92,11 +95,11 @@ fn detached<T: Send>(
     }
 }
 
-fn contiguous<'a, T>(slice: Result<&'a [T], numpy::AsSliceError>) -> PyResult<&'a [T]> {
+fn contiguous<T>(slice: Result<&[T], numpy::AsSliceError>) -> PyResult<&[T]> {
     slice.map_err(|_| PyValueError::new_err("dynquant._core expects C-contiguous arrays"))
 }
 
-fn contiguous_mut<'a, T>(slice: Result<&'a mut [T], numpy::AsSliceError>) -> PyResult<&'a mut [T]> {
+fn contiguous_mut<T>(slice: Result<&mut [T], numpy::AsSliceError>) -> PyResult<&mut [T]> {
     slice.map_err(|_| PyValueError::new_err("dynquant._core expects C-contiguous arrays"))
 }
 
@@ -202,7 +205,7 @@ fn quantize_per_row<'py>(
     x: PyReadonlyArray2<'py, f32>,
     percentile: Option<f32>,
     reference: bool,
-) -> PyResult<(Bound<'py, PyArrayDyn<i8>>, Bound<'py, PyArray1<f32>>)> {
+) -> PyResult<QuantizedParts<'py>> {
     let (rows, cols) = (x.shape()[0], x.shape()[1]);
     let x = contiguous(x.as_slice())?;
     let mode = scale_mode(percentile)
@@ -422,7 +425,7 @@ fn w8a8_matmul<'py>(
 fn quantize_weights_int8<'py>(
     py: Python<'py>,
     weight: PyReadonlyArray2<'py, f32>,
-) -> PyResult<(Bound<'py, PyArrayDyn<i8>>, Bound<'py, PyArray1<f32>>)> {
+) -> PyResult<QuantizedParts<'py>> {
     let (n, k) = (weight.shape()[0], weight.shape()[1]);
     let w = contiguous(weight.as_slice())?;
     let (q, s) = detached(py, || weights::quantize_weights_int8(w, n, k))?;
