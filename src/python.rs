@@ -25,6 +25,9 @@ use crate::{
 /// Quantized values and their scales, as returned to Python.
 type QuantizedParts<'py> = (Bound<'py, PyArrayDyn<i8>>, Bound<'py, PyArray1<f32>>);
 
+/// Packed int4 weights and their scales, as returned to Python.
+type PackedParts<'py> = (Bound<'py, PyArrayDyn<u8>>, Bound<'py, PyArrayDyn<f32>>);
+
 /// Builds the matching exception of `dynquant.errors`.
 fn to_py_err(py: Python<'_>, err: DynQuantError) -> PyErr {
     let build = || -> PyResult<PyErr> {
@@ -438,11 +441,11 @@ fn quantize_weights_int4<'py>(
     py: Python<'py>,
     weight: PyReadonlyArray2<'py, f32>,
     group_size: Option<usize>,
-) -> PyResult<(Bound<'py, PyArrayDyn<u8>>, Bound<'py, PyArrayDyn<f32>>)> {
+) -> PyResult<PackedParts<'py>> {
     let (n, k) = (weight.shape()[0], weight.shape()[1]);
     let w = contiguous(weight.as_slice())?;
     let (p, s) = detached(py, || weights::quantize_weights_int4(w, n, k, group_size))?;
-    let groups = if n == 0 { 0 } else { s.len() / n };
+    let groups = s.len().checked_div(n).unwrap_or(0);
     Ok((
         p.into_pyarray(py).reshape(vec![n, k.div_ceil(2)])?,
         s.into_pyarray(py).reshape(vec![n, groups])?,
@@ -458,7 +461,7 @@ fn pack_int4<'py>(
     let (rows, cols) = (values.shape()[0], values.shape()[1]);
     let v = contiguous(values.as_slice())?;
     let p = detached(py, || weights::pack_int4(v, cols))?;
-    Ok(p.into_pyarray(py).reshape(vec![rows, cols.div_ceil(2)])?)
+    p.into_pyarray(py).reshape(vec![rows, cols.div_ceil(2)])
 }
 
 /// Unpacks `[rows, ceil(cols/2)]` bytes → `[rows, cols]` int4 values.
@@ -480,7 +483,7 @@ fn unpack_int4<'py>(
     }
     let p = contiguous(packed.as_slice())?;
     let v = detached(py, || weights::unpack_int4(p, cols))?;
-    Ok(v.into_pyarray(py).reshape(vec![rows, cols])?)
+    v.into_pyarray(py).reshape(vec![rows, cols])
 }
 
 /// Batched W4A8 of a 2-D `x` `[m, k]` with packed weights: `[m, n]`.
