@@ -2,6 +2,7 @@
 
 use core::ops::Range;
 
+use crate::error::checked_size;
 use crate::parallel::{self, DisjointOut};
 use crate::quantize::{quantize_per_row_into, quantize_per_tensor_into, INT8_CLIP};
 use crate::scale::{DynamicScaleMode, NanPolicy};
@@ -295,9 +296,9 @@ pub fn w8a8_matmul_into(
         k
     };
     for (expected, actual) in [
-        (n * k, weight_i8.len()),
+        (checked_size(n, k, "weights")?, weight_i8.len()),
         (n, bias.map_or(n, <[f32]>::len)),
-        (m * n, out.len()),
+        (checked_size(m, n, "outputs")?, out.len()),
     ] {
         if expected != actual {
             return Err(DynQuantError::ShapeMismatch { expected, actual });

@@ -125,17 +125,55 @@ pub fn percentile_of_abs(data: &[f32], p: f32) -> f32 {
 
 /// The k-th smallest |x| (0-based) by radix selection on the bit patterns,
 /// which order like the values for non-negative floats: a histogram of the
-/// top 12 bits finds the bucket, then only that bucket's values are sorted
-/// out. Two passes over the data, O(n), no full sort.
+/// top 11 bits finds the bucket, then only that bucket's values are sorted
+/// out (or, for a huge bucket, the next 10 bits are histogrammed). Two to
+/// four passes over the data, O(n), no full sort, bounded extra memory.
 pub fn kth_smallest_abs(data: &[f32], k: usize) -> f32 {
     kth_smallest_abs_in(&[data], k)
+}
+
+/// Most values the selection copies out of a bucket; a bigger bucket (many
+/// equal or close values) is narrowed by further histogram passes instead,
+/// so the extra memory stays bounded whatever the data.
+const MAX_MEMBERS: usize = 1 << 22;
+
+/// Histogram of bits `shift..shift + width` of the |x| bit patterns whose
+/// bits above `shift + width` (at most 31) equal `prefix`. Counts are
+/// `usize`: one bucket may hold more than 2^32 values.
+fn abs_bits_histogram(parts: &[&[f32]], shift: u32, width: u32, prefix: u32) -> Vec<usize> {
+    let buckets = 1usize << width;
+    let add = |mut a: Vec<usize>, b: Vec<usize>| {
+        for (x, y) in a.iter_mut().zip(&b) {
+            *x += y;
+        }
+        a
+    };
+    parts
+        .iter()
+        .map(|part| {
+            parallel::map_reduce(
+                part,
+                parallel::GRAIN,
+                vec![0usize; buckets],
+                |chunk| {
+                    let mut h = vec![0usize; buckets];
+                    for v in chunk {
+                        let b = v.to_bits() & 0x7fff_ffff;
+                        if b >> (shift + width) == prefix {
+                            h[((b >> shift) as usize) & (buckets - 1)] += 1;
+                        }
+                    }
+                    h
+                },
+                add,
+            )
+        })
+        .fold(vec![0usize; buckets], add)
 }
 
 /// [`kth_smallest_abs`] over the concatenation of `parts`, without
 /// concatenating them. `parts` must hold no NaN.
 pub fn kth_smallest_abs_in(parts: &[&[f32]], k: usize) -> f32 {
-    const SHIFT: u32 = 20;
-    const BUCKETS: usize = (0x7fff_ffff >> SHIFT) + 1;
     let n: usize = parts.iter().map(|p| p.len()).sum();
     assert!(k < n, "kth_smallest_abs: k {k} of {n}");
     let abs_bits = |v: &f32| v.to_bits() & 0x7fff_ffff;
@@ -143,45 +181,34 @@ pub fn kth_smallest_abs_in(parts: &[&[f32]], k: usize) -> f32 {
         let mut bits: Vec<u32> = parts.iter().flat_map(|p| p.iter().map(abs_bits)).collect();
         return f32::from_bits(*bits.select_nth_unstable(k).1);
     }
-    let add = |mut a: Vec<u32>, b: Vec<u32>| {
-        for (x, y) in a.iter_mut().zip(&b) {
-            *x += y;
+    // The 31 magnitude bits in passes of 11, 10 and 10: `prefix` holds the
+    // `known` top bits of the answer, `k` its rank among the values sharing them.
+    let (mut prefix, mut known, mut k) = (0u32, 0u32, k);
+    for width in [11, 10, 10] {
+        let shift = 31 - known - width;
+        let histogram = abs_bits_histogram(parts, shift, width, prefix);
+        let mut below = 0usize;
+        let (mut bucket, mut count) = (0u32, 0usize);
+        for (b, &c) in histogram.iter().enumerate() {
+            if below + c > k {
+                (bucket, count) = (b as u32, c);
+                break;
+            }
+            below += c;
         }
-        a
-    };
-    let histogram = parts
-        .iter()
-        .map(|part| {
-            parallel::map_reduce(
-                part,
-                parallel::GRAIN,
-                vec![0u32; BUCKETS],
-                |chunk| {
-                    let mut h = vec![0u32; BUCKETS];
-                    for v in chunk {
-                        h[(abs_bits(v) >> SHIFT) as usize] += 1;
-                    }
-                    h
-                },
-                add,
-            )
-        })
-        .fold(vec![0u32; BUCKETS], add);
-    let mut below = 0usize;
-    let mut bucket = 0u32;
-    for (b, &count) in histogram.iter().enumerate() {
-        if below + count as usize > k {
-            bucket = b as u32;
-            break;
+        (prefix, known, k) = ((prefix << width) | bucket, known + width, k - below);
+        if known < 31 && count <= MAX_MEMBERS {
+            let shift = 31 - known;
+            let mut members: Vec<u32> = parts
+                .iter()
+                .flat_map(|p| p.iter().map(abs_bits))
+                .filter(|b| b >> shift == prefix)
+                .collect();
+            return f32::from_bits(*members.select_nth_unstable(k).1);
         }
-        below += count as usize;
     }
-    let mut members: Vec<u32> = parts
-        .iter()
-        .flat_map(|p| p.iter().map(abs_bits))
-        .filter(|b| b >> SHIFT == bucket)
-        .collect();
-    f32::from_bits(*members.select_nth_unstable(k - below).1)
+    // All 31 bits found: every value left has exactly these bits.
+    f32::from_bits(prefix)
 }
 
 #[cfg(test)]
@@ -219,6 +246,30 @@ mod tests {
         let sorted = sorted_abs(&data);
         for k in [0, 1, 500, 50_000, 99_000, 100_002] {
             assert_eq!(kth_smallest_abs(&data, k).to_bits(), sorted[k].to_bits());
+        }
+    }
+
+    #[test]
+    fn radix_select_narrows_huge_buckets() {
+        // Over MAX_MEMBERS values in one top-11-bit bucket ([1, 1.125)): the
+        // second pass narrows them; values sharing 21 bits need the third.
+        let n = MAX_MEMBERS + 12_345;
+        let one = 1.0f32.to_bits();
+        for spread in [1u32 << 20, 1 << 10] {
+            let data: Vec<f32> = (0..n as u32)
+                .map(|i| {
+                    let v = f32::from_bits(one + i.wrapping_mul(2_654_435_761) % spread);
+                    if i % 3 == 0 {
+                        -v
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let sorted = sorted_abs(&data);
+            for k in [0, 1, n / 3, n / 2, n - 2, n - 1] {
+                assert_eq!(kth_smallest_abs(&data, k).to_bits(), sorted[k].to_bits());
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 //! nibble, each as a 4-bit two's-complement value in [-8, 7]. An odd last
 //! column leaves the last high nibble 0.
 
+use crate::error::{checked_size, try_vec};
 use crate::quantize::quantize_per_row_into;
 use crate::scale::{DynamicScaleMode, NanPolicy};
 use crate::simd::scalar::{int4_at, quantize_one};
@@ -19,14 +20,16 @@ pub fn quantize_weights_int8(
     out_features: usize,
     in_features: usize,
 ) -> Result<(Vec<i8>, Vec<f32>), DynQuantError> {
-    let mut q = vec![0i8; weights.len()];
-    let mut scales = vec![0.0f32; out_features];
-    if weights.len() != out_features.saturating_mul(in_features) {
+    // Checked before allocating: `out_features` sizes the scales.
+    let expected = checked_size(out_features, in_features, "weights")?;
+    if weights.len() != expected {
         return Err(DynQuantError::ShapeMismatch {
-            expected: out_features.saturating_mul(in_features),
+            expected,
             actual: weights.len(),
         });
     }
+    let mut q = vec![0i8; weights.len()];
+    let mut scales = try_vec(out_features, 0.0f32)?;
     quantize_per_row_into(
         weights,
         in_features,
@@ -152,7 +155,7 @@ pub fn quantize_weights_int4(
     in_features: usize,
     group_size: Option<usize>,
 ) -> Result<(Vec<u8>, Vec<f32>), DynQuantError> {
-    let expected = out_features.saturating_mul(in_features);
+    let expected = checked_size(out_features, in_features, "weights")?;
     if weights.len() != expected {
         return Err(DynQuantError::ShapeMismatch {
             expected,

@@ -3,6 +3,7 @@ activations."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,8 @@ def _tokens(x: Any) -> tuple[npt.NDArray[np.float32], tuple[int, ...]]:
         raise ShapeMismatchError(
             "x must have at least one axis [..., in]", expected="[..., in]", actual=a.shape
         )
-    return a.reshape(-1, a.shape[-1]), a.shape[:-1]
+    # Not reshape(-1, k): -1 is ambiguous when k == 0.
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1]), a.shape[:-1]
 
 
 def _bias(bias: Any, out_features: int) -> npt.NDArray[np.float32] | None:
