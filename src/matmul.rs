@@ -2,7 +2,7 @@
 
 use core::ops::Range;
 
-use crate::error::checked_size;
+use crate::error::{checked_size, try_vec};
 use crate::parallel::{self, DisjointOut};
 use crate::quantize::{quantize_per_row_into, quantize_per_tensor_into, INT8_CLIP};
 use crate::scale::{DynamicScaleMode, NanPolicy};
@@ -154,7 +154,7 @@ pub fn w8a8_matvec_into(
         out_size,
         in_size,
     )?;
-    let mut q = vec![0i8; in_size];
+    let mut q = try_vec(in_size, 0i8)?;
     let scale = quantize_per_tensor_into(
         activation,
         INT8_CLIP,
@@ -208,7 +208,7 @@ pub fn try_w8a8_matvec(
         out_size,
         in_size,
     )?;
-    let mut out = vec![0.0; out_size];
+    let mut out = try_vec(out_size, 0.0f32)?;
     w8a8_matvec_into(
         weight_i8,
         weight_scales,
@@ -307,7 +307,7 @@ pub fn w8a8_matmul_into(
     if m == 0 {
         return Ok(());
     }
-    let mut q = vec![0i8; m * k];
+    let mut q = try_vec(m * k, 0i8)?;
     let scales = act.quantize(x, k, &mut q)?;
     let token_scale = |i: usize| scales[i];
     match bias {

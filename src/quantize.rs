@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use crate::error::checked_size;
+use crate::error::{checked_size, try_vec};
 use crate::parallel;
 use crate::scale::{first_non_finite, try_compute_scale, DynamicScaleMode, NanPolicy};
 use crate::simd;
@@ -121,7 +121,7 @@ fn per_tensor(
     policy: NanPolicy,
     format: DynQuantFormat,
 ) -> Result<DynQuantTensor, DynQuantError> {
-    let mut q = vec![0i8; data.len()];
+    let mut q = try_vec(data.len(), 0i8)?;
     let scale = quantize_per_tensor_into(data, clip, mode, policy, &mut q)?;
     Ok(DynQuantTensor {
         data: q,
@@ -272,7 +272,7 @@ fn try_per_row(
             actual: data.len(),
         });
     }
-    let mut q = vec![0i8; total];
+    let mut q = try_vec(total, 0i8)?;
     let mut scales = vec![0.0f32; if total == 0 { 0 } else { rows }];
     quantize_per_row_into(data, cols, mode, policy, &mut q, &mut scales)?;
     Ok(DynQuantTensor {

@@ -4,7 +4,7 @@
 
 use core::ops::Range;
 
-use crate::error::checked_size;
+use crate::error::{checked_size, try_vec};
 use crate::matmul::ActQuant;
 use crate::parallel::{self, DisjointOut};
 use crate::simd;
@@ -120,7 +120,7 @@ pub fn w4a8_matmul_into(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let mut q = vec![0i8; m * k];
+    let mut q = try_vec(m * k, 0i8)?;
     let token_scales = act.quantize(x, k, &mut q)?;
     let sink = DisjointOut::new(out);
     let emit = |i: usize, j: usize, y: f32| {

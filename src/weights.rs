@@ -28,7 +28,7 @@ pub fn quantize_weights_int8(
             actual: weights.len(),
         });
     }
-    let mut q = vec![0i8; weights.len()];
+    let mut q = try_vec(weights.len(), 0i8)?;
     let mut scales = try_vec(out_features, 0.0f32)?;
     quantize_per_row_into(
         weights,
@@ -183,8 +183,8 @@ pub fn quantize_weights_int4(
         None => in_features.max(1),
     };
     let groups = in_features.div_ceil(group);
-    let mut values = vec![0i8; weights.len()];
-    let mut scales = vec![0.0f32; out_features * groups];
+    let mut values = try_vec(weights.len(), 0i8)?;
+    let mut scales = try_vec(out_features * groups, 0.0f32)?;
     if in_features > 0 {
         for ((row, q), s) in weights
             .chunks(in_features)
