@@ -984,6 +984,9 @@ fn simd_kernels_on_every_length_and_offset() {
     simd::set_isa(simd::best_supported()).unwrap();
 }
 
+/// A named call that must panic.
+type Precondition<'a> = (&'a str, Box<dyn Fn() + 'a>);
+
 /// The panics the kernels document are the same on every path (the SIMD
 /// bodies must not be reached with inputs that break their preconditions).
 #[test]
@@ -993,7 +996,7 @@ fn kernel_preconditions_panic_on_every_path() {
     for isa in simd::supported() {
         simd::set_isa(isa).unwrap();
         let x = [1.0f32; 40];
-        let cases: Vec<(&str, Box<dyn Fn()>)> = vec![
+        let cases: Vec<Precondition> = vec![
             (
                 "quantize lengths",
                 Box::new(|| simd::quantize(&x, 1.0, 127.0, &mut [0i8; 39])),
