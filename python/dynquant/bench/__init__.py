@@ -33,8 +33,9 @@ ratio = dynquant's median / the row's median: < 1 means dynquant is faster.
 GB/s = compulsory traffic of one call (inputs read once, outputs written once,
   weights in the row's own format: int8, packed int4, or float32 for NumPy) / median;
   %bw = that over the NumPy copy bandwidth at the same thread count (header).
-  Sizes that fit in cache can exceed 100%.
-GOP/s = 2·M·N·K / median.
+  Data that stays in the last-level cache between calls (header) can exceed 100%.
+GOP/s = 2·M·N·K / median.  best = the fastest sample (median is the figure; a
+  large gap between them means the machine was busy).
 Each time includes the library's own Python call path (wrapper, argument checks,
   output allocation; torch dispatch; InferenceSession.run).
 NumPy peers use preallocated buffers and round with np.rint (half to even), not
@@ -97,7 +98,7 @@ def _header_text(info: dict[str, Any], bw: dict[int, float], args: argparse.Name
         f"dynquant benchmark — {info['date']}",
         f"machine: {info['cpu']}; {info['logical_cpus']} logical CPUs, "
         f"{info['physical_cores']} physical cores, {info['usable_cpus']} usable; "
-        f"{info['platform']}",
+        f"last-level cache {info['last_level_cache'] or '?'}; {info['platform']}",
         f"python {info['python']}; numpy {v['numpy']}; {peers}; "
         f"threadpoolctl {v['threadpoolctl'] or 'not available'}",
         f"dynquant {v['dynquant']}: kernel {k['isa']} (supported: {', '.join(k['supported'])}), "
@@ -177,7 +178,9 @@ def _run_case(
                 if case.ops is not None:
                     row.gops = case.ops / t.median / 1e9
                 if not args.quick:
-                    time.sleep(0.02)  # let the previous library's spinning threads go idle
+                    # Let this library's worker threads stop spinning (OpenBLAS spins
+                    # ~0.1 s after a call) before the next one runs on the same cores.
+                    time.sleep(0.1)
     return failed
 
 

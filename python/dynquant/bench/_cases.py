@@ -588,9 +588,13 @@ def _calib_cases(cfg: Config) -> Iterator[Case]:
     yield Case(f"CalibStats {nb} x {width}", ("calib", "calib_stats"), build, nbytes=4 * nb * width)
 
 
-def _observer_run(cls: Any, batches: list[F32]) -> Callable[[], object] | str:
-    """``CalibObserver`` driven by its streaming methods, or why it cannot be."""
-    probe = cls()
+def _observer_run(cls: Any, batches: list[F32], **kwargs: Any) -> Callable[[], object] | str:
+    """``CalibObserver(**kwargs)`` fed every batch through ``update`` and read
+    with ``stats`` (or the nearest names it has), or why it cannot be."""
+    try:
+        probe = cls(**kwargs)
+    except TypeError as e:
+        return f"CalibObserver({', '.join(kwargs)}) not accepted: {e}"
     add = next((m for m in ("update", "observe", "add", "push") if hasattr(probe, m)), None)
     fin = next(
         (m for m in ("stats", "finalize", "result", "compute", "to_stats") if hasattr(probe, m)),
@@ -600,7 +604,7 @@ def _observer_run(cls: Any, batches: list[F32]) -> Callable[[], object] | str:
         return f"unknown CalibObserver API (methods: {[m for m in dir(probe) if m[0] != '_']})"
 
     def run() -> object:
-        obs = cls()
+        obs = cls(**kwargs)
         feed = getattr(obs, add)
         for b in batches:
             feed(b)
@@ -620,27 +624,31 @@ def _observer_cases(cfg: Config) -> Iterator[Case]:
     def build() -> Builder:
         x = _normal(_rng(17), (n,))
         batches = [x[i : i + chunk] for i in range(0, n, chunk)]
-        observer = _observer_run(vars(dq)["CalibObserver"], batches)
+        cls = vars(dq)["CalibObserver"]
+        variants = [
+            (f"dynquant: CalibObserver().update x{len(batches)}, .stats()", {}),
+            ("dynquant: CalibObserver(exact=True), same", {"exact": True}),
+        ]
+        runs = [(name, _observer_run(cls, batches, **kw)) for name, kw in variants]
 
         def impls(_threads: int) -> list[Impl]:
-            first = (
-                Impl(
-                    f"dynquant: CalibObserver (batches of {_n(chunk)})",
-                    observer,
-                    dynquant=True,
-                )
-                if not isinstance(observer, str)
-                else Impl("dynquant: CalibObserver", None, note=observer)
-            )
-            return [
-                first,
+            out = [
+                Impl(name, run, dynquant=True)
+                if not isinstance(run, str)
+                else Impl(name, None, note=run)
+                for name, run in runs
+            ]
+            out.append(
                 Impl(
                     "dynquant: CalibStats.collect (same batches)",
                     lambda: dq.CalibStats.collect(batches),
                     dynquant=True,
-                ),
-                Impl("numpy: concat, min, max, mean, std, partition", _numpy_calib(batches, n)),
-            ]
+                )
+            )
+            out.append(
+                Impl("numpy: concat, min, max, mean, std, partition", _numpy_calib(batches, n))
+            )
+            return out
 
         return impls
 

@@ -134,6 +134,25 @@ def _read_cpuinfo() -> tuple[str, int | None]:
     return model, len(physical) or None
 
 
+def _l3_cache() -> str | None:
+    """The size of the largest cache level, from sysfs (e.g. "32768K")."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    best: tuple[int, str] | None = None
+    try:
+        for entry in os.listdir(base):
+            if not entry.startswith("index"):
+                continue
+            with open(f"{base}/{entry}/level", encoding="utf-8") as f:
+                level = int(f.read())
+            with open(f"{base}/{entry}/size", encoding="utf-8") as f:
+                size = f.read().strip()
+            if best is None or level > best[0]:
+                best = (level, f"L{level} {size}")
+    except (OSError, ValueError):
+        return None
+    return None if best is None else best[1]
+
+
 def machine_info(versions: dict[str, str | None], extra: dict[str, Any]) -> dict[str, Any]:
     """CPU, cores, date, library versions and whatever the caller adds."""
     model, physical = _read_cpuinfo()
@@ -144,6 +163,7 @@ def machine_info(versions: dict[str, str | None], extra: dict[str, Any]) -> dict
         "logical_cpus": os.cpu_count(),
         "physical_cores": physical,
         "usable_cpus": affinity,
+        "last_level_cache": _l3_cache(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,
@@ -190,7 +210,18 @@ def _fmt(v: float | None, spec: str) -> str:
 def format_table(rows: Sequence[Row]) -> str:
     """The rows as aligned text; a case's label and thread count are printed
     on its first line only."""
-    head = ("case", "thr", "implementation", "median", "ratio", "GB/s", "%bw", "GOP/s", "note")
+    head = (
+        "case",
+        "thr",
+        "implementation",
+        "median",
+        "best",
+        "ratio",
+        "GB/s",
+        "%bw",
+        "GOP/s",
+        "note",
+    )
     lines: list[tuple[str, ...]] = []
     last: tuple[str, int] | None = None
     for r in rows:
@@ -201,6 +232,7 @@ def format_table(rows: Sequence[Row]) -> str:
                 str(r.threads) if key != last else "",
                 r.impl,
                 _fmt_time(r.seconds),
+                _fmt_time(r.best_seconds),
                 "-" if r.reference else _fmt(r.ratio, ".2f"),
                 _fmt(r.gbps, ".1f"),
                 "-" if r.bw_fraction is None else f"{100 * r.bw_fraction:.0f}%",
@@ -210,7 +242,7 @@ def format_table(rows: Sequence[Row]) -> str:
         )
         last = key
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head) - 1)]
-    right = {1, 3, 4, 5, 6, 7}
+    right = {1, 3, 4, 5, 6, 7, 8}
 
     def fmt_line(cols: tuple[str, ...]) -> str:
         cells = [

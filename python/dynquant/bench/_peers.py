@@ -30,8 +30,12 @@ def _try_import(name: str) -> tuple[Any | None, str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return importlib.import_module(name), ""
-    except Exception as e:  # ImportError, or a broken install raising anything else
-        return None, f"{name} not available ({type(e).__name__}: {str(e)[:80]})"
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            return None, f"{name} not installed"
+        return None, f"{name} not usable ({type(e).__name__}: {str(e)[:80]})"
+    except Exception as e:  # a broken install can raise anything
+        return None, f"{name} not usable ({type(e).__name__}: {str(e)[:80]})"
 
 
 @dataclass
