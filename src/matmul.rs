@@ -279,7 +279,7 @@ pub fn w8a8_matmul_into(
     out: &mut [f32],
 ) -> Result<(), DynQuantError> {
     let n = weight_scales.len();
-    let k = if m == 0 { 0 } else { x.len() / m };
+    let k = x.len().checked_div(m).unwrap_or(0);
     if m > 0 && x.len() != m * k {
         return Err(DynQuantError::ShapeMismatch {
             expected: m * k,

@@ -70,16 +70,13 @@ pub fn run<R: Send>(work: usize, f: impl FnOnce(bool) -> R + Send) -> R {
 }
 
 /// Maps `f` over chunks of `data` and folds the results with `reduce`.
-pub fn map_reduce<T: Sync, R: Send>(
+pub fn map_reduce<T: Sync, R: Send + Clone + Sync>(
     data: &[T],
     grain: usize,
     identity: R,
     map: impl Fn(&[T]) -> R + Sync + Send,
     reduce: impl Fn(R, R) -> R + Sync + Send,
-) -> R
-where
-    R: Clone + Sync,
-{
+) -> R {
     run(data.len(), |split| {
         if split {
             data.par_chunks(grain.max(1))

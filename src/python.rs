@@ -22,6 +22,12 @@ use crate::{
     matmul, parallel, quantize, scale, simd, smooth, tensor, w4a8, weights, DynQuantError,
 };
 
+/// Quantized values and their scales, as returned to Python.
+type QuantizedParts<'py> = (Bound<'py, PyArrayDyn<i8>>, Bound<'py, PyArray1<f32>>);
+
+/// Packed int4 weights and their scales, as returned to Python.
+type PackedParts<'py> = (Bound<'py, PyArrayDyn<u8>>, Bound<'py, PyArrayDyn<f32>>);
+
 /// Builds the matching exception of `dynquant.errors`.
 fn to_py_err(py: Python<'_>, err: DynQuantError) -> PyErr {
     let build = || -> PyResult<PyErr> {
@@ -92,11 +98,11 @@ fn detached<T: Send>(
     }
 }
 
-fn contiguous<'a, T>(slice: Result<&'a [T], numpy::AsSliceError>) -> PyResult<&'a [T]> {
+fn contiguous<T>(slice: Result<&[T], numpy::AsSliceError>) -> PyResult<&[T]> {
     slice.map_err(|_| PyValueError::new_err("dynquant._core expects C-contiguous arrays"))
 }
 
-fn contiguous_mut<'a, T>(slice: Result<&'a mut [T], numpy::AsSliceError>) -> PyResult<&'a mut [T]> {
+fn contiguous_mut<T>(slice: Result<&mut [T], numpy::AsSliceError>) -> PyResult<&mut [T]> {
     slice.map_err(|_| PyValueError::new_err("dynquant._core expects C-contiguous arrays"))
 }
 
@@ -176,7 +182,7 @@ fn compute_scale(
     })
 }
 
-/// Per-tensor quantization keeping the input's shape: `(q, scale)`.
+/// Per-tensor quantization keeping the input's shape: `(q, [scale])`.
 #[pyfunction]
 fn quantize_per_tensor<'py>(
     py: Python<'py>,
@@ -184,15 +190,16 @@ fn quantize_per_tensor<'py>(
     clip: f32,
     percentile: Option<f32>,
     reference: bool,
-) -> PyResult<(Bound<'py, PyArrayDyn<i8>>, f32)> {
+) -> PyResult<QuantizedParts<'py>> {
     let shape = x.shape().to_vec();
     let x = contiguous(x.as_slice())?;
     let mode = scale_mode(percentile)
         .validate()
         .map_err(|e| to_py_err(py, e))?;
-    new_array(py, &shape, |out| {
+    let (q, scale) = new_array(py, &shape, |out| {
         quantize::quantize_per_tensor_into(x, clip, mode, nan_policy(reference), out)
-    })
+    })?;
+    Ok((q, PyArray1::from_slice(py, &[scale])))
 }
 
 /// Per-row int8 quantization of a 2-D array: `(q, scales)`.
@@ -202,7 +209,7 @@ fn quantize_per_row<'py>(
     x: PyReadonlyArray2<'py, f32>,
     percentile: Option<f32>,
     reference: bool,
-) -> PyResult<(Bound<'py, PyArrayDyn<i8>>, Bound<'py, PyArray1<f32>>)> {
+) -> PyResult<QuantizedParts<'py>> {
     let (rows, cols) = (x.shape()[0], x.shape()[1]);
     let x = contiguous(x.as_slice())?;
     let mode = scale_mode(percentile)
@@ -422,7 +429,7 @@ fn w8a8_matmul<'py>(
 fn quantize_weights_int8<'py>(
     py: Python<'py>,
     weight: PyReadonlyArray2<'py, f32>,
-) -> PyResult<(Bound<'py, PyArrayDyn<i8>>, Bound<'py, PyArray1<f32>>)> {
+) -> PyResult<QuantizedParts<'py>> {
     let (n, k) = (weight.shape()[0], weight.shape()[1]);
     let w = contiguous(weight.as_slice())?;
     let (q, s) = detached(py, || weights::quantize_weights_int8(w, n, k))?;
@@ -435,11 +442,11 @@ fn quantize_weights_int4<'py>(
     py: Python<'py>,
     weight: PyReadonlyArray2<'py, f32>,
     group_size: Option<usize>,
-) -> PyResult<(Bound<'py, PyArrayDyn<u8>>, Bound<'py, PyArrayDyn<f32>>)> {
+) -> PyResult<PackedParts<'py>> {
     let (n, k) = (weight.shape()[0], weight.shape()[1]);
     let w = contiguous(weight.as_slice())?;
     let (p, s) = detached(py, || weights::quantize_weights_int4(w, n, k, group_size))?;
-    let groups = if n == 0 { 0 } else { s.len() / n };
+    let groups = s.len().checked_div(n).unwrap_or(0);
     Ok((
         p.into_pyarray(py).reshape(vec![n, k.div_ceil(2)])?,
         s.into_pyarray(py).reshape(vec![n, groups])?,
@@ -455,7 +462,7 @@ fn pack_int4<'py>(
     let (rows, cols) = (values.shape()[0], values.shape()[1]);
     let v = contiguous(values.as_slice())?;
     let p = detached(py, || weights::pack_int4(v, cols))?;
-    Ok(p.into_pyarray(py).reshape(vec![rows, cols.div_ceil(2)])?)
+    p.into_pyarray(py).reshape(vec![rows, cols.div_ceil(2)])
 }
 
 /// Unpacks `[rows, ceil(cols/2)]` bytes → `[rows, cols]` int4 values.
@@ -477,7 +484,7 @@ fn unpack_int4<'py>(
     }
     let p = contiguous(packed.as_slice())?;
     let v = detached(py, || weights::unpack_int4(p, cols))?;
-    Ok(v.into_pyarray(py).reshape(vec![rows, cols])?)
+    v.into_pyarray(py).reshape(vec![rows, cols])
 }
 
 /// Batched W4A8 of a 2-D `x` `[m, k]` with packed weights: `[m, n]`.

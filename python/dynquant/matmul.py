@@ -159,7 +159,7 @@ def w4a8_matvec(
     group_size: int | None = None,
     nan_policy: str = "raise",
 ) -> npt.NDArray[np.float32]:
-    """W4A8 matrix–vector product of one ``activation [in]`` (per-tensor scale)."""
+    """W4A8 matrix-vector product of one ``activation [in]`` (per-tensor scale)."""
     a = as_float32(activation, "activation", ndim=1)
     return w4a8_matmul(
         a, packed, scales, group_size=group_size, per_token=True, nan_policy=nan_policy

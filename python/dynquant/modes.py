@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
@@ -51,7 +50,7 @@ class Percentile:
         return float(np.float32(self.p))
 
 
-ScaleMode = Union[MaxAbs, Percentile]
+ScaleMode = MaxAbs | Percentile
 
 
 class DynQuantFormat(enum.Enum):

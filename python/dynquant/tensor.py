@@ -66,7 +66,8 @@ class DynQuantTensor:
             want = 1
         if scales.shape[0] != want:
             raise ShapeMismatchError(
-                f"{self.format.name} with shape {shape} needs {want} scale(s), got {scales.shape[0]}",
+                f"{self.format.name} with shape {shape} needs {want} scale(s), "
+                f"got {scales.shape[0]}",
                 expected=want,
                 actual=scales.shape[0],
             )

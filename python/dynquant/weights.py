@@ -65,7 +65,8 @@ def pack_int4(values: Any) -> npt.NDArray[np.uint8]:
     two per byte: ``[rows, ceil(cols / 2)]``."""
     v = as_int8(values, "values", ndim=np.ndim(values) if np.ndim(values) in (1, 2) else 2)
     packed = _core.pack_int4(v.reshape(1, -1) if v.ndim == 1 else v)
-    return packed.reshape(-1) if v.ndim == 1 else packed
+    out: npt.NDArray[np.uint8] = packed.reshape(-1) if v.ndim == 1 else packed
+    return out
 
 
 def unpack_int4(packed: Any, cols: int) -> npt.NDArray[np.int8]:
@@ -80,4 +81,5 @@ def unpack_int4(packed: Any, cols: int) -> npt.NDArray[np.int8]:
     one_d = p.ndim == 1
     p2 = np.ascontiguousarray(p.reshape(1, -1) if one_d else p)
     values = _core.unpack_int4(p2, cols)
-    return values.reshape(-1) if one_d else values
+    out: npt.NDArray[np.int8] = values.reshape(-1) if one_d else values
+    return out

@@ -233,6 +233,7 @@ unsafe fn hsum4_i32(a: [__m256i; 4]) -> __m128i {
 /// # Safety
 /// AVX2 available; `w[r].len() >= k / 2`, `ws[r].len() >= k / group`, every
 /// token row `k` long (the dispatcher asserts).
+#[allow(clippy::needless_range_loop)] // group g indexes scales and columns
 #[target_feature(enable = "avx2")]
 pub unsafe fn w4a8_tile<const T: usize>(
     w: &[&[u8]; 4],

@@ -45,6 +45,7 @@ pub fn int4_at(packed: &[u8], col: usize) -> i8 {
 }
 
 /// See [`super::w4a8_tile`].
+#[allow(clippy::needless_range_loop)] // group g indexes scales and columns
 pub fn w4a8_tile<const R: usize, const T: usize>(
     w: &[&[u8]; R],
     ws: &[&[f32]; R],
