@@ -11,7 +11,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -108,7 +108,6 @@ class Row:
     reference: bool = False  # the case's first row, the one the ratios divide
     dynquant: bool = False
     error: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _read_cpuinfo() -> tuple[str, int | None]:
