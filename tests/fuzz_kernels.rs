@@ -709,8 +709,12 @@ fn all_functions(c: &Case) -> Outcomes {
             if sc.iter().any(|s| s.len() < groups) {
                 return Ok(vec![]);
             }
-            let y = simd::w4a8_tile(&wp, &sc, &[&a8[..kk], &a8b[..kk]], group);
-            let y1 = simd::w4a8_tile(&[wp[0]], &[sc[0]], &[&a8[..kk]], group);
+            let (s1, s2) = (
+                simd::int4_lane_sums(&a8[..kk], group),
+                simd::int4_lane_sums(&a8b[..kk], group),
+            );
+            let y = simd::w4a8_tile(&wp, &sc, &[&a8[..kk], &a8b[..kk]], &[&s1, &s2], group);
+            let y1 = simd::w4a8_tile(&[wp[0]], &[sc[0]], &[&a8[..kk]], &[&s1], group);
             let mut v: Vec<u64> = f32s(&y.concat());
             v.extend(f32s(&[y1[0][0]]));
             Ok(v)
@@ -943,7 +947,11 @@ fn simd_kernels_on_every_length_and_offset() {
                         core::array::from_fn(|r| &pbuf[off + r * 320..off + r * 320 + rb]);
                     let ws: [&[f32]; 4] = core::array::from_fn(|r| &sbuf[r..r + groups]);
                     if len > 0 {
-                        let y = simd::w4a8_tile(&wp, &ws, &[a, a2], group);
+                        let sums = [
+                            simd::int4_lane_sums(a, group),
+                            simd::int4_lane_sums(a2, group),
+                        ];
+                        let y = simd::w4a8_tile(&wp, &ws, &[a, a2], &[&sums[0], &sums[1]], group);
                         v.extend(f32s(&y.concat()));
                     }
                 }
@@ -1029,9 +1037,10 @@ fn kernel_preconditions_panic_on_every_path() {
                 "w4a8_tile group 0",
                 Box::new(|| {
                     simd::w4a8_tile(
-                        &[&[0u8; 16][..]; 4],
+                        &[&[0u8; 32][..]; 4],
                         &[&[1.0f32][..]; 4],
-                        &[&[0i8; 32][..]],
+                        &[&[0i8; 64][..]],
+                        &[&[0i32; 16][..]],
                         0,
                     );
                 }),
@@ -1040,10 +1049,11 @@ fn kernel_preconditions_panic_on_every_path() {
                 "w4a8_tile short packed row",
                 Box::new(|| {
                     simd::w4a8_tile(
-                        &[&[0u8; 15][..]; 4],
+                        &[&[0u8; 31][..]; 4],
                         &[&[1.0f32][..]; 4],
-                        &[&[0i8; 32][..]],
-                        32,
+                        &[&[0i8; 64][..]],
+                        &[&[0i32; 8][..]],
+                        64,
                     );
                 }),
             ),
@@ -1051,9 +1061,22 @@ fn kernel_preconditions_panic_on_every_path() {
                 "w4a8_tile short scales",
                 Box::new(|| {
                     simd::w4a8_tile(
-                        &[&[0u8; 32][..]; 4],
+                        &[&[0u8; 64][..]; 4],
                         &[&[1.0f32][..]; 4],
+                        &[&[0i8; 128][..]],
+                        &[&[0i32; 32][..]],
+                        32,
+                    );
+                }),
+            ),
+            (
+                "w4a8_tile short lane sums",
+                Box::new(|| {
+                    simd::w4a8_tile(
+                        &[&[0u8; 32][..]; 4],
+                        &[&[1.0f32; 2][..]; 4],
                         &[&[0i8; 64][..]],
+                        &[&[0i32; 8][..]],
                         32,
                     );
                 }),
@@ -1063,7 +1086,14 @@ fn kernel_preconditions_panic_on_every_path() {
                 Box::new(|| {
                     let big = vec![0i8; 1 << 20];
                     let p = vec![0u8; 1 << 19];
-                    simd::w4a8_tile(&[&p[..]; 4], &[&[1.0f32][..]; 4], &[&big[..]], 1 << 20);
+                    let sums = vec![0i32; 8];
+                    simd::w4a8_tile(
+                        &[&p[..]; 4],
+                        &[&[1.0f32][..]; 4],
+                        &[&big[..]],
+                        &[&sums[..]],
+                        1 << 20,
+                    );
                 }),
             ),
             (
@@ -1080,6 +1110,23 @@ fn kernel_preconditions_panic_on_every_path() {
             });
             assert!(out.is_panic(), "{isa:?} {name}: no panic ({out:?})");
         }
+    }
+    simd::set_isa(simd::best_supported()).unwrap();
+}
+
+/// Found by the fuzzer: with no columns the scalar path returned
+/// `0.0 * ws[r][0]` (-0.0 or NaN by the scale, or an index panic with no
+/// scales) while AVX2 returned +0.0. Now +0.0 everywhere, no scale read.
+#[test]
+fn w4a8_tile_with_no_columns() {
+    let _guard = ISA_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for isa in simd::supported() {
+        simd::set_isa(isa).unwrap();
+        let no_scales: [&[f32]; 4] = [&[]; 4];
+        let y = simd::w4a8_tile(&[&[][..]; 4], &no_scales, &[&[][..]], &[&[][..]], 32);
+        assert_eq!(f32s(&y.concat()), vec![0; 4], "{isa:?}");
+        let y = simd::w4a8_tile(&[&[][..]], &[&[-1.0f32][..]], &[&[][..]], &[&[][..]], 7);
+        assert_eq!(y[0][0].to_bits(), 0, "{isa:?}");
     }
     simd::set_isa(simd::best_supported()).unwrap();
 }

@@ -10,6 +10,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in {"-h", "--help"}:
         print("usage: python -m dynquant {demo,bench} [options]")
         return 0
+    if args[0] == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(args[1:])
     print(f"unknown command {args[0]!r}", file=sys.stderr)
     return 2
 
