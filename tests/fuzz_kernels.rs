@@ -1086,7 +1086,7 @@ fn kernel_preconditions_panic_on_every_path() {
                 Box::new(|| {
                     let big = vec![0i8; 1 << 20];
                     let p = vec![0u8; 1 << 19];
-                    let sums = vec![0i32; 8];
+                    let sums = [0i32; 8];
                     simd::w4a8_tile(
                         &[&p[..]; 4],
                         &[&[1.0f32][..]; 4],
