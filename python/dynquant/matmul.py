@@ -126,7 +126,7 @@ def w4a8_matmul(
             expected=(k + 1) // 2,
             actual=p.shape[1],
         )
-    group = k if group_size is None else group_size
+    group = max(k, 1) if group_size is None else group_size
     if isinstance(group, bool) or not isinstance(group, int) or group <= 0:
         raise InvalidArgumentError(f"group_size must be None or a positive int, got {group_size!r}")
     s = as_float32(scales, "scales", ndim=2)

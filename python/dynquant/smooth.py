@@ -54,7 +54,9 @@ class SmoothQuantConfig:
         if not 0.0 <= alpha <= 1.0 or not 0.0 <= float(np.float32(alpha)) <= 1.0:
             raise InvalidAlphaError(f"invalid alpha {alpha}: must be in [0, 1]", alpha=alpha)
         epsilon = _real(self.epsilon, "epsilon")
-        if not (math.isfinite(epsilon) and epsilon >= 0.0):
+        with np.errstate(over="ignore"):
+            epsilon32 = float(np.float32(epsilon))  # what the kernels get
+        if not (math.isfinite(epsilon32) and epsilon >= 0.0):
             raise InvalidEpsilonError(
                 f"invalid epsilon {epsilon}: must be finite and >= 0", epsilon=epsilon
             )
@@ -136,8 +138,9 @@ def _apply(
             )
         if not out.flags.writeable:
             raise InvalidArgumentError(f"{name} is read-only; it cannot be smoothed in place")
-        src = out
+        src, in_place = out, True
     else:
+        in_place = False
         src = as_float32(x, name)
         if isinstance(out, np.ndarray) and np.may_share_memory(out, src):
             src = src.copy()  # out overlaps the input in another layout
@@ -156,7 +159,7 @@ def _apply(
         )
     if not reference:
         check_finite(src, name)
-    if out is src:
+    if in_place:
         _core.smooth_apply_inplace(src, f, multiply)
         return src
     if out is None:
