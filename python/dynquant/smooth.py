@@ -108,10 +108,10 @@ def _usable_out(out: Any) -> bool:
 def _same_view(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
     """Whether two arrays are the same elements in the same layout."""
     return (
-        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-        and a.shape == b.shape
+        a.shape == b.shape
         and a.strides == b.strides
         and a.dtype == b.dtype
+        and a.ctypes.data == b.ctypes.data
     )
 
 
