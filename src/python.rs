@@ -155,12 +155,14 @@ fn alloc_array<'py, T: numpy::Element>(
     let bytes = shape
         .iter()
         .try_fold(core::mem::size_of::<T>(), |acc, &d| acc.checked_mul(d))
-        .filter(|&b| b <= isize::MAX as usize);
+        .filter(|&b| b <= isize::MAX as usize)
+        .filter(|_| shape.iter().all(|&d| d <= isize::MAX as usize));
     let Some(bytes) = bytes else {
         let bytes = usize::MAX;
         return Err(to_py_err(py, DynQuantError::AllocationFailed { bytes }));
     };
-    // Each dim fits npy_intp (isize): the product of all of them does.
+    // Each dim fits npy_intp (isize), checked above (a zero dim makes the
+    // product fit whatever the others are).
     let dims: Vec<npy_intp> = shape.iter().map(|&d| d as npy_intp).collect();
     // SAFETY: the same call as rust-numpy's `PyArray::new` (a NumPy C-API
     // function taking a new reference to the dtype, `dims.len()` dims read

@@ -138,7 +138,10 @@ def test_two_to_the_31_plus_one_elements() -> None:
     del t
     t = timed("quantize_int4 Percentile(0.5)", lambda: dq.quantize_int4(x, dq.Percentile(0.5)))
     assert t.scales[0] == F32(0.5) / F32(7)
-    assert (t.data[0], t.data[1], t.data[n // 2], t.data[-1]) == (-7, 7, 4, 7)  # 3.5 -> 4
+    # 0.25 / f32(0.5 / 7) is 3.4999998 in f32 (a true division): 3, not 4.
+    q_quarter = int(np.round(F32(0.25) / (F32(0.5) / F32(7))))
+    assert q_quarter == 3
+    assert (t.data[0], t.data[1], t.data[n // 2], t.data[-1]) == (-7, 7, q_quarter, 7)
     del t
     s = timed(
         "compute_scale Percentile(0.9999999)",
