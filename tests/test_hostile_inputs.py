@@ -160,6 +160,32 @@ def mutated(field: str, value: Any) -> Callable[[], Any]:
     return call
 
 
+PATHS = dq.kernel_info().supported
+
+
+def _with_kernel_env(value: str) -> str:
+    """Runs kernel_info and a kernel in a child with DYNQUANT_KERNEL=value."""
+    code = (
+        "import dynquant as dq\n"
+        "for call in (dq.kernel_info, lambda: dq.quantize_int8([1.0])):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except dq.InvalidArgumentError as e:\n"
+        "        assert 'DYNQUANT_KERNEL' in str(e), e\n"
+        "    else:\n"
+        "        raise SystemExit('no error')\n"
+        "dq.set_kernel('scalar')\n"
+        "assert dq.quantize_int8([1.0]).data[0] == 127\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, DYNQUANT_KERNEL=value, RUST_BACKTRACE="0")
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.strip()
+
+
 def fresh_x() -> npt.NDArray[np.float32]:
     return X.copy()
 
@@ -941,6 +967,14 @@ CASES: list[Case] = [
         SE,
     ),
     # kernel control
+    Case(
+        "kernel_info / every kernel",
+        "DYNQUANT_KERNEL=bogus or =neon on x86 (at import)",
+        lambda: [_with_kernel_env(v) for v in ("bogus", "neon" if "avx2" in PATHS else "avx2")],
+        result="import works; each call raises `InvalidArgumentError` naming the variable "
+        "until `set_kernel` picks a path",
+        check=lambda r: assert_same(r, ["ok", "ok"]),
+    ),
     Case("set_kernel", "an int", lambda: dq.set_kernel(5), AT),
     Case("set_kernel", "'avx512'", lambda: dq.set_kernel("avx512"), IA),
     Case("set_num_threads", "-1", lambda: dq.set_num_threads(-1), IA),
