@@ -291,7 +291,7 @@ def calls(draw: st.DrawFn) -> tuple[str, Callable[[], Any]]:
     if name in ("w4a8_matmul", "w4a8_matvec"):
         n = draw(st.integers(0, 6))
         kk = draw(st.one_of(near(k), st.sampled_from([64, 128])))
-        group = draw(st.sampled_from([None, 2, 32, 64, 7]))
+        group = draw(st.sampled_from([None, 2, 32, 64, 7, 2**70]))
         wf = draw(arrays(shape=(n, kk), dtype="float32", lists=False))
 
         def w4() -> Any:
@@ -308,7 +308,7 @@ def calls(draw: st.DrawFn) -> tuple[str, Callable[[], Any]]:
     if name == "quantize_weights_int8":
         return name, lambda: dq.quantize_weights_int8(x)
     if name == "quantize_weights_int4":
-        group = draw(st.sampled_from([None, 2, 32, 3, 0]))
+        group = draw(st.sampled_from([None, 2, 32, 3, 0, 2**70]))
         return name, lambda: dq.quantize_weights_int4(x, group)
     if name == "pack_int4":
         v = draw(st.one_of(int8s(shape), st.just(x)))

@@ -898,6 +898,16 @@ CASES: list[Case] = [
         lambda: dq.QuantizedLinear.from_float(W, smooth=0.5),
         AT,
     ),
+    Case(
+        "quantize_weights_int4 / w4a8_matmul",
+        "group_size 2**70 (beyond usize)",
+        lambda: (
+            dq.quantize_weights_int4(P32, 2**70),
+            dq.w4a8_matmul(A64, PK, PS, group_size=2**70),
+        ),
+        result="one group per row, as `None`",
+        check=same_as((dq.quantize_weights_int4(P32), dq.w4a8_matmul(A64, PK, PS))),
+    ),
     Case("quantize_weights_int4", "odd group_size", lambda: dq.quantize_weights_int4(W, 3), IA),
     Case("quantize_weights_int4", "group_size 0", lambda: dq.quantize_weights_int4(W, 0), IA),
     Case("quantize_weights_int4", "group_size 1.5", lambda: dq.quantize_weights_int4(W, 1.5), IA),

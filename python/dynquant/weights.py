@@ -56,7 +56,9 @@ def quantize_weights_int4(
             f"group_size must be None or a positive even int (32, 64, 128), got {group_size!r}"
         )
     w = as_float32(weight, "weight", ndim=2)
-    packed, scales = _core.quantize_weights_int4(w, group_size)
+    # Any group >= in is one group per row; capped so that it fits usize.
+    group = None if group_size is None else min(group_size, 2**62)
+    packed, scales = _core.quantize_weights_int4(w, group)
     return packed, scales
 
 
