@@ -333,32 +333,38 @@ pub unsafe fn w4a8_tile_lanes<const T: usize>(
     let k = a[0].len();
     let ones = _mm256_set1_epi16(1);
     let low = _mm256_set1_epi8(0x0f);
-    let mut y = [[_mm256_setzero_ps(); 4]; T];
+    // -0.0 + p == p for every p, so starting at -0.0 is the same as starting
+    // with the first group's product (the definition), without a branch.
+    let mut y = [[_mm256_set1_ps(-0.0); 4]; T];
+    // Scale pointers; g < k / group <= ws[r].len() (asserted by the dispatcher).
+    let scale_at: [*const f32; 4] = core::array::from_fn(|r| ws[r].as_ptr());
     if group == 32 {
         // One group per half-block: scale every partial as it is made.
         let mut block = 0;
         // As below: every load is in bounds while block * 64 < k.
         while block * 64 < k {
+            let bytes: [__m256i; 4] = core::array::from_fn(|r| {
+                _mm256_loadu_si256(w[r].as_ptr().add(block * 32) as *const __m256i)
+            });
             for half in 0..2 {
                 let g = 2 * block + half;
                 let col = 32 * g;
+                let av: [__m256i; T] = core::array::from_fn(|t| load32_i8(a[t], col));
+                let offset: [__m256i; T] = core::array::from_fn(|t| {
+                    _mm256_loadu_si256(a_lane_sums[t].as_ptr().add(8 * g) as *const __m256i)
+                });
                 for r in 0..4 {
-                    let bytes = _mm256_loadu_si256(w[r].as_ptr().add(block * 32) as *const __m256i);
                     let nib = if half == 0 {
-                        _mm256_and_si256(bytes, low)
+                        _mm256_and_si256(bytes[r], low)
                     } else {
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low)
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(bytes[r]), low)
                     };
-                    let scale = _mm256_set1_ps(ws[r][g]);
+                    let scale = _mm256_set1_ps(*scale_at[r].add(g));
                     for t in 0..T {
-                        let av = load32_i8(a[t], col);
-                        let offset = _mm256_loadu_si256(
-                            a_lane_sums[t].as_ptr().add(8 * g) as *const __m256i
-                        );
-                        let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, av), ones);
-                        let exact = _mm256_sub_epi32(lanes, offset);
+                        let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, av[t]), ones);
+                        let exact = _mm256_sub_epi32(lanes, offset[t]);
                         let p = _mm256_mul_ps(_mm256_cvtepi32_ps(exact), scale);
-                        y[t][r] = if g == 0 { p } else { _mm256_add_ps(y[t][r], p) };
+                        y[t][r] = _mm256_add_ps(y[t][r], p);
                     }
                 }
             }
@@ -418,8 +424,9 @@ pub unsafe fn w4a8_tile_lanes<const T: usize>(
                         _mm256_loadu_si256(a_lane_sums[t].as_ptr().add(8 * g) as *const __m256i);
                     for r in 0..4 {
                         let exact = _mm256_sub_epi32(acc32[t][r], offset);
-                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(exact), _mm256_set1_ps(ws[r][g]));
-                        y[t][r] = if g == 0 { p } else { _mm256_add_ps(y[t][r], p) };
+                        let scale = _mm256_set1_ps(*scale_at[r].add(g));
+                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(exact), scale);
+                        y[t][r] = _mm256_add_ps(y[t][r], p);
                         acc32[t][r] = _mm256_setzero_si256();
                     }
                 }

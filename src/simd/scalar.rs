@@ -89,15 +89,15 @@ pub fn w4a8_tile<const R: usize, const T: usize>(
             if groups <= 1 {
                 return dot(0..k) as f32 * ws[r][0];
             }
-            let mut y = [0.0f32; 8];
+            // -0.0 + p == p: the same as starting with the first product.
+            let mut y = [-0.0f32; 8];
             for g in 0..groups {
                 let mut lanes = [0i64; 8];
                 for c in g * group..((g + 1) * group).min(k) {
                     lanes[c % 32 / 4] += int4_at(w[r], k, c) as i64 * a[t][c] as i64;
                 }
                 for (y, &p) in y.iter_mut().zip(&lanes) {
-                    let p = p as f32 * ws[r][g];
-                    *y = if g == 0 { p } else { *y + p };
+                    *y += p as f32 * ws[r][g];
                 }
             }
             lane_sum(&y)
