@@ -182,7 +182,7 @@ fn compute_scale(
     })
 }
 
-/// Per-tensor quantization keeping the input's shape: `(q, scale)`.
+/// Per-tensor quantization keeping the input's shape: `(q, [scale])`.
 #[pyfunction]
 fn quantize_per_tensor<'py>(
     py: Python<'py>,
@@ -190,15 +190,16 @@ fn quantize_per_tensor<'py>(
     clip: f32,
     percentile: Option<f32>,
     reference: bool,
-) -> PyResult<(Bound<'py, PyArrayDyn<i8>>, f32)> {
+) -> PyResult<QuantizedParts<'py>> {
     let shape = x.shape().to_vec();
     let x = contiguous(x.as_slice())?;
     let mode = scale_mode(percentile)
         .validate()
         .map_err(|e| to_py_err(py, e))?;
-    new_array(py, &shape, |out| {
+    let (q, scale) = new_array(py, &shape, |out| {
         quantize::quantize_per_tensor_into(x, clip, mode, nan_policy(reference), out)
-    })
+    })?;
+    Ok((q, PyArray1::from_slice(py, &[scale])))
 }
 
 /// Per-row int8 quantization of a 2-D array: `(q, scales)`.

@@ -39,10 +39,10 @@ def _per_tensor(
     x: Any, mode: ScaleMode, nan_policy: str, clip: float, fmt: DynQuantFormat
 ) -> DynQuantTensor:
     a = as_float32(x, "x")
-    q, scale = _core.quantize_per_tensor(
+    q, scales = _core.quantize_per_tensor(
         a, clip, percentile_arg(mode), check_nan_policy(nan_policy)
     )
-    return DynQuantTensor._trusted(q, np.array([scale], dtype=np.float32), a.shape, fmt)
+    return DynQuantTensor._trusted(q, scales, a.shape, fmt)
 
 
 def quantize_int8(
