@@ -361,7 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="sentences per batch (16)")
     parser.add_argument(
-        "--threads", type=int, default=None, help="threads for dynquant's kernels (default: all)"
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for dynquant's kernels and, with threadpoolctl, NumPy's BLAS (default: all)",
     )
     parser.add_argument(
         "--plot",
@@ -430,12 +433,12 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         threads += "; " + _limit_blas_threads(args.threads)
     print(
-        f"all-MiniLM-L6-v2 (NumPy, 36 Linear layers quantized): {n} sentences, {tokens} tokens, "
-        f"batch size {args.batch_size}\n{threads}\n"
+        f"all-MiniLM-L6-v2 (NumPy, {len(model.linears)} Linear layers quantized): "
+        f"{n} sentences, {tokens} tokens, batch size {args.batch_size}\n{threads}\n"
         "SmoothQuant calibrates on the same sentences; cos = cosine similarity of each "
         "sentence's embedding to fp32's;\nSpearman = rank correlation of all pairwise "
         "similarities with fp32's; weights = the Linear layers' weights, scales and biases;\n"
-        "quantize = time to build the 36 quantized layers (not part of encode).\n"
+        "quantize = time to build the quantized layers (not part of encode).\n"
     )
     calibration = model.collect_linear_inputs(sentences, args.batch_size)
     rows, embeddings = compare_configs(
