@@ -43,7 +43,13 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check python tests
 	$(BIN)/mypy python/dynquant tests/typing_check.py
 
-bench: build
+$(VENV)/.bench-installed: requirements-bench.txt | $(BIN)/python
+	$(PY) -m pip install -q -r requirements-bench.txt
+	touch $@
+
+# The suite beside NumPy and ONNX Runtime; PyTorch joins when installed
+# (it is a multi-GB download, so never installed here).
+bench: build $(VENV)/.bench-installed
 	$(PY) -m dynquant.bench
 
 clean:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 # and returns the exit code. Modules are imported only when their command runs.
 COMMANDS: dict[str, str] = {
     "demo": "dynquant.demo:run_demo",
+    "bench": "dynquant.bench:main",
 }
 
 

@@ -198,25 +198,6 @@ pub unsafe fn dot_tile<const R: usize, const T: usize>(
     out
 }
 
-/// 32 int4 weights (columns `col..col + 32`) from 16 packed bytes starting
-/// at byte `col / 2`, sign-extended to int8 in column order. Byte j holds
-/// column 2j in its low nibble and 2j + 1 in its high nibble.
-///
-/// # Safety
-/// AVX2 available and `col / 2 + 16 <= packed.len()`.
-#[inline(always)]
-unsafe fn unpack_int4_32(packed: &[u8], col: usize) -> __m256i {
-    debug_assert!(col / 2 + 16 <= packed.len());
-    let b = _mm_loadu_si128(packed.as_ptr().add(col / 2) as *const __m128i);
-    let low = _mm_set1_epi8(0x0f);
-    let lo = _mm_and_si128(b, low);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), low);
-    let nibbles = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-    // (v ^ 8) - 8 maps 0..15 to the two's-complement values 0..7, -8..-1.
-    let eight = _mm256_set1_epi8(8);
-    _mm256_sub_epi8(_mm256_xor_si256(nibbles, eight), eight)
-}
-
 /// Sums of the eight i32 lanes of four vectors, exact, as one 4-lane vector.
 #[inline(always)]
 unsafe fn hsum4_i32(a: [__m256i; 4]) -> __m128i {
@@ -227,45 +208,86 @@ unsafe fn hsum4_i32(a: [__m256i; 4]) -> __m128i {
 }
 
 /// W4A8 of four packed weight rows with `T` token rows; see
-/// [`super::w4a8_tile`] for the arithmetic. Requires `k % 32 == 0` and
-/// `group % 32 == 0`, `k % group == 0` (the dispatcher checks).
+/// [`super::w4a8_tile`] for the arithmetic and `crate::weights` for the
+/// layout; this is the one-group (exact) form. The stored nibbles `u = w + 8`
+/// are unsigned, so `maddubs(u, a)` needs no sign fix-up and cannot saturate
+/// (|pair| <= 2 * 15 * 128); the exact `sum w a` is `sum u a - 8 * sum a`,
+/// with `8 * sum a` per group given (in 8 lanes) in `a_sums`. i16 lanes absorb up to 8 half-blocks (8 * 3840 < 2^15) before
+/// widening. Requires `k % 64 == 0`, `group % 32 == 0`, `k % group == 0`.
 ///
 /// # Safety
-/// AVX2 available; `w[r].len() >= k / 2`, `ws[r].len() >= k / group`, every
-/// token row `k` long (the dispatcher asserts).
-#[allow(clippy::needless_range_loop)] // group g indexes scales and columns
+/// AVX2 available; `w[r].len() >= k / 2`, `ws[r].len() >= k / group`,
+/// `a_sums[t].len() >= k / group`, every token row `k` long (the dispatcher
+/// asserts all of these).
+#[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
 #[target_feature(enable = "avx2")]
 pub unsafe fn w4a8_tile<const T: usize>(
     w: &[&[u8]; 4],
     ws: &[&[f32]; 4],
     a: &[&[i8]; T],
+    a_sums: &[&[i32]; T],
     group: usize,
 ) -> [[f32; T]; 4] {
     let k = a[0].len();
     let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0f);
     let mut y = [_mm_setzero_ps(); T];
-    for g in 0..k / group {
-        let mut acc = [[_mm256_setzero_si256(); 4]; T];
-        let mut col = g * group;
-        // col + 32 <= (g + 1) * group <= k: weight bytes col/2..col/2+16
-        // and activation bytes col..col+32 are in bounds.
-        while col < (g + 1) * group {
-            let wv: [__m256i; 4] = core::array::from_fn(|r| unpack_int4_32(w[r], col));
+    let mut acc16 = [[_mm256_setzero_si256(); 4]; T];
+    let mut acc32 = [[_mm256_setzero_si256(); 4]; T];
+    let mut pending = 0; // half-blocks in acc16
+    let mut g = 0;
+    let mut group_end = group;
+    let mut block = 0;
+    // block * 64 + 64 <= k: the 32 weight bytes at block * 32 and the
+    // activations at block * 64 .. + 64 are in bounds.
+    while block * 64 < k {
+        let bytes: [__m256i; 4] = core::array::from_fn(|r| {
+            _mm256_loadu_si256(w[r].as_ptr().add(block * 32) as *const __m256i)
+        });
+        for half in 0..2 {
+            let col = block * 64 + half * 32;
+            let nib: [__m256i; 4] = core::array::from_fn(|r| {
+                if half == 0 {
+                    _mm256_and_si256(bytes[r], low)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(bytes[r]), low)
+                }
+            });
             for t in 0..T {
                 let av = load32_i8(a[t], col);
                 for r in 0..4 {
-                    let p =
-                        _mm256_maddubs_epi16(_mm256_abs_epi8(wv[r]), _mm256_sign_epi8(av, wv[r]));
-                    acc[t][r] = _mm256_add_epi32(acc[t][r], _mm256_madd_epi16(p, ones));
+                    acc16[t][r] = _mm256_add_epi16(acc16[t][r], _mm256_maddubs_epi16(nib[r], av));
                 }
             }
-            col += 32;
+            pending += 1;
+            let group_done = col + 32 == group_end;
+            if pending == 8 || group_done {
+                for t in 0..T {
+                    for r in 0..4 {
+                        let wide = _mm256_madd_epi16(acc16[t][r], ones);
+                        acc32[t][r] = _mm256_add_epi32(acc32[t][r], wide);
+                        acc16[t][r] = _mm256_setzero_si256();
+                    }
+                }
+                pending = 0;
+            }
+            if group_done {
+                let scales = _mm_setr_ps(ws[0][g], ws[1][g], ws[2][g], ws[3][g]);
+                for t in 0..T {
+                    // a_sums holds 8 lanes of 8 * sum(a) per group; their total
+                    // is the group's offset.
+                    let lanes = &a_sums[t][8 * g..8 * g + 8];
+                    let offset = _mm_set1_epi32(lanes.iter().sum::<i32>());
+                    let exact = _mm_sub_epi32(hsum4_i32(acc32[t]), offset);
+                    let p = _mm_mul_ps(_mm_cvtepi32_ps(exact), scales);
+                    y[t] = if g == 0 { p } else { _mm_add_ps(y[t], p) };
+                    acc32[t] = [_mm256_setzero_si256(); 4];
+                }
+                g += 1;
+                group_end += group;
+            }
         }
-        let scales = _mm_setr_ps(ws[0][g], ws[1][g], ws[2][g], ws[3][g]);
-        for t in 0..T {
-            let p = _mm_mul_ps(_mm_cvtepi32_ps(hsum4_i32(acc[t])), scales);
-            y[t] = if g == 0 { p } else { _mm_add_ps(y[t], p) };
-        }
+        block += 1;
     }
     let mut out = [[0.0f32; T]; 4];
     for t in 0..T {
@@ -273,6 +295,144 @@ pub unsafe fn w4a8_tile<const T: usize>(
         _mm_storeu_ps(lanes.as_mut_ptr(), y[t]);
         for r in 0..4 {
             out[r][t] = lanes[r];
+        }
+    }
+    out
+}
+
+/// The fixed-order sum of eight f32 lanes that [`super::scalar::lane_sum`]
+/// defines: `((y0 + y4) + (y2 + y6)) + ((y1 + y5) + (y3 + y7))`.
+#[inline(always)]
+unsafe fn lane_sum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
+}
+
+/// W4A8 with several scale groups per row, four rows by `T` tokens; see
+/// [`super::w4a8_tile`] for the arithmetic (per-lane group partials). i32
+/// lane `l` of `madd(maddubs(u, a), 1)` holds columns `4l..4l + 4` of a
+/// 32-column half-block, which is the lane the definition names.
+/// `a_lane_sums[t]` holds, per group, 8 lanes of `8 * sum a` over the same
+/// columns, so `madd(..) - it` is the exact signed lane partial.
+/// Requires `k % 64 == 0`, `group % 32 == 0`, `k % group == 0`.
+///
+/// # Safety
+/// AVX2 available; `w[r].len() >= k / 2`, `ws[r].len() >= k / group`,
+/// `a_lane_sums[t].len() >= 8 * k / group`, every token row `k` long (the
+/// dispatcher asserts all of these).
+#[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
+#[target_feature(enable = "avx2")]
+pub unsafe fn w4a8_tile_lanes<const T: usize>(
+    w: &[&[u8]; 4],
+    ws: &[&[f32]; 4],
+    a: &[&[i8]; T],
+    a_lane_sums: &[&[i32]; T],
+    group: usize,
+) -> [[f32; T]; 4] {
+    let k = a[0].len();
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0f);
+    let mut y = [[_mm256_setzero_ps(); 4]; T];
+    if group == 32 {
+        // One group per half-block: scale every partial as it is made.
+        let mut block = 0;
+        // As below: every load is in bounds while block * 64 < k.
+        while block * 64 < k {
+            for half in 0..2 {
+                let g = 2 * block + half;
+                let col = 32 * g;
+                for r in 0..4 {
+                    let bytes = _mm256_loadu_si256(w[r].as_ptr().add(block * 32) as *const __m256i);
+                    let nib = if half == 0 {
+                        _mm256_and_si256(bytes, low)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low)
+                    };
+                    let scale = _mm256_set1_ps(ws[r][g]);
+                    for t in 0..T {
+                        let av = load32_i8(a[t], col);
+                        let offset = _mm256_loadu_si256(
+                            a_lane_sums[t].as_ptr().add(8 * g) as *const __m256i
+                        );
+                        let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, av), ones);
+                        let exact = _mm256_sub_epi32(lanes, offset);
+                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(exact), scale);
+                        y[t][r] = if g == 0 { p } else { _mm256_add_ps(y[t][r], p) };
+                    }
+                }
+            }
+            block += 1;
+        }
+        let mut out = [[0.0f32; T]; 4];
+        for t in 0..T {
+            for r in 0..4 {
+                out[r][t] = lane_sum_ps(y[t][r]);
+            }
+        }
+        return out;
+    }
+    let mut acc16 = [[_mm256_setzero_si256(); 4]; T];
+    let mut acc32 = [[_mm256_setzero_si256(); 4]; T];
+    let mut pending = 0; // half-blocks in acc16
+    let mut g = 0;
+    let mut group_end = group;
+    let mut block = 0;
+    // block * 64 + 64 <= k: the 32 weight bytes at block * 32 and the
+    // activations at block * 64 .. + 64 are in bounds.
+    while block * 64 < k {
+        let bytes: [__m256i; 4] = core::array::from_fn(|r| {
+            _mm256_loadu_si256(w[r].as_ptr().add(block * 32) as *const __m256i)
+        });
+        for half in 0..2 {
+            let col = block * 64 + half * 32;
+            let nib: [__m256i; 4] = core::array::from_fn(|r| {
+                if half == 0 {
+                    _mm256_and_si256(bytes[r], low)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(bytes[r]), low)
+                }
+            });
+            for t in 0..T {
+                let av = load32_i8(a[t], col);
+                for r in 0..4 {
+                    acc16[t][r] = _mm256_add_epi16(acc16[t][r], _mm256_maddubs_epi16(nib[r], av));
+                }
+            }
+            pending += 1;
+            let group_done = col + 32 == group_end;
+            if pending == 8 || group_done {
+                for t in 0..T {
+                    for r in 0..4 {
+                        let wide = _mm256_madd_epi16(acc16[t][r], ones);
+                        acc32[t][r] = _mm256_add_epi32(acc32[t][r], wide);
+                        acc16[t][r] = _mm256_setzero_si256();
+                    }
+                }
+                pending = 0;
+            }
+            if group_done {
+                for t in 0..T {
+                    // 8 lanes of 8 * sum(a) for this group: in bounds as asserted.
+                    let offset =
+                        _mm256_loadu_si256(a_lane_sums[t].as_ptr().add(8 * g) as *const __m256i);
+                    for r in 0..4 {
+                        let exact = _mm256_sub_epi32(acc32[t][r], offset);
+                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(exact), _mm256_set1_ps(ws[r][g]));
+                        y[t][r] = if g == 0 { p } else { _mm256_add_ps(y[t][r], p) };
+                        acc32[t][r] = _mm256_setzero_si256();
+                    }
+                }
+                g += 1;
+                group_end += group;
+            }
+        }
+        block += 1;
+    }
+    let mut out = [[0.0f32; T]; 4];
+    for t in 0..T {
+        for r in 0..4 {
+            out[r][t] = lane_sum_ps(y[t][r]);
         }
     }
     out
