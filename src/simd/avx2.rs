@@ -119,6 +119,10 @@ unsafe fn dot32(w: __m256i, a: __m256i, ones: __m256i) -> __m256i {
 /// 2^14 * 65024 < 2^31 before it is widened.
 const STEPS_PER_BLOCK: usize = 1 << 14;
 
+/// Below this many columns a whole dot product fits in i32
+/// (|sum| <= k * 128 * 127 < 2^31), so lanes may be summed in i32.
+const EXACT_I32_TOTAL: usize = (i32::MAX as usize) / (128 * 127);
+
 #[target_feature(enable = "avx2")]
 pub unsafe fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
     let ones = _mm256_set1_epi16(1);
@@ -183,9 +187,33 @@ pub unsafe fn dot_tile<const R: usize, const T: usize>(
             }
             i += 32;
         }
-        for r in 0..R {
-            for t in 0..T {
-                out[r][t] += hsum_i32_to_i64(acc[r][t]);
+        if k < EXACT_I32_TOTAL {
+            // Every total fits in i32: reduce four accumulators at a time.
+            let mut first = 0;
+            while first < R * T {
+                let four: [__m256i; 4] = core::array::from_fn(|i| {
+                    let j = first + i;
+                    if j < R * T {
+                        acc[j / T][j % T]
+                    } else {
+                        _mm256_setzero_si256()
+                    }
+                });
+                let mut lanes = [0i32; 4];
+                _mm_storeu_si128(lanes.as_mut_ptr() as *mut __m128i, hsum4_i32(four));
+                for (i, &lane) in lanes.iter().enumerate() {
+                    let j = first + i;
+                    if j < R * T {
+                        out[j / T][j % T] += lane as i64;
+                    }
+                }
+                first += 4;
+            }
+        } else {
+            for r in 0..R {
+                for t in 0..T {
+                    out[r][t] += hsum_i32_to_i64(acc[r][t]);
+                }
             }
         }
         start = end;
