@@ -16,8 +16,9 @@ pub fn abs_max_bits(x: &[f32]) -> u32 {
 /// Equal to `x.round()` for every input, up to the sign of a zero result.
 #[inline]
 pub fn round_half_away(x: f32) -> f32 {
-    if !(x.abs() < 8_388_608.0) {
-        return x; // |x| >= 2^23 is already an integer; NaN and ±inf pass through
+    // |x| >= 2^23 is already an integer; NaN and ±inf pass through.
+    if x.is_nan() || x.abs() >= 8_388_608.0 {
+        return x;
     }
     let t = x as i32 as f32; // truncation, exact below 2^23
     let frac = x - t; // exact: x and t share sign and exponent range
