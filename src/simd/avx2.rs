@@ -77,12 +77,67 @@ unsafe fn round_clamp(q: __m256, clip: __m256, neg_clip: __m256) -> __m256i {
     _mm256_cvttps_epi32(r)
 }
 
+/// `x / scale` on 8 lanes, bit-exact, usually without dividing.
+///
+/// `q = x * (1 / scale)` is within `|x / scale| * 2^-23` of the true
+/// quotient, and only the rounding to an integer matters afterwards: it can
+/// differ only where the quotient is within that error of a half-integer.
+/// Such vectors (flagged with a margin of 2^-15, which covers every
+/// |quotient| < 256; larger ones clamp to ±clip either way) are divided for
+/// real. Needs `recip = 1 / scale` with both normal (the caller checks).
+#[inline(always)]
+unsafe fn quotient(x: __m256, s: __m256, recip: __m256) -> __m256 {
+    let q = _mm256_mul_ps(x, recip);
+    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(q);
+    let frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0), _mm256_sub_ps(q, t));
+    let off_half = _mm256_andnot_ps(
+        _mm256_set1_ps(-0.0),
+        _mm256_sub_ps(frac, _mm256_set1_ps(0.5)),
+    );
+    let near = _mm256_cmp_ps::<_CMP_LE_OQ>(off_half, _mm256_set1_ps(1.0 / 32768.0));
+    if _mm256_movemask_ps(near) != 0 {
+        _mm256_div_ps(x, s)
+    } else {
+        q
+    }
+}
+
 #[target_feature(enable = "avx2")]
 pub unsafe fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
+    let recip = 1.0 / scale;
+    if !(scale.is_normal() && recip.is_normal()) {
+        return quantize_dividing(x, scale, clip, out);
+    }
     let s = _mm256_set1_ps(scale);
+    let r = _mm256_set1_ps(recip);
     let c = _mm256_set1_ps(clip);
     let nc = _mm256_set1_ps(-clip);
     // packs_epi32/packs_epi16 interleave the 128-bit lanes; this restores order.
+    let unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let body = x.len() / 32 * 32;
+    let mut i = 0;
+    // i + 32 <= body <= len == out.len(): loads and the store are in bounds.
+    while i < body {
+        let q0 = round_clamp(quotient(load8(x, i), s, r), c, nc);
+        let q1 = round_clamp(quotient(load8(x, i + 8), s, r), c, nc);
+        let q2 = round_clamp(quotient(load8(x, i + 16), s, r), c, nc);
+        let q3 = round_clamp(quotient(load8(x, i + 24), s, r), c, nc);
+        let w01 = _mm256_packs_epi32(q0, q1);
+        let w23 = _mm256_packs_epi32(q2, q3);
+        let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), unshuffle);
+        _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, b);
+        i += 32;
+    }
+    scalar::quantize(&x[body..], scale, clip, &mut out[body..]);
+}
+
+/// [`quantize`] with a true division per lane (subnormal scales, whose
+/// reciprocal overflows or loses precision).
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_dividing(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
+    let s = _mm256_set1_ps(scale);
+    let c = _mm256_set1_ps(clip);
+    let nc = _mm256_set1_ps(-clip);
     let unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let body = x.len() / 32 * 32;
     let mut i = 0;
@@ -94,8 +149,7 @@ pub unsafe fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
         let q3 = round_clamp(_mm256_div_ps(load8(x, i + 24), s), c, nc);
         let w01 = _mm256_packs_epi32(q0, q1);
         let w23 = _mm256_packs_epi32(q2, q3);
-        let b = _mm256_packs_epi16(w01, w23);
-        let b = _mm256_permutevar8x32_epi32(b, unshuffle);
+        let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), unshuffle);
         _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, b);
         i += 32;
     }
