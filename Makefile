@@ -43,6 +43,15 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check python tests
 	$(BIN)/mypy python/dynquant tests/typing_check.py
 
+# Cross-check against the reference crate (oxibonsai-model 0.1.1, fetched
+# from crates.io by cargo): crosscheck/ runs both crates on the full case set
+# and writes its inputs and the reference's outputs, which the Python test
+# then runs through `import dynquant`. See crosscheck/README.md.
+CROSSCHECK_FILE ?= crosscheck/target/crosscheck_full.npz
+crosscheck: build
+	cargo run --release --manifest-path crosscheck/Cargo.toml -- --out $(CROSSCHECK_FILE)
+	DYNQUANT_CROSSCHECK_FILE=$(abspath $(CROSSCHECK_FILE)) $(PY) -m pytest -q -s tests/test_crosscheck.py
+
 bench: build
 	$(PY) -m dynquant.bench
 
