@@ -163,9 +163,9 @@ def expect_error(code: int, f0: int, f1: int, fn: Any, *args: Any, **kwargs: Any
     except dq.DynQuantError as e:
         if type(e) is not cls:
             return f"raised {type(e).__name__}({e}), the reference {cls.__name__}"
-        if code == ERR_SHAPE and (e.expected, e.actual) != (f0, f1):
+        if isinstance(e, dq.ShapeMismatchError) and (e.expected, e.actual) != (f0, f1):
             return f"ShapeMismatchError {e.expected}, {e.actual}; the reference {f0}, {f1}"
-        if code == ERR_FEATURE and (e.in_features, e.sf_len) != (f0, f1):
+        if isinstance(e, dq.FeatureDimMismatchError) and (e.in_features, e.sf_len) != (f0, f1):
             return f"FeatureDimMismatchError {e.in_features}, {e.sf_len}; the reference {f0}, {f1}"
         return None
     return f"no error; the reference raises {cls.__name__} ({f0}, {f1})"
@@ -298,6 +298,19 @@ def test_smooth_factors(data: Data, kernel: str) -> None:
         got = dq.compute_smooth_factors(a, w, config, nan_policy=policy(a))
         m.add(case, diff_f32("factors", fs[i], got))
         m.cases += 1
+    m.done()
+
+
+def test_smooth_default_config(data: Data) -> None:
+    """``SmoothQuantConfig.default_alpha()`` is the reference's, as the
+    float32 values the kernels see."""
+    c = dq.SmoothQuantConfig.default_alpha()
+    m = Mismatches("SmoothQuantConfig.default_alpha", "-")
+    m.add(
+        "default_alpha()",
+        diff_f32("(alpha, epsilon)", data["sf.default_config"], f32([c.alpha, c.epsilon])),
+    )
+    m.cases += 1
     m.done()
 
 

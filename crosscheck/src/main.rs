@@ -80,6 +80,9 @@ fn main() {
         quant::run_hand_built(&mut rep);
     }
 
+    if keep("smooth_config") {
+        smooth::run_config(&mut rep);
+    }
     let mut sf = smooth::factor_cases(set);
     sf.retain(|c| keep(&c.name));
     let derived = smooth::run_factors(&sf, &mut rep, writing.then_some(&mut sf_file));

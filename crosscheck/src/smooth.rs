@@ -111,6 +111,34 @@ pub fn factor_cases(set: Set) -> Vec<SfCase> {
         let w = Dist::LogUniform(-30, 10).sample(&mut rng, 2 * channels, channels);
         add(name, act, 2, w, 2, channels, alpha, 1e-5);
     }
+    // Channels picked where replacing powf changes the factor: by sqrtf at
+    // alpha 0.5, by an f64 pow otherwise (dynquant must call f32 powf, as
+    // the reference does).
+    for alpha in [0.5f32, 0.3, 0.85] {
+        let name = format!("sf/powf-sensitive/alpha{alpha}");
+        let mut rng = Rng::for_case(&name);
+        let eps = 1e-5f32;
+        let factor = |pa: f32, pw: f32| (pa / pw).max(eps);
+        let alt = |v: f32, e: f32| {
+            if e == 0.5 {
+                v.sqrt()
+            } else {
+                (v as f64).powf(e as f64) as f32
+            }
+        };
+        let (mut act, mut w) = (Vec::new(), Vec::new());
+        while act.len() < 48 {
+            let a = rng.log_uniform(-20, 20).abs();
+            let wv = rng.log_uniform(-20, 5).abs();
+            let (ea, ew) = (alpha, 1.0 - alpha);
+            let powf = factor((a + eps).powf(ea), (wv + eps).powf(ew));
+            if factor(alt(a + eps, ea), alt(wv + eps, ew)) != powf {
+                act.push(a * rng.sign());
+                w.push(wv * rng.sign());
+            }
+        }
+        add(name, act, 1, w, 1, 48, alpha, eps);
+    }
     // Epsilon: 0 and below 1e-10 are raised to 1e-10; large ones floor it.
     for eps in [0.0f32, 1e-12, 1e-10, 1e-3, 0.5, f32::MIN_POSITIVE, 3.0] {
         let name = format!("sf/eps{eps:e}");
@@ -337,7 +365,41 @@ impl SfFile {
         npz.add("sf.shape", &self.shape, &[self.names.len(), 3]);
         npz.add("sf.config", &self.config, &[self.names.len(), 2]);
         self.factors.write(npz, "sf.factors");
+        let default = r::SmoothQuantConfig::default_alpha();
+        npz.add_1d("sf.default_config", &[default.alpha, default.epsilon]);
     }
+}
+
+/// `SmoothQuantConfig::new` (alpha clamped) and `default_alpha`.
+pub fn run_config(rep: &mut Report) {
+    let alphas = [0.0f32, 0.5, 1.0, 0.3, -0.5, 1.5, f32::NAN, f32::INFINITY];
+    let cfg = configs(0)[0];
+    for alpha in alphas {
+        let (rc, dc) = (
+            r::SmoothQuantConfig::new(alpha),
+            d::SmoothQuantConfig::new(alpha),
+        );
+        rep.count("smooth_config", false);
+        let diff = diff_f32(
+            "(alpha, epsilon)",
+            &[rc.alpha, rc.epsilon],
+            &[dc.alpha, dc.epsilon],
+            None,
+        );
+        rep.check("smooth_config", &format!("new({alpha})"), &cfg, diff);
+    }
+    let (rc, dc) = (
+        r::SmoothQuantConfig::default_alpha(),
+        d::SmoothQuantConfig::default_alpha(),
+    );
+    rep.count("smooth_config", true);
+    let diff = diff_f32(
+        "(alpha, epsilon)",
+        &[rc.alpha, rc.epsilon],
+        &[dc.alpha, dc.epsilon],
+        None,
+    );
+    rep.check("smooth_config", "default_alpha()", &cfg, diff);
 }
 
 /// Runs the factor cases; returns, for each case with consistent lengths,
