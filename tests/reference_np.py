@@ -60,8 +60,8 @@ def percentile_index(p: float, n: int) -> int:
         p32 = F32(0)  # f32::clamp keeps NaN; `NaN as usize` is 0 — same index
     p32 = min(max(p32, F32(0)), F32(1))
     prod = F32(p32 * F32(n))  # n rounds to float32 first, as `n as f32`
-    k = int(math.ceil(float(prod)))
-    return max(k - 1, 0) if n == 0 else min(max(k - 1, 0), n - 1)
+    k = math.ceil(float(prod))
+    return min(max(k - 1, 0), max(n - 1, 0))
 
 
 def amax_of(x: F32Array, clip: float, percentile: float | None) -> np.float32:
@@ -115,13 +115,11 @@ def quantize_int4(x: F32Array, percentile: float | None = None) -> tuple[I8Array
     return quantize_per_tensor(x, 7.0, percentile)
 
 
-def quantize_int8_per_row(
-    x: F32Array, percentile: float | None = None
-) -> tuple[I8Array, F32Array]:
+def quantize_int8_per_row(x: F32Array, percentile: float | None = None) -> tuple[I8Array, F32Array]:
     """(q [rows, cols], scales [rows]); a zero-size input gives no scales."""
     x = np.asarray(x, dtype=F32)
     assert x.ndim == 2
-    rows, cols = x.shape
+    rows = x.shape[0]
     if x.size == 0:
         return np.zeros(x.shape, dtype=np.int8), np.zeros(0, dtype=F32)
     q = np.zeros(x.shape, dtype=np.int8)
@@ -132,13 +130,15 @@ def quantize_int8_per_row(
 
 
 def dequantize_per_tensor(q: I8Array, scale: np.float32) -> F32Array:
-    return (q.astype(F32) * F32(scale)).astype(F32)
+    with np.errstate(over="ignore"):  # 7 * (3.4e38 / 7) may round past f32 max
+        return (q.astype(F32) * F32(scale)).astype(F32)
 
 
 def dequantize_per_row(q: I8Array, scales: F32Array) -> F32Array:
     if q.size == 0:
         return np.zeros(q.shape, dtype=F32)
-    return (q.astype(F32) * scales.astype(F32)[:, None]).astype(F32)
+    with np.errstate(over="ignore"):
+        return (q.astype(F32) * scales.astype(F32)[:, None]).astype(F32)
 
 
 def memory_bytes(n_data: int, n_scales: int) -> int:
@@ -153,7 +153,7 @@ def compression_ratio(n_data: int, n_scales: int) -> float:
 
 
 def mae(original: F32Array, dequantized: F32Array) -> float:
-    """Mean |original − dequantized| over the common flat length (differences
+    """Mean |original - dequantized| over the common flat length (differences
     in f32, the sum in float64); 0.0 when that length is 0."""
     o = np.asarray(original, dtype=F32).reshape(-1)
     d = np.asarray(dequantized, dtype=F32).reshape(-1)

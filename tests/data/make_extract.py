@@ -6,12 +6,13 @@ so the real-data tests read only this extract.
 What is kept (tokens are every 8th of the 512 captured tokens: 64 tokens
 from across the 64 sentences, not just the first few):
 
-| key | shape | dtype | cut |
-|---|---|---|---|
-| ``l0.ffn_in.x``, ``l5.ffn_in.x`` | (64, 384) | float32 | FFN up-projection input, tokens ``[::8]``, exact |
-| ``l0.ffn_in.w``, ``l5.ffn_in.w`` | (192, 384) | float16 | up-projection weight, output rows ``[::8]`` |
-| ``l0.ffn_out.x`` | (64, 1536) | float16 | FFN down-projection input (after GELU), tokens ``[::8]`` |
-| ``l0.ffn_out.w`` | (384, 1536) | float16 | down-projection weight, all rows |
+- ``l{0,5}.ffn_in.x``: (64, 384) float32, the FFN up-projection input,
+  tokens ``[::8]``, exact values;
+- ``l{0,5}.ffn_in.w``: (192, 384) float16, the up-projection weight, output
+  rows ``[::8]``;
+- ``l0.ffn_out.x``: (64, 1536) float16, the FFN down-projection input (after
+  GELU), tokens ``[::8]``;
+- ``l0.ffn_out.w``: (384, 1536) float16, the down-projection weight, all rows.
 
 Weights (and the down-projection input) are stored as float16 to fit the
 size budget; the tests convert them to float32 and take *those* values as
