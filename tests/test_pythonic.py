@@ -181,6 +181,7 @@ def test_output_keeps_input_shape(rng: np.random.Generator) -> None:
         assert t.dequantize().shape == (2, 3, 4)
         q, s = ref.quantize_per_tensor(x, 127.0 if t.format.name.startswith("Int8") else 7.0)
         assert_same_i8(t.data, q)
+        assert_same_f32(t.scales, [s])
     t = dq.quantize_int8(x.T)
     assert t.shape == (4, 3, 2)
     assert_same_i8(t.data, ref.quantize_int8(np.ascontiguousarray(x.T))[0])
