@@ -293,3 +293,126 @@ def test_compute_scale_odd_clips_follow_the_formula(clip: float) -> None:
     x = np.array([1.0, -4.0], F32)
     want: Any = np.float32(4) / np.float32(clip) if clip else np.float32(np.inf)
     assert_same_f32(np.float32(dq.compute_scale(x, clip)), want)
+
+
+# ─── NaN and infinities ──────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_raises_by_default_with_the_first_index(bad: float) -> None:
+    x = np.array([[1.0, 2.0, 3.0], [4.0, bad, 6.0], [bad, 0.0, 1.0]], F32)
+    calls = [
+        lambda: dq.quantize_int8(x),
+        lambda: dq.quantize_int4(x),
+        lambda: dq.quantize_int8(x, dq.Percentile(0.5)),
+        lambda: dq.quantize_int8_per_row(x),
+        lambda: dq.quantize_int8_per_row(x, dq.Percentile(0.9)),
+        lambda: dq.compute_scale(x, 127.0),
+        lambda: dq.compute_scale(x, 7.0, dq.Percentile(0.99)),
+    ]
+    for call in calls:
+        with pytest.raises(dq.NonFiniteError) as info:
+            call()
+        assert info.value.index == 4  # flat index of the first bad value
+        assert np.isnan(info.value.value) if np.isnan(bad) else info.value.value == bad
+        assert "4" in str(info.value)
+
+
+def test_non_finite_index_in_a_large_per_row_input() -> None:
+    # Rows are quantized in parallel: the error must still name the first bad value.
+    x = np.ones((3000, 100), F32)
+    x[2999, 5] = np.nan
+    x[1500, 7] = np.inf
+    x[17, 99] = -np.inf
+    for call in (lambda: dq.quantize_int8_per_row(x), lambda: dq.quantize_int8(x)):
+        with pytest.raises(dq.NonFiniteError) as info:
+            call()
+        assert info.value.index == 17 * 100 + 99
+
+
+def test_reference_policy_nan() -> None:
+    x = np.array([1.0, np.nan, -2.0, 0.5], F32)
+    t = dq.quantize_int8(x, nan_policy="reference")
+    assert t.scales[0] == F32(2) / F32(127)  # MaxAbs skips NaN
+    assert t.data.tolist() == [64, 0, -127, 32]  # NaN quantizes to 0
+    assert dq.compute_scale(x, 127.0, nan_policy="reference") == F32(2) / F32(127)
+    t = dq.quantize_int4(np.full(3, np.nan, F32), nan_policy="reference")
+    assert (t.data.tolist(), t.scales.tolist()) == ([0, 0, 0], [0.0])  # all NaN: scale 0
+    # Percentile with a NaN: the reference's sort panics; dynquant raises.
+    with pytest.raises(dq.NonFiniteError) as info:
+        dq.quantize_int8(x, dq.Percentile(0.5), nan_policy="reference")
+    assert info.value.index == 1
+    with pytest.raises(dq.NonFiniteError):
+        dq.compute_scale(x, 127.0, dq.Percentile(1.0), nan_policy="reference")
+    with pytest.raises(dq.NonFiniteError):
+        dq.quantize_int8_per_row(x.reshape(2, 2), dq.Percentile(0.5), nan_policy="reference")
+
+
+def test_reference_policy_inf() -> None:
+    x = np.array([1.0, -np.inf, 3.0], F32)
+    for quantize in (dq.quantize_int8, dq.quantize_int4):
+        t = quantize(x, nan_policy="reference")
+        assert t.scales.tolist() == [np.inf]  # scale inf, every q 0
+        assert t.data.tolist() == [0, 0, 0]
+    # Percentile without NaN sorts the inf to the top; a finite percentile scale
+    # then clamps the inf itself to ±clip.
+    t = dq.quantize_int8(np.array([1.0, -np.inf, 2.0, 0.5], F32), dq.Percentile(0.5),
+                         nan_policy="reference")  # fmt: skip
+    assert t.scales[0] == F32(1) / F32(127)
+    assert t.data.tolist() == [127, -127, 127, 64]
+    # Per row: only the row with the inf is zeroed.
+    t = dq.quantize_int8_per_row(
+        np.array([[1.0, np.inf], [2.0, -1.0]], F32), nan_policy="reference"
+    )
+    assert t.scales.tolist() == [np.inf, F32(2) / F32(127)]
+    assert t.data.tolist() == [[0, 0], [127, -64]]
+
+
+@given(x=vectors, data=st.data(), p=st.one_of(st.none(), st.just(0.5), st.just(1.0)))
+def test_reference_policy_matches_the_model(
+    x: np.ndarray, data: st.DataObject, p: float | None
+) -> None:
+    if x.size:
+        idx = data.draw(st.lists(st.integers(0, x.size - 1), max_size=4))
+        vals = data.draw(
+            st.lists(
+                st.sampled_from([np.nan, np.inf, -np.inf]), min_size=len(idx), max_size=len(idx)
+            )
+        )
+        x = x.copy()
+        x[idx] = np.array(vals, F32)
+    try:
+        q, s = ref.quantize_int8(x, p)
+    except ref.ReferencePanic:
+        with pytest.raises(dq.NonFiniteError):
+            dq.quantize_int8(x, mode_of(p), nan_policy="reference")
+        return
+    t = dq.quantize_int8(x, mode_of(p), nan_policy="reference")
+    assert_same_i8(t.data, q)
+    assert_same_f32(t.scales, [s])
+    t4 = dq.quantize_int4(x, mode_of(p), nan_policy="reference")
+    q4, s4 = ref.quantize_int4(x, p)
+    assert_same_i8(t4.data, q4)
+    assert_same_f32(t4.scales, [s4])
+
+
+@pytest.mark.parametrize("policy", ["Raise", "", "ignore", None, 0])
+def test_bad_nan_policy(policy: object) -> None:
+    with pytest.raises(dq.InvalidArgumentError):
+        dq.quantize_int8([1.0], nan_policy=policy)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", [dq.Percentile, "maxabs", 0.5, None])
+def test_bad_mode_is_an_argument_type_error(mode: object) -> None:
+    for call in (dq.quantize_int8, dq.quantize_int4, dq.quantize_int8_per_row):
+        with pytest.raises(dq.ArgumentTypeError):
+            call(np.ones((2, 2), F32), mode)  # type: ignore[operator]
+    with pytest.raises(dq.ArgumentTypeError):
+        dq.compute_scale([1.0], 127.0, mode)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 2, 2), ()])
+def test_per_row_needs_2d(shape: tuple[int, ...]) -> None:
+    with pytest.raises(dq.ShapeMismatchError) as info:
+        dq.quantize_int8_per_row(np.ones(shape, F32))
+    assert info.value.expected == "2-D"

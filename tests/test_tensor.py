@@ -235,3 +235,15 @@ def test_tensor_is_unhashable_and_repr_is_readable() -> None:
     assert len(r) < 300  # summarised, not 100 values
     assert "Int8PerRow" in repr(dq.quantize_int8_per_row(np.ones((2, 2), F32)))
     assert repr(FMT.Int4PerTensor) == "DynQuantFormat.Int4PerTensor"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="quantization_mae(x, qt) with qt not a DynQuantTensor raises a bare "
+    "AttributeError ('str' object has no attribute 'data') instead of a "
+    "dq.ArgumentTypeError (SPEC §2: one exception hierarchy)",
+)
+@pytest.mark.parametrize("qt", ["not a tensor", None, np.zeros(3, np.int8)])
+def test_mae_rejects_a_non_tensor(qt: object) -> None:
+    with pytest.raises(dq.ArgumentTypeError):
+        dq.quantization_mae([1.0, 2.0, 3.0], qt)  # type: ignore[arg-type]
