@@ -416,3 +416,30 @@ def test_per_row_needs_2d(shape: tuple[int, ...]) -> None:
     with pytest.raises(dq.ShapeMismatchError) as info:
         dq.quantize_int8_per_row(np.ones(shape, F32))
     assert info.value.expected == "2-D"
+
+
+@pytest.mark.parametrize(
+    "kind", ["equal", "half-zero", "subnormal-mix", "one-bucket", "signed-zeros"]
+)
+@pytest.mark.parametrize("p", [1e-6, 0.25, 0.5, 0.99, 0.999, 1.0])
+def test_percentile_selection_on_large_inputs(kind: str, p: float) -> None:
+    # Above a few thousand values dynquant selects instead of sorting; the
+    # element must be the one a sort puts at the f32 index.
+    rng = np.random.default_rng([len(kind), int(p * 1e6)])  # deterministic
+    n = 50_001
+    if kind == "equal":
+        x = np.full(n, -3.25, F32)
+    elif kind == "half-zero":
+        x = np.where(rng.random(n) < 0.5, F32(0), rng.standard_normal(n).astype(F32))
+    elif kind == "subnormal-mix":
+        sub = rng.integers(1, 2**23, n).astype(np.uint32).view(F32)
+        x = np.where(rng.random(n) < 0.7, sub, rng.standard_normal(n).astype(F32) * F32(1e30))
+    elif kind == "one-bucket":  # all values share their top bits
+        x = (F32(1) + rng.random(n).astype(F32) * F32(1e-4)) * rng.choice([F32(-1), F32(1)], n)
+    else:
+        x = np.where(rng.random(n) < 0.5, F32(-0.0), F32(0.0)).astype(F32)
+        x[rng.integers(0, n, 10)] = F32(2.0)
+    x = x.astype(F32)
+    want = ref.compute_scale(x, 127.0, p)
+    assert_same_f32(np.float32(dq.compute_scale(x, 127.0, dq.Percentile(p))), want)
+    assert_same_f32(dq.quantize_int4(x, dq.Percentile(p)).scales, [ref.compute_scale(x, 7.0, p)])
