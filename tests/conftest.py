@@ -27,9 +27,13 @@ def _restore_kernel_and_threads() -> Iterator[None]:
     """Tests that force a kernel path or a thread count must not leak it."""
     before = dq.kernel_info()
     yield
-    dq.set_kernel("auto")
-    if dq.kernel_info().threads != before.threads:
+    after = dq.kernel_info()
+    if after.isa != before.isa:
+        dq.set_kernel(before.isa)  # e.g. the path DYNQUANT_KERNEL chose for this run
+    if after.threads != before.threads:
         dq.set_num_threads(0)
+        if dq.kernel_info().threads != before.threads:
+            dq.set_num_threads(before.threads)
 
 
 @pytest.fixture
