@@ -79,15 +79,25 @@ fn to_py_err(py: Python<'_>, err: DynQuantError) -> PyErr {
     build().unwrap_or_else(|e| e)
 }
 
-/// Runs `f` without the GIL; a Rust panic becomes `dynquant.errors.InternalError`
-/// instead of unwinding into Python. A bad `DYNQUANT_KERNEL` is an
-/// `InvalidArgumentError` before any kernel runs.
-fn detached<T: Send>(
+/// Work below this many elements runs with the GIL held: releasing and
+/// re-taking it costs more than the kernel (NumPy draws the same line).
+const DETACH_MIN_WORK: usize = 1 << 14;
+
+/// Runs `f` without the GIL (when `work` is worth it); a Rust panic becomes
+/// `dynquant.errors.InternalError` instead of unwinding into Python. A bad
+/// `DYNQUANT_KERNEL` is an `InvalidArgumentError` before any kernel runs.
+fn detached_if<T: Send>(
     py: Python<'_>,
+    work: usize,
     f: impl FnOnce() -> Result<T, DynQuantError> + Send,
 ) -> PyResult<T> {
     simd::try_active().map_err(|e| to_py_err(py, e))?;
-    match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
+    let outcome = if work >= DETACH_MIN_WORK {
+        py.detach(|| catch_unwind(AssertUnwindSafe(f)))
+    } else {
+        catch_unwind(AssertUnwindSafe(f))
+    };
+    match outcome {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => Err(to_py_err(py, err)),
         Err(panic) => {
@@ -102,6 +112,14 @@ fn detached<T: Send>(
             ),))?))
         }
     }
+}
+
+/// [`detached_if`] for work that is always worth releasing the GIL for.
+fn detached<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> Result<T, DynQuantError> + Send,
+) -> PyResult<T> {
+    detached_if(py, usize::MAX, f)
 }
 
 /// The error for an array the Python layer should have made C-contiguous and
@@ -194,10 +212,12 @@ fn alloc_array<'py, T: numpy::Element>(
     Ok(unsafe { array.cast_into_unchecked() })
 }
 
-/// A fresh array of `shape`, filled by `fill` without the GIL.
+/// A fresh array of `shape`, filled by `fill` (without the GIL when `work`,
+/// in elements touched, is large).
 fn new_array<'py, T: numpy::Element + Send, R: Send>(
     py: Python<'py>,
     shape: &[usize],
+    work: usize,
     fill: impl FnOnce(&mut [T]) -> Result<R, DynQuantError> + Send,
 ) -> PyResult<(Bound<'py, PyArrayDyn<T>>, R)> {
     let array = alloc_array::<T>(py, shape)?;
@@ -207,7 +227,7 @@ fn new_array<'py, T: numpy::Element + Send, R: Send>(
     // each kernel does (it is an output they only store to; on error the
     // array is dropped unseen). i8/u8/f32 have no invalid bit patterns.
     let out = contiguous_mut(unsafe { array.as_slice_mut() })?;
-    let extra = detached(py, || fill(out))?;
+    let extra = detached_if(py, work, || fill(out))?;
     Ok((array, extra))
 }
 
@@ -247,7 +267,7 @@ fn compute_scale(
     reference: bool,
 ) -> PyResult<f32> {
     let x = contiguous(x.as_slice())?;
-    detached(py, || {
+    detached_if(py, x.len(), || {
         scale::try_compute_scale(x, clip, scale_mode(percentile), nan_policy(reference))
     })
 }
@@ -266,7 +286,7 @@ fn quantize_per_tensor<'py>(
     let mode = scale_mode(percentile)
         .validate()
         .map_err(|e| to_py_err(py, e))?;
-    let (q, scale) = new_array(py, &shape, |out| {
+    let (q, scale) = new_array(py, &shape, x.len(), |out| {
         quantize::quantize_per_tensor_into(x, clip, mode, nan_policy(reference), out)
     })?;
     Ok((q, PyArray1::from_slice(py, &[scale])))
@@ -288,7 +308,7 @@ fn quantize_per_row<'py>(
     // A zero-size input has no scales, however many rows it has (and
     // `rows` alone must not size an allocation: `(2**40, 0)` is a valid array).
     let mut scales = vec![0f32; if x.is_empty() { 0 } else { rows }];
-    let (q, ()) = new_array(py, &[rows, cols], |out| {
+    let (q, ()) = new_array(py, &[rows, cols], x.len(), |out| {
         quantize::quantize_per_row_into(x, cols, mode, nan_policy(reference), out, &mut scales)
     })?;
     Ok((q, scales.into_pyarray(py)))
@@ -304,7 +324,7 @@ fn dequantize<'py>(
     let format = format_of(format)?;
     let (data, scales) = (contiguous(data.as_slice())?, contiguous(scales.as_slice())?);
     let len = tensor::dequantized_len(data, scales, format);
-    let (out, ()) = new_array(py, &[len], |out| {
+    let (out, ()) = new_array(py, &[len], len, |out| {
         tensor::dequantize_into(data, scales, format, out);
         Ok(())
     })?;
@@ -322,7 +342,7 @@ fn quantization_mae(
     let format = format_of(format)?;
     let original = contiguous(original.as_slice())?;
     let (data, scales) = (contiguous(data.as_slice())?, contiguous(scales.as_slice())?);
-    detached(py, || {
+    detached_if(py, original.len(), || {
         Ok(tensor::mae_of_parts(original, data, scales, format))
     })
 }
@@ -352,7 +372,7 @@ fn smooth_factors<'py>(
     let w = contiguous(weights.as_slice())?;
     // Allocated first, so that an `in_features` no data backs (`(0, 2**40)`
     // arrays) is a MemoryError, not an abort in the Rust allocator.
-    let (factors, ()) = new_array(py, &[in_features], |out| {
+    let (factors, ()) = new_array(py, &[in_features], a.len() + w.len(), |out| {
         out.copy_from_slice(&smooth::compute_smooth_factors(
             a,
             w,
@@ -460,7 +480,7 @@ fn w8a8_matvec<'py>(
     let w = contiguous(weight.as_slice())?;
     let s = contiguous(weight_scales.as_slice())?;
     let a = contiguous(activation.as_slice())?;
-    let (out, ()) = new_array(py, &[out_size], |out| {
+    let (out, ()) = new_array(py, &[out_size], w.len(), |out| {
         matmul::w8a8_matvec_into(w, s, a, in_size, nan_policy(reference), out)
     })?;
     Ok(out)
@@ -493,7 +513,7 @@ fn w8a8_matmul<'py>(
         mode: scale_mode(percentile),
         policy: nan_policy(reference),
     };
-    let (out, ()) = new_array(py, &[m, n], |out| {
+    let (out, ()) = new_array(py, &[m, n], w.len().saturating_mul(m), |out| {
         matmul::w8a8_matmul_into(xs, m, w, s, b, act, out)
     })?;
     Ok(out)
@@ -595,9 +615,12 @@ fn w4a8_matmul<'py>(
         mode: scale_mode(percentile),
         policy: nan_policy(reference),
     };
-    let (out, ()) = new_array(py, &[m, layout.out_features], |out| {
-        w4a8::w4a8_matmul_into(xs, m, p, s, layout, b, act, out)
-    })?;
+    let (out, ()) = new_array(
+        py,
+        &[m, layout.out_features],
+        p.len().saturating_mul(m),
+        |out| w4a8::w4a8_matmul_into(xs, m, p, s, layout, b, act, out),
+    )?;
     Ok(out)
 }
 

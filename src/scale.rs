@@ -155,20 +155,50 @@ fn abs_bits_histogram(parts: &[&[f32]], shift: u32, width: u32, prefix: u32) -> 
                 part,
                 parallel::GRAIN,
                 vec![0usize; buckets],
-                |chunk| {
-                    let mut h = vec![0usize; buckets];
-                    for v in chunk {
-                        let b = v.to_bits() & 0x7fff_ffff;
-                        if b >> (shift + width) == prefix {
-                            h[((b >> shift) as usize) & (buckets - 1)] += 1;
-                        }
-                    }
-                    h
-                },
+                |chunk| histogram_of(chunk, shift, width, prefix),
                 add,
             )
         })
         .fold(vec![0usize; buckets], add)
+}
+
+/// One chunk of [`abs_bits_histogram`], in four interleaved u32
+/// sub-histograms so that runs of equal buckets do not serialise on one
+/// counter; blocks of at most 2^32 values keep each sub-count below 2^31.
+fn histogram_of(chunk: &[f32], shift: u32, width: u32, prefix: u32) -> Vec<usize> {
+    let buckets = 1usize << width;
+    let mask = buckets - 1;
+    // The first pass (no prefix yet) needs no filter; loop unswitching
+    // keeps the test out of its loop.
+    let filter = shift + width < 31;
+    let mut total = vec![0usize; buckets];
+    for block in chunk.chunks((u32::MAX as usize).saturating_add(1)) {
+        // Values outside the prefix count in a spare slot past the buckets.
+        let slot = |v: &f32| {
+            let b = v.to_bits() & 0x7fff_ffff;
+            if !filter || b >> (shift + width) == prefix {
+                (b >> shift) as usize & mask
+            } else {
+                buckets
+            }
+        };
+        let mut h4 = vec![0u32; 4 * (buckets + 1)];
+        let stride = buckets + 1;
+        let mut quads = block.chunks_exact(4);
+        for q in &mut quads {
+            h4[slot(&q[0])] += 1;
+            h4[stride + slot(&q[1])] += 1;
+            h4[2 * stride + slot(&q[2])] += 1;
+            h4[3 * stride + slot(&q[3])] += 1;
+        }
+        for v in quads.remainder() {
+            h4[slot(v)] += 1;
+        }
+        for (i, t) in total.iter_mut().enumerate() {
+            *t += (0..4).map(|j| h4[j * stride + i] as usize).sum::<usize>();
+        }
+    }
+    total
 }
 
 /// [`kth_smallest_abs`] over the concatenation of `parts`, without
@@ -199,11 +229,21 @@ pub fn kth_smallest_abs_in(parts: &[&[f32]], k: usize) -> f32 {
         (prefix, known, k) = ((prefix << width) | bucket, known + width, k - below);
         if known < 31 && count <= MAX_MEMBERS {
             let shift = 31 - known;
+            let gather = |chunk: &[f32]| -> Vec<u32> {
+                chunk
+                    .iter()
+                    .map(abs_bits)
+                    .filter(|b| b >> shift == prefix)
+                    .collect()
+            };
+            let concat = |mut a: Vec<u32>, mut b: Vec<u32>| {
+                a.append(&mut b);
+                a
+            };
             let mut members: Vec<u32> = parts
                 .iter()
-                .flat_map(|p| p.iter().map(abs_bits))
-                .filter(|b| b >> shift == prefix)
-                .collect();
+                .map(|part| parallel::map_reduce(part, parallel::GRAIN, Vec::new(), gather, concat))
+                .fold(Vec::new(), concat);
             return f32::from_bits(*members.select_nth_unstable(k).1);
         }
     }

@@ -77,12 +77,67 @@ unsafe fn round_clamp(q: __m256, clip: __m256, neg_clip: __m256) -> __m256i {
     _mm256_cvttps_epi32(r)
 }
 
+/// `x / scale` on 8 lanes, bit-exact, usually without dividing.
+///
+/// `q = x * (1 / scale)` is within `|x / scale| * 2^-23` of the true
+/// quotient, and only the rounding to an integer matters afterwards: it can
+/// differ only where the quotient is within that error of a half-integer.
+/// Such vectors (flagged with a margin of 2^-15, which covers every
+/// |quotient| < 256; larger ones clamp to ±clip either way) are divided for
+/// real. Needs `recip = 1 / scale` with both normal (the caller checks).
+#[inline(always)]
+unsafe fn quotient(x: __m256, s: __m256, recip: __m256) -> __m256 {
+    let q = _mm256_mul_ps(x, recip);
+    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(q);
+    let frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0), _mm256_sub_ps(q, t));
+    let off_half = _mm256_andnot_ps(
+        _mm256_set1_ps(-0.0),
+        _mm256_sub_ps(frac, _mm256_set1_ps(0.5)),
+    );
+    let near = _mm256_cmp_ps::<_CMP_LE_OQ>(off_half, _mm256_set1_ps(1.0 / 32768.0));
+    if _mm256_movemask_ps(near) != 0 {
+        _mm256_div_ps(x, s)
+    } else {
+        q
+    }
+}
+
 #[target_feature(enable = "avx2")]
 pub unsafe fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
+    let recip = 1.0 / scale;
+    if !(scale.is_normal() && recip.is_normal()) {
+        return quantize_dividing(x, scale, clip, out);
+    }
     let s = _mm256_set1_ps(scale);
+    let r = _mm256_set1_ps(recip);
     let c = _mm256_set1_ps(clip);
     let nc = _mm256_set1_ps(-clip);
     // packs_epi32/packs_epi16 interleave the 128-bit lanes; this restores order.
+    let unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let body = x.len() / 32 * 32;
+    let mut i = 0;
+    // i + 32 <= body <= len == out.len(): loads and the store are in bounds.
+    while i < body {
+        let q0 = round_clamp(quotient(load8(x, i), s, r), c, nc);
+        let q1 = round_clamp(quotient(load8(x, i + 8), s, r), c, nc);
+        let q2 = round_clamp(quotient(load8(x, i + 16), s, r), c, nc);
+        let q3 = round_clamp(quotient(load8(x, i + 24), s, r), c, nc);
+        let w01 = _mm256_packs_epi32(q0, q1);
+        let w23 = _mm256_packs_epi32(q2, q3);
+        let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), unshuffle);
+        _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, b);
+        i += 32;
+    }
+    scalar::quantize(&x[body..], scale, clip, &mut out[body..]);
+}
+
+/// [`quantize`] with a true division per lane (subnormal scales, whose
+/// reciprocal overflows or loses precision).
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_dividing(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
+    let s = _mm256_set1_ps(scale);
+    let c = _mm256_set1_ps(clip);
+    let nc = _mm256_set1_ps(-clip);
     let unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let body = x.len() / 32 * 32;
     let mut i = 0;
@@ -94,8 +149,7 @@ pub unsafe fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
         let q3 = round_clamp(_mm256_div_ps(load8(x, i + 24), s), c, nc);
         let w01 = _mm256_packs_epi32(q0, q1);
         let w23 = _mm256_packs_epi32(q2, q3);
-        let b = _mm256_packs_epi16(w01, w23);
-        let b = _mm256_permutevar8x32_epi32(b, unshuffle);
+        let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), unshuffle);
         _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, b);
         i += 32;
     }
@@ -118,6 +172,10 @@ unsafe fn dot32(w: __m256i, a: __m256i, ones: __m256i) -> __m256i {
 /// Blocks of at most this many 32-byte steps keep each i32 lane below
 /// 2^14 * 65024 < 2^31 before it is widened.
 const STEPS_PER_BLOCK: usize = 1 << 14;
+
+/// Below this many columns a whole dot product fits in i32
+/// (|sum| <= k * 128 * 127 < 2^31), so lanes may be summed in i32.
+const EXACT_I32_TOTAL: usize = (i32::MAX as usize) / (128 * 127);
 
 #[target_feature(enable = "avx2")]
 pub unsafe fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
@@ -183,9 +241,33 @@ pub unsafe fn dot_tile<const R: usize, const T: usize>(
             }
             i += 32;
         }
-        for r in 0..R {
-            for t in 0..T {
-                out[r][t] += hsum_i32_to_i64(acc[r][t]);
+        if k < EXACT_I32_TOTAL {
+            // Every total fits in i32: reduce four accumulators at a time.
+            let mut first = 0;
+            while first < R * T {
+                let four: [__m256i; 4] = core::array::from_fn(|i| {
+                    let j = first + i;
+                    if j < R * T {
+                        acc[j / T][j % T]
+                    } else {
+                        _mm256_setzero_si256()
+                    }
+                });
+                let mut lanes = [0i32; 4];
+                _mm_storeu_si128(lanes.as_mut_ptr() as *mut __m128i, hsum4_i32(four));
+                for (i, &lane) in lanes.iter().enumerate() {
+                    let j = first + i;
+                    if j < R * T {
+                        out[j / T][j % T] += lane as i64;
+                    }
+                }
+                first += 4;
+            }
+        } else {
+            for r in 0..R {
+                for t in 0..T {
+                    out[r][t] += hsum_i32_to_i64(acc[r][t]);
+                }
             }
         }
         start = end;
@@ -333,32 +415,38 @@ pub unsafe fn w4a8_tile_lanes<const T: usize>(
     let k = a[0].len();
     let ones = _mm256_set1_epi16(1);
     let low = _mm256_set1_epi8(0x0f);
-    let mut y = [[_mm256_setzero_ps(); 4]; T];
+    // -0.0 + p == p for every p, so starting at -0.0 is the same as starting
+    // with the first group's product (the definition), without a branch.
+    let mut y = [[_mm256_set1_ps(-0.0); 4]; T];
+    // Scale pointers; g < k / group <= ws[r].len() (asserted by the dispatcher).
+    let scale_at: [*const f32; 4] = core::array::from_fn(|r| ws[r].as_ptr());
     if group == 32 {
         // One group per half-block: scale every partial as it is made.
         let mut block = 0;
         // As below: every load is in bounds while block * 64 < k.
         while block * 64 < k {
+            let bytes: [__m256i; 4] = core::array::from_fn(|r| {
+                _mm256_loadu_si256(w[r].as_ptr().add(block * 32) as *const __m256i)
+            });
             for half in 0..2 {
                 let g = 2 * block + half;
                 let col = 32 * g;
+                let av: [__m256i; T] = core::array::from_fn(|t| load32_i8(a[t], col));
+                let offset: [__m256i; T] = core::array::from_fn(|t| {
+                    _mm256_loadu_si256(a_lane_sums[t].as_ptr().add(8 * g) as *const __m256i)
+                });
                 for r in 0..4 {
-                    let bytes = _mm256_loadu_si256(w[r].as_ptr().add(block * 32) as *const __m256i);
                     let nib = if half == 0 {
-                        _mm256_and_si256(bytes, low)
+                        _mm256_and_si256(bytes[r], low)
                     } else {
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low)
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(bytes[r]), low)
                     };
-                    let scale = _mm256_set1_ps(ws[r][g]);
+                    let scale = _mm256_set1_ps(*scale_at[r].add(g));
                     for t in 0..T {
-                        let av = load32_i8(a[t], col);
-                        let offset = _mm256_loadu_si256(
-                            a_lane_sums[t].as_ptr().add(8 * g) as *const __m256i
-                        );
-                        let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, av), ones);
-                        let exact = _mm256_sub_epi32(lanes, offset);
+                        let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, av[t]), ones);
+                        let exact = _mm256_sub_epi32(lanes, offset[t]);
                         let p = _mm256_mul_ps(_mm256_cvtepi32_ps(exact), scale);
-                        y[t][r] = if g == 0 { p } else { _mm256_add_ps(y[t][r], p) };
+                        y[t][r] = _mm256_add_ps(y[t][r], p);
                     }
                 }
             }
@@ -418,8 +506,9 @@ pub unsafe fn w4a8_tile_lanes<const T: usize>(
                         _mm256_loadu_si256(a_lane_sums[t].as_ptr().add(8 * g) as *const __m256i);
                     for r in 0..4 {
                         let exact = _mm256_sub_epi32(acc32[t][r], offset);
-                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(exact), _mm256_set1_ps(ws[r][g]));
-                        y[t][r] = if g == 0 { p } else { _mm256_add_ps(y[t][r], p) };
+                        let scale = _mm256_set1_ps(*scale_at[r].add(g));
+                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(exact), scale);
+                        y[t][r] = _mm256_add_ps(y[t][r], p);
                         acc32[t][r] = _mm256_setzero_si256();
                     }
                 }

@@ -314,3 +314,44 @@ pub fn int4_lane_sums(a: &[i8], group: usize) -> Vec<i32> {
     }
     sums
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values at, and a few ulps around, every half-integer quotient for
+    /// many scales: where multiplying by the reciprocal could round the
+    /// other way. Every path must match the scalar division.
+    #[test]
+    fn quantize_is_exact_near_half_integers() {
+        let mut scales = vec![1.0f32, 0.1, 1.0 / 127.0, 3.0e-3, 7.7e-8, 1.0e30 / 127.0];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            scales.push(f32::from_bits(
+                0x3000_0000 + (state >> 40) as u32 % 0x1800_0000,
+            ));
+        }
+        let mut x = Vec::new();
+        for &s in &scales {
+            x.clear();
+            for n in -130i32..=130 {
+                let center = (n as f32 + 0.5) * s;
+                for d in -3i32..=3 {
+                    x.push(f32::from_bits((center.to_bits() as i32 + d) as u32));
+                }
+            }
+            let mut want = vec![0i8; x.len()];
+            scalar::quantize(&x, s, 127.0, &mut want);
+            for isa in supported() {
+                set_isa(isa).unwrap();
+                let mut got = vec![0i8; x.len()];
+                quantize(&x, s, 127.0, &mut got);
+                assert_eq!(got, want, "scale {s} on {}", isa.name());
+            }
+        }
+        set_isa(best_supported()).unwrap();
+    }
+}

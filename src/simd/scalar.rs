@@ -17,8 +17,9 @@ pub fn abs_max_bits(x: &[f32]) -> u32 {
 #[inline]
 #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(a < b)` is true for NaN, on purpose
 pub fn round_half_away(x: f32) -> f32 {
-    if !(x.abs() < 8_388_608.0) {
-        return x; // |x| >= 2^23 is already an integer; NaN and ±inf pass through
+    // |x| >= 2^23 is already an integer; NaN and ±inf pass through.
+    if x.is_nan() || x.abs() >= 8_388_608.0 {
+        return x;
     }
     let t = x as i32 as f32; // truncation, exact below 2^23
     let frac = x - t; // exact: x and t share sign and exponent range
@@ -90,15 +91,15 @@ pub fn w4a8_tile<const R: usize, const T: usize>(
             if groups <= 1 {
                 return dot(0..k) as f32 * ws[r][0];
             }
-            let mut y = [0.0f32; 8];
+            // -0.0 + p == p: the same as starting with the first product.
+            let mut y = [-0.0f32; 8];
             for g in 0..groups {
                 let mut lanes = [0i64; 8];
                 for c in g * group..((g + 1) * group).min(k) {
                     lanes[c % 32 / 4] += int4_at(w[r], k, c) as i64 * a[t][c] as i64;
                 }
                 for (y, &p) in y.iter_mut().zip(&lanes) {
-                    let p = p as f32 * ws[r][g];
-                    *y = if g == 0 { p } else { *y + p };
+                    *y += p as f32 * ws[r][g];
                 }
             }
             lane_sum(&y)

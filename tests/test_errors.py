@@ -1,0 +1,227 @@
+"""The exception hierarchy: one base, one subclass per failure, each also a
+builtin (ValueError / TypeError), with fields and messages that say what was
+expected and what came in."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import dynquant as dq
+import numpy as np
+import pytest
+
+F32 = np.float32
+
+VALUE_ERRORS = [
+    dq.ShapeMismatchError,
+    dq.EmptyInputError,
+    dq.InvalidAlphaError,
+    dq.InvalidEpsilonError,
+    dq.FeatureDimMismatchError,
+    dq.NonFiniteError,
+    dq.InvalidPercentileError,
+    dq.InvalidArgumentError,
+]
+TYPE_ERRORS = [dq.DTypeError, dq.ArgumentTypeError]
+
+
+@pytest.mark.parametrize("cls", VALUE_ERRORS)
+def test_value_errors(cls: type[Exception]) -> None:
+    assert issubclass(cls, dq.DynQuantError)
+    assert issubclass(cls, ValueError)
+    assert not issubclass(cls, TypeError)
+
+
+@pytest.mark.parametrize("cls", TYPE_ERRORS)
+def test_type_errors(cls: type[Exception]) -> None:
+    assert issubclass(cls, dq.DynQuantError)
+    assert issubclass(cls, TypeError)
+    assert not issubclass(cls, ValueError)
+
+
+def test_base_and_internal() -> None:
+    assert issubclass(dq.DynQuantError, Exception)
+    assert not issubclass(dq.DynQuantError, (ValueError, TypeError))
+    assert issubclass(dq.InternalError, dq.DynQuantError)
+    assert issubclass(dq.InternalError, RuntimeError)
+    exported = {
+        name
+        for name in dq.__all__
+        if isinstance(getattr(dq, name), type) and issubclass(getattr(dq, name), BaseException)
+    }
+    assert exported == {c.__name__ for c in [*VALUE_ERRORS, *TYPE_ERRORS]} | {
+        "DynQuantError",
+        "InternalError",
+    }
+
+
+X = np.ones((2, 3), F32)
+
+# (call, expected class, fields that must be set, words the message must contain)
+CASES: list[tuple[str, Callable[[], Any], type[Exception], dict[str, Any], list[str]]] = [
+    (
+        "matvec activation length",
+        lambda: dq.w8a8_matvec(np.ones((2, 3), np.int8), np.ones(2, F32), np.ones(4, F32)),
+        dq.ShapeMismatchError,
+        {"expected": 3, "actual": 4},
+        ["3", "4", "expected"],
+    ),
+    (
+        "matvec scales length",
+        lambda: dq.w8a8_matvec(np.ones((2, 3), np.int8), np.ones(7, F32), np.ones(3, F32)),
+        dq.ShapeMismatchError,
+        {"expected": 2, "actual": 7},
+        ["2", "7"],
+    ),
+    (
+        "matvec empty",
+        lambda: dq.w8a8_matvec(np.ones((2, 3), np.int8), np.ones(2, F32), []),
+        dq.EmptyInputError,
+        {},
+        ["empty"],
+    ),
+    (
+        "per-row needs 2-D",
+        lambda: dq.quantize_int8_per_row(np.ones(5, F32)),
+        dq.ShapeMismatchError,
+        {"expected": "2-D", "actual": (5,)},
+        ["2-D", "(5,)"],
+    ),
+    (
+        "alpha",
+        lambda: dq.SmoothQuantConfig(1.25),
+        dq.InvalidAlphaError,
+        {"alpha": 1.25},
+        ["1.25"],
+    ),
+    (
+        "epsilon",
+        lambda: dq.SmoothQuantConfig(0.5, -2.0),
+        dq.InvalidEpsilonError,
+        {"epsilon": -2.0},
+        ["-2.0"],
+    ),
+    (
+        "factors length",
+        lambda: dq.smooth_activations(X, np.ones(4, F32)),
+        dq.FeatureDimMismatchError,
+        {"in_features": 3, "sf_len": 4},
+        ["3", "4"],
+    ),
+    (
+        "factor in-features",
+        lambda: dq.compute_smooth_factors(X, np.ones((5, 2), F32)),
+        dq.FeatureDimMismatchError,
+        {"in_features": 3, "sf_len": 2},
+        ["3", "2"],
+    ),
+    (
+        "nan",
+        lambda: dq.quantize_int8(np.array([[1, 2], [np.nan, 4]], F32)),
+        dq.NonFiniteError,
+        {"index": 2},
+        ["nan", "2"],
+    ),
+    (
+        "percentile",
+        lambda: dq.Percentile(1.5),
+        dq.InvalidPercentileError,
+        {"p": 1.5},
+        ["1.5"],
+    ),
+    (
+        "nan policy",
+        lambda: dq.quantize_int8(X, nan_policy="ignore"),
+        dq.InvalidArgumentError,
+        {},
+        ["ignore", "raise", "reference"],
+    ),
+    (
+        "dtype",
+        lambda: dq.quantize_int8(np.array(["a", "b"])),
+        dq.DTypeError,
+        {"expected": None, "actual": "<U1"},
+        ["<U1"],
+    ),
+    (
+        "weights dtype",
+        lambda: dq.w8a8_matvec(np.ones((2, 3), np.float32), np.ones(2, F32), np.ones(3, F32)),
+        dq.DTypeError,
+        {"expected": "int8", "actual": "float32"},
+        ["int8", "float32"],
+    ),
+    (
+        "mode type",
+        lambda: dq.quantize_int8(X, "maxabs"),  # type: ignore[arg-type]
+        dq.ArgumentTypeError,
+        {},
+        ["maxabs"],
+    ),
+    (
+        "clip type",
+        lambda: dq.compute_scale(X, "127"),  # type: ignore[arg-type]
+        dq.ArgumentTypeError,
+        {},
+        ["clip_val"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "cls", "fields", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_raised_errors_carry_fields_and_messages(
+    call: Callable[[], Any], cls: type[Exception], fields: dict[str, Any], words: list[str]
+) -> None:
+    with pytest.raises(cls) as info:
+        call()
+    e = info.value
+    assert type(e) is cls
+    for name, value in fields.items():
+        assert hasattr(e, name), name
+        if value is not None:
+            assert getattr(e, name) == value, (name, getattr(e, name))
+    msg = str(e).lower()
+    for word in words:
+        assert word.lower() in msg, (word, str(e))
+    # caught generically as well
+    with pytest.raises(dq.DynQuantError):
+        call()
+    # errors survive pickling (multiprocessing, dask) with their fields
+    e2 = pickle.loads(pickle.dumps(e))
+    assert type(e2) is cls and str(e2) == str(e)
+    for name in fields:
+        a, b = getattr(e, name), getattr(e2, name)
+        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
+
+
+@pytest.mark.parametrize("p", [0.0, -0.5, 1.0000001, math.nan, math.inf, 1e-50, "0.5", None, True])
+def test_invalid_percentiles(p: Any) -> None:
+    with pytest.raises(dq.InvalidPercentileError):
+        dq.Percentile(p)
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5, 1e-30, 1.00000001, np.float32(0.99), 1])
+def test_valid_percentiles(p: Any) -> None:
+    # 1.00000001 rounds to the f32 1.0, which is in range.
+    mode = dq.Percentile(p)
+    assert mode.p == float(p)
+    assert 0 < np.float32(mode.p) <= 1
+
+
+def test_errors_can_be_caught_as_builtins() -> None:
+    try:
+        dq.quantize_int8_per_row(np.ones(3, F32))
+    except ValueError as e:
+        assert isinstance(e, dq.ShapeMismatchError)
+    else:
+        pytest.fail("no error")
+    try:
+        dq.quantize_int8([True, False])
+    except TypeError as e:
+        assert isinstance(e, dq.DTypeError)
+    else:
+        pytest.fail("no error")
