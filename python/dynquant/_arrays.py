@@ -64,7 +64,7 @@ def as_float32(x: Any, name: str, ndim: int | None = None) -> npt.NDArray[np.flo
             )
         # Not np.ascontiguousarray: it turns 0-d into 1-d. Values beyond
         # float32 become ±inf (then non-finite input), without a warning.
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
             a = np.asarray(a, dtype=F32, order="C")
         if not a.flags.aligned:  # e.g. np.frombuffer at an odd offset
             a = a.copy()
