@@ -314,8 +314,8 @@ def calls(draw: st.DrawFn) -> tuple[str, Callable[[], Any]]:
         v = draw(st.one_of(int8s(shape), st.just(x)))
 
         def pack() -> Any:
-            values = np.clip(v, -8, 7).astype(np.int8) if draw_clip else v
-            return dq.pack_int4(values)
+            in_range = draw_clip and isinstance(v, np.ndarray) and v.dtype == np.int8
+            return dq.pack_int4(np.clip(v, -8, 7) if in_range else v)
 
         draw_clip = draw(st.booleans())
         return name, pack
