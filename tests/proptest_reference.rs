@@ -81,7 +81,7 @@ mod oracle {
         for r in 0..rows {
             let start = r * cols;
             if start >= x.len() {
-                data.extend(std::iter::repeat(0i8).take(cols));
+                data.extend(std::iter::repeat_n(0i8, cols));
                 scales.push(0.0);
                 continue;
             }
