@@ -152,7 +152,7 @@ impl Summary {
         let (mut min_key, mut max_key) = (self.min_key, self.max_key);
         let (mut min_pos, mut max_abs) = (u32::MAX, 0u32);
         let mut zeros = 0u64;
-        for &v in block {
+        for (i, &v) in block.iter().enumerate() {
             let bits = v.to_bits();
             let a = bits & 0x7fff_ffff;
             min_key = min_key.min(key_of(bits));
@@ -168,7 +168,7 @@ impl Summary {
             zeros += (a == 0) as u64;
             min_pos = min_pos.min(if a == 0 { u32::MAX } else { a });
             max_abs = max_abs.max(a);
-            sums.add(bits);
+            sums.add(i, bits);
         }
         self.count += block.len() as u64;
         self.zeros += zeros;

@@ -566,5 +566,264 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(w4a8_matmul, m)?)?;
     m.add_function(wrap_pyfunction!(calib_collect, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Streaming calibration (observer.rs).
+    m.add_class::<PyCalibObserver>()?;
+    m.add_class::<PyChannelMaxObserver>()?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Streaming calibration (src/observer.rs): the `CalibObserver` and
+// `ChannelMaxObserver` classes that `dynquant.observer` wraps.
+// ---------------------------------------------------------------------------
+
+use pyo3::types::PyBytes;
+
+use crate::observer::{CalibObserver, ChannelMaxObserver, ObserverConfig};
+
+/// A [`CalibObserver`]; `dynquant.observer.CalibObserver` is its Python face.
+#[pyclass(name = "CalibObserver", module = "dynquant._core")]
+struct PyCalibObserver {
+    inner: CalibObserver,
+}
+
+#[pymethods]
+impl PyCalibObserver {
+    #[new]
+    fn new(
+        py: Python<'_>,
+        relative_accuracy: f64,
+        exact: bool,
+        reference: bool,
+        max_buckets: u32,
+    ) -> PyResult<Self> {
+        let config = ObserverConfig {
+            relative_accuracy,
+            exact,
+            policy: nan_policy(reference),
+            max_buckets,
+        };
+        let inner = CalibObserver::new(config).map_err(|e| to_py_err(py, e))?;
+        Ok(Self { inner })
+    }
+
+    fn update(&mut self, py: Python<'_>, x: PyReadonlyArrayDyn<'_, f32>) -> PyResult<()> {
+        let x = contiguous(x.as_slice())?;
+        let inner = &mut self.inner;
+        detached(py, || inner.update(x))
+    }
+
+    fn merge(&mut self, py: Python<'_>, other: PyRef<'_, Self>) -> PyResult<()> {
+        self.inner.merge(&other.inner).map_err(|e| to_py_err(py, e))
+    }
+
+    fn copy(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// `(min, max, mean, std_dev, p99, suggested_scale)`.
+    fn stats(&self, py: Python<'_>) -> PyResult<(f32, f32, f32, f32, f32, f32)> {
+        let inner = &self.inner;
+        let s = detached(py, || Ok(inner.stats()))?;
+        Ok((s.min, s.max, s.mean, s.std_dev, s.p99, s.suggested_scale))
+    }
+
+    fn quantile(&self, py: Python<'_>, q: f64) -> PyResult<f64> {
+        let inner = &self.inner;
+        detached(py, || inner.quantile(q))
+    }
+
+    /// `(lower, upper, counts)` of the non-empty sketch buckets.
+    #[allow(clippy::type_complexity)]
+    fn histogram<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> (
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<u64>>,
+    ) {
+        let h = self.inner.histogram();
+        let lower: Vec<f64> = h.iter().map(|b| b.0).collect();
+        let upper: Vec<f64> = h.iter().map(|b| b.1).collect();
+        let counts: Vec<u64> = h.iter().map(|b| b.2).collect();
+        (
+            lower.into_pyarray(py),
+            upper.into_pyarray(py),
+            counts.into_pyarray(py),
+        )
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.to_bytes())
+    }
+
+    #[staticmethod]
+    fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
+        let inner = CalibObserver::from_bytes(data).map_err(|e| to_py_err(py, e))?;
+        Ok(Self { inner })
+    }
+
+    #[getter]
+    fn count(&self) -> u64 {
+        self.inner.count()
+    }
+
+    #[getter]
+    fn zero_count(&self) -> u64 {
+        self.inner.zero_count()
+    }
+
+    #[getter]
+    fn collapsed_count(&self) -> u64 {
+        self.inner.collapsed_count()
+    }
+
+    #[getter]
+    fn bucket_count(&self) -> usize {
+        self.inner.bucket_count()
+    }
+
+    #[getter]
+    fn buckets_per_octave(&self) -> u32 {
+        self.inner.buckets_per_octave()
+    }
+
+    #[getter]
+    fn effective_accuracy(&self) -> f64 {
+        self.inner.effective_accuracy()
+    }
+
+    #[getter]
+    fn relative_accuracy(&self) -> f64 {
+        self.inner.config().relative_accuracy
+    }
+
+    #[getter]
+    fn max_buckets(&self) -> u32 {
+        self.inner.config().max_buckets
+    }
+
+    #[getter]
+    fn exact(&self) -> bool {
+        self.inner.config().exact
+    }
+
+    #[getter]
+    fn reference(&self) -> bool {
+        self.inner.config().policy == NanPolicy::Reference
+    }
+
+    #[getter]
+    fn min(&self) -> f32 {
+        self.inner.min()
+    }
+
+    #[getter]
+    fn max(&self) -> f32 {
+        self.inner.max()
+    }
+
+    #[getter]
+    fn mean(&self) -> f64 {
+        self.inner.mean()
+    }
+
+    #[getter]
+    fn std_dev(&self) -> f64 {
+        self.inner.std_dev()
+    }
+}
+
+/// A [`ChannelMaxObserver`]; `dynquant.observer.ChannelMaxObserver` wraps it.
+#[pyclass(name = "ChannelMaxObserver", module = "dynquant._core")]
+struct PyChannelMaxObserver {
+    inner: ChannelMaxObserver,
+}
+
+#[pymethods]
+impl PyChannelMaxObserver {
+    #[new]
+    fn new(in_features: Option<usize>, reference: bool) -> Self {
+        Self {
+            inner: ChannelMaxObserver::new(in_features, nan_policy(reference)),
+        }
+    }
+
+    /// Adds a `[tokens, in_features]` batch.
+    fn update(&mut self, py: Python<'_>, x: PyReadonlyArray2<'_, f32>) -> PyResult<()> {
+        let (tokens, in_features) = (x.shape()[0], x.shape()[1]);
+        let x = contiguous(x.as_slice())?;
+        let inner = &mut self.inner;
+        detached(py, || inner.update(x, tokens, in_features))
+    }
+
+    fn merge(&mut self, py: Python<'_>, other: PyRef<'_, Self>) -> PyResult<()> {
+        self.inner.merge(&other.inner).map_err(|e| to_py_err(py, e))
+    }
+
+    fn copy(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+
+    fn act_max<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
+        self.inner.act_max().into_pyarray(py)
+    }
+
+    /// Factors for `weights` `[out, in]` with the SmoothQuant formula.
+    fn smooth_factors<'py>(
+        &self,
+        py: Python<'py>,
+        weights: PyReadonlyArray2<'py, f32>,
+        alpha: f32,
+        epsilon: f32,
+    ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let (out_features, cols) = (weights.shape()[0], weights.shape()[1]);
+        if let Some(in_features) = self.inner.in_features() {
+            if cols != in_features {
+                return Err(to_py_err(
+                    py,
+                    DynQuantError::FeatureDimMismatch {
+                        in_features,
+                        sf_len: cols,
+                    },
+                ));
+            }
+        }
+        let config =
+            smooth::SmoothQuantConfig::try_new(alpha, epsilon).map_err(|e| to_py_err(py, e))?;
+        let w = contiguous(weights.as_slice())?;
+        let inner = &self.inner;
+        let factors = detached(py, || inner.smooth_factors(w, out_features, &config))?;
+        Ok(factors.into_pyarray(py))
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.to_bytes())
+    }
+
+    #[staticmethod]
+    fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
+        let inner = ChannelMaxObserver::from_bytes(data).map_err(|e| to_py_err(py, e))?;
+        Ok(Self { inner })
+    }
+
+    #[getter]
+    fn in_features(&self) -> Option<usize> {
+        self.inner.in_features()
+    }
+
+    #[getter]
+    fn tokens(&self) -> u64 {
+        self.inner.tokens()
+    }
+
+    #[getter]
+    fn reference(&self) -> bool {
+        self.inner.policy() == NanPolicy::Reference
+    }
 }

@@ -26,27 +26,32 @@ pub(crate) fn slot_and_mantissa(abs_bits: u32) -> (usize, u64) {
     (e.max(1) as usize, ((abs_bits & 0x7f_ffff) | hidden) as u64)
 }
 
+/// Independent bin sets, so that runs of values with the same exponent
+/// do not wait on one another's adds.
+pub(crate) const LANES: usize = 4;
+
 /// Per-slot sums of at most [`BLOCK`] values, in u64 (fast to add to).
 pub(crate) struct BlockSums {
-    /// `[0..256)`: Σm of positive values, `[256..512)`: of negative values.
-    sum: [u64; 2 * SLOTS],
-    sq: [u64; SLOTS],
+    /// Per lane, `[0..256)`: Σm of positive values, `[256..512)`: of
+    /// negative values, `[512..768)`: Σm².
+    bins: [[u64; 3 * SLOTS]; LANES],
 }
 
 impl BlockSums {
     pub(crate) fn new() -> Self {
         Self {
-            sum: [0; 2 * SLOTS],
-            sq: [0; SLOTS],
+            bins: [[0; 3 * SLOTS]; LANES],
         }
     }
 
-    /// Adds one finite value (as bits). At most [`BLOCK`] calls per flush.
+    /// Adds one finite value (as bits) to `lane`. At most [`BLOCK`] calls
+    /// per flush.
     #[inline(always)]
-    pub(crate) fn add(&mut self, bits: u32) {
+    pub(crate) fn add(&mut self, lane: usize, bits: u32) {
         let (slot, m) = slot_and_mantissa(bits & 0x7fff_ffff);
-        self.sum[((bits >> 31) as usize) * SLOTS + slot] += m;
-        self.sq[slot] += m * m;
+        let bins = &mut self.bins[lane % LANES];
+        bins[((bits >> 31) as usize) * SLOTS + slot] += m;
+        bins[2 * SLOTS + slot] += m * m;
     }
 }
 
@@ -69,10 +74,12 @@ impl ExactSums {
     }
 
     pub(crate) fn flush(&mut self, block: &BlockSums) {
-        for s in 1..SLOTS {
-            self.pos[s] += block.sum[s] as u128;
-            self.neg[s] += block.sum[SLOTS + s] as u128;
-            self.sq[s] += block.sq[s] as u128;
+        for bins in &block.bins {
+            for s in 1..SLOTS {
+                self.pos[s] += bins[s] as u128;
+                self.neg[s] += bins[SLOTS + s] as u128;
+                self.sq[s] += bins[2 * SLOTS + s] as u128;
+            }
         }
     }
 
@@ -265,8 +272,8 @@ mod tests {
         let mut sums = ExactSums::new();
         for block in values.chunks(BLOCK) {
             let mut b = BlockSums::new();
-            for v in block {
-                b.add(v.to_bits());
+            for (i, v) in block.iter().enumerate() {
+                b.add(i, v.to_bits());
             }
             sums.flush(&b);
         }

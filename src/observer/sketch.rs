@@ -70,7 +70,8 @@ pub(crate) struct Mapping {
     /// `thresholds[j]`: the smallest 23-bit mantissa whose bucket within its
     /// octave is at least `j` (`j` = 0..=M), then a `u32::MAX` sentinel.
     thresholds: Vec<u32>,
-    /// Bucket within the octave of each cell's first mantissa.
+    /// Bucket within the octave of each cell's first mantissa; the top bit
+    /// marks cells a bucket edge cuts (then `thresholds` decide).
     cells: Vec<u32>,
     /// `2^(k/M)` for k = 0..M.
     powers: Vec<f64>,
@@ -94,7 +95,11 @@ impl Mapping {
             while u >= thresholds[k as usize + 1] {
                 k += 1;
             }
-            cells.push(k);
+            // Flag the cells where a bucket edge falls inside (before the
+            // next cell's first mantissa).
+            let next = (c + 1) << (23 - CELL_BITS);
+            let straddles = next > thresholds[k as usize + 1];
+            cells.push(k | (straddles as u32) << 31);
         }
         let gamma = exp2_unit(1.0 / m as f64);
         Self {
@@ -143,9 +148,12 @@ impl Mapping {
             let top = 31 - abs_bits.leading_zeros();
             (top as i32 - 149, (abs_bits << (23 - top)) & 0x7f_ffff)
         };
-        let mut k = self.cells[(u >> (23 - CELL_BITS)) as usize];
-        while u >= self.thresholds[k as usize + 1] {
-            k += 1;
+        let cell = self.cells[(u >> (23 - CELL_BITS)) as usize];
+        let mut k = cell & 0x7fff_ffff;
+        if cell >> 31 != 0 {
+            while u >= self.thresholds[k as usize + 1] {
+                k += 1;
+            }
         }
         octave * self.m as i32 + k as i32
     }
