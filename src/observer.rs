@@ -37,9 +37,10 @@ pub use sketch::{MAX_ALPHA, MIN_ALPHA};
 
 /// Default relative accuracy of the quantile sketch.
 pub const DEFAULT_RELATIVE_ACCURACY: f64 = 0.005;
-/// Default bound on the sketch's buckets (32 KiB of counts; with the default
-/// accuracy, 70 buckets an octave, it spans 58 octaves of |x|).
-pub const DEFAULT_MAX_BUCKETS: u32 = 4096;
+/// Octaves of |x| the sketch keeps by default: `max_buckets` defaults to
+/// this many times the buckets per octave (4480 buckets, 35 KiB of counts,
+/// at the default accuracy), a dynamic range of 2^64 ≈ 1.8e19.
+pub const DEFAULT_OCTAVES: u32 = 64;
 /// Largest `max_buckets` accepted.
 pub const MAX_MAX_BUCKETS: u32 = 1 << 24;
 
@@ -60,8 +61,10 @@ pub struct ObserverConfig {
     /// `Raise` rejects NaN and infinities; `Reference` accepts infinities,
     /// as [`CalibStats::try_collect`] does (NaN is always an error).
     pub policy: NanPolicy,
-    /// Most buckets the sketch keeps, in 1..=[`MAX_MAX_BUCKETS`].
-    pub max_buckets: u32,
+    /// Most buckets the sketch keeps, in 1..=[`MAX_MAX_BUCKETS`]; `None`
+    /// for [`DEFAULT_OCTAVES`] octaves' worth. [`CalibObserver::config`]
+    /// gives the value in force.
+    pub max_buckets: Option<u32>,
 }
 
 impl Default for ObserverConfig {
@@ -70,7 +73,7 @@ impl Default for ObserverConfig {
             relative_accuracy: DEFAULT_RELATIVE_ACCURACY,
             exact: false,
             policy: NanPolicy::Raise,
-            max_buckets: DEFAULT_MAX_BUCKETS,
+            max_buckets: None,
         }
     }
 }
@@ -237,10 +240,12 @@ impl Summary {
 /// for quantile q is within relative error α of the exact k-th smallest |x|,
 /// `k = ceil(q·n) − 1` in f32 as [`CalibStats::collect`] indexes, as long as
 /// that value's bucket was not folded away by the `max_buckets` bound (only
-/// values more than `max_buckets / M` octaves below the largest |x| are).
+/// values more than `max_buckets / M` octaves below the largest |x| are;
+/// the default bound keeps 64 octaves).
 #[derive(Clone, Debug)]
 pub struct CalibObserver {
     config: ObserverConfig,
+    max_buckets: u32,
     map: Arc<Mapping>,
     summary: Summary,
     /// Every value seen, in exact mode only.
@@ -257,23 +262,35 @@ impl CalibObserver {
     /// An empty observer; errors for an out-of-range accuracy or bound.
     pub fn new(config: ObserverConfig) -> Result<Self, DynQuantError> {
         let alpha = check_alpha(config.relative_accuracy)?;
-        if !(1..=MAX_MAX_BUCKETS).contains(&config.max_buckets) {
+        let map = Mapping::for_accuracy(alpha);
+        let max_buckets = config.max_buckets.unwrap_or_else(|| {
+            (map.per_octave().saturating_mul(DEFAULT_OCTAVES)).min(MAX_MAX_BUCKETS)
+        });
+        if !(1..=MAX_MAX_BUCKETS).contains(&max_buckets) {
             return Err(DynQuantError::InvalidArgument(format!(
-                "max_buckets must be in 1..={MAX_MAX_BUCKETS}, got {}",
-                config.max_buckets
+                "max_buckets must be in 1..={MAX_MAX_BUCKETS}, got {max_buckets}"
             )));
         }
         Ok(Self {
-            config,
-            map: Mapping::for_accuracy(alpha),
+            config: ObserverConfig {
+                max_buckets: Some(max_buckets),
+                ..config
+            },
+            max_buckets,
+            map,
             summary: Summary::empty(),
             values: Vec::new(),
         })
     }
 
-    /// The configuration it was built with.
+    /// The configuration in force (`max_buckets` resolved).
     pub fn config(&self) -> ObserverConfig {
         self.config
+    }
+
+    /// The bound on the sketch's buckets.
+    pub fn max_buckets(&self) -> u32 {
+        self.max_buckets
     }
 
     /// Adds a batch. On an error (a NaN, or an infinity under `Raise`; the
@@ -282,7 +299,7 @@ impl CalibObserver {
         if data.is_empty() {
             return Ok(());
         }
-        let (map, max_buckets, policy) = (&*self.map, self.config.max_buckets, self.config.policy);
+        let (map, max_buckets, policy) = (&*self.map, self.max_buckets, self.config.policy);
         let total = self
             .summary
             .count
@@ -336,7 +353,7 @@ impl CalibObserver {
             .count
             .checked_add(other.summary.count)
             .ok_or_else(count_overflow)?;
-        self.summary.merge(&other.summary, a.max_buckets);
+        self.summary.merge(&other.summary, self.max_buckets);
         self.values.extend_from_slice(&other.values);
         Ok(())
     }
@@ -518,7 +535,7 @@ impl CalibObserver {
         }
         w.u8(flags);
         w.f64(self.config.relative_accuracy);
-        w.u32(self.config.max_buckets);
+        w.u32(self.max_buckets);
         w.u32(self.map.per_octave());
         for v in [s.count, s.zeros, s.pos_inf, s.neg_inf] {
             w.u64(v);
@@ -575,7 +592,7 @@ impl CalibObserver {
             } else {
                 NanPolicy::Raise
             },
-            max_buckets: r.u32()?,
+            max_buckets: Some(r.u32()?),
         };
         let mut obs = CalibObserver::new(config).map_err(|e| r.bad(e))?;
         if r.u32()? != obs.map.per_octave() {
@@ -610,7 +627,7 @@ impl CalibObserver {
         s.store.collapsed = r.u64()?;
         let m = obs.map.per_octave() as i64;
         let (lo, hi) = (-149 * m, 128 * m);
-        if len > config.max_buckets
+        if len > obs.max_buckets
             || (len > 0 && (offset as i64) < lo)
             || offset as i64 + len as i64 - 1 > hi
         {
@@ -630,7 +647,7 @@ impl CalibObserver {
             return Err(r.bad("sketch window not trimmed"));
         }
         if s.store.collapsed > 0
-            && (len != config.max_buckets as usize || s.store.collapsed > counts[0])
+            && (len != obs.max_buckets as usize || s.store.collapsed > counts[0])
         {
             return Err(r.bad("collapsed count inconsistent with the window"));
         }

@@ -595,7 +595,7 @@ impl PyCalibObserver {
         relative_accuracy: f64,
         exact: bool,
         reference: bool,
-        max_buckets: u32,
+        max_buckets: Option<u32>,
     ) -> PyResult<Self> {
         let config = ObserverConfig {
             relative_accuracy,
@@ -703,7 +703,7 @@ impl PyCalibObserver {
 
     #[getter]
     fn max_buckets(&self) -> u32 {
-        self.inner.config().max_buckets
+        self.inner.max_buckets()
     }
 
     #[getter]

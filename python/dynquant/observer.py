@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from typing import Any, TypeVar
 
 import numpy as np
@@ -34,9 +34,7 @@ __all__ = ["CalibObserver", "ChannelMaxObserver", "calibrate"]
 
 #: Default relative accuracy of the quantile sketch.
 DEFAULT_RELATIVE_ACCURACY = 0.005
-#: Default bound on the sketch's buckets (32 KiB; 58 octaves of |x| at the
-#: default accuracy).
-DEFAULT_MAX_BUCKETS = 4096
+#: Largest ``max_buckets``; the default (None) is 64 octaves' worth.
 MAX_MAX_BUCKETS = 1 << 24
 
 T = TypeVar("T")
@@ -84,13 +82,14 @@ class CalibObserver:
     from exact integer sums of x and x² (rounded once: every merge order gives
     the same bits). Quantiles of |x| (``quantile(q)``, and the ``p99`` of
     ``stats()``) come from a mergeable relative-error sketch: the answer is
-    within ``relative_accuracy`` (α, default 0.005) of the exact value at the
-    same rank as ``CalibStats.collect`` uses (``ceil(q·n) − 1`` in float32).
+    within ``relative_accuracy`` (alpha, default 0.005) of the exact value at the
+    same rank as ``CalibStats.collect`` uses (``ceil(q * n) - 1`` in float32).
 
     The sketch has M = ``buckets_per_octave`` logarithmic buckets per
-    power of two (70 for α = 0.005) and keeps at most ``max_buckets``
-    (default 4096, 32 KiB). When |x| spans more than ``max_buckets / M``
-    octaves, the lowest buckets are folded into the lowest kept one: only the
+    power of two (70 for alpha = 0.005) and keeps at most ``max_buckets`` of
+    them (default: 64 octaves' worth, 64 * M = 4480 buckets, 35 KiB, at the
+    default accuracy). When |x| spans more than ``max_buckets / M`` octaves,
+    the lowest buckets are folded into the lowest kept one: only the
     quantiles of the smallest |x| lose accuracy (``collapsed_count`` says how
     many values were folded). Zeros are counted apart.
 
@@ -116,13 +115,13 @@ class CalibObserver:
         relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY,
         exact: bool = False,
         nan_policy: str = "raise",
-        max_buckets: int = DEFAULT_MAX_BUCKETS,
+        max_buckets: int | None = None,
     ) -> None:
         self._impl = _core.CalibObserver(
             _real(relative_accuracy, "relative_accuracy"),
             bool(exact),
             check_nan_policy(nan_policy),
-            _count(max_buckets, "max_buckets", 1, MAX_MAX_BUCKETS),
+            None if max_buckets is None else _count(max_buckets, "max_buckets", 1, MAX_MAX_BUCKETS),
         )
 
     @classmethod
@@ -141,7 +140,7 @@ class CalibObserver:
     ) -> CalibObserver:
         """Add every batch of ``batches``; with ``progress=True`` show a tqdm
         bar if tqdm is installed (nothing otherwise). Returns self."""
-        if total is None and hasattr(batches, "__len__"):
+        if total is None and isinstance(batches, Sized):
             total = len(batches)
         items, bar = _progress(batches, progress, total, "calibrating")
         for batch in items:
@@ -220,10 +219,8 @@ class CalibObserver:
         ax.set_xlabel("|x|")
         ax.set_ylabel("values per bucket")
         zeros = f", {self.zero_count:,} zeros not shown" if self.zero_count else ""
-        ax.set_title(
-            title
-            or f"|x| of {self.count:,} values (buckets ±{100 * self.effective_accuracy:.2g}%{zeros})"
-        )
+        accuracy = f"buckets ±{100 * self.effective_accuracy:.2g}%"
+        ax.set_title(title or f"|x| of {self.count:,} values ({accuracy}{zeros})")
         fig.tight_layout()
         fig.savefig(os.fspath(path), dpi=110)
         return os.fspath(path)
@@ -332,7 +329,7 @@ def calibrate(
     relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY,
     exact: bool = False,
     nan_policy: str = "raise",
-    max_buckets: int = DEFAULT_MAX_BUCKETS,
+    max_buckets: int | None = None,
 ) -> CalibObserver:
     """A ``CalibObserver`` over every batch of ``batches`` (any iterable, e.g.
     a generator that captures activations), with a tqdm progress bar when
@@ -376,11 +373,13 @@ class ChannelMaxObserver:
     def update(self, activations: Any) -> ChannelMaxObserver:
         """Add activations ``[tokens, in]`` (or ``[..., in]``; 1-D is one
         token); returns self."""
-        a = as_float32(activations, "activations")
-        if a.ndim == 0:
+        if np.ndim(activations) == 0:
             raise ShapeMismatchError(
-                "activations must have a feature axis, got a scalar", expected="[..., in]", actual=()
+                "activations must have a feature axis, got a scalar",
+                expected="[..., in]",
+                actual=(),
             )
+        a = as_float32(activations, "activations")
         features = a.shape[-1]
         have = self.in_features
         if have is not None and features != have:
@@ -390,14 +389,14 @@ class ChannelMaxObserver:
                 in_features=have,
                 sf_len=features,
             )
-        self._impl.update(a.reshape(a.size // features if features else 0, features))
+        self._impl.update(a.reshape(math.prod(a.shape[:-1]), features))
         return self
 
     def update_many(
         self, batches: Iterable[Any], *, progress: bool = False, total: int | None = None
     ) -> ChannelMaxObserver:
         """Add every batch; ``progress=True`` shows a tqdm bar if installed."""
-        if total is None and hasattr(batches, "__len__"):
+        if total is None and isinstance(batches, Sized):
             total = len(batches)
         items, _ = _progress(batches, progress, total, "channel maxima")
         for batch in items:
@@ -490,4 +489,3 @@ class ChannelMaxObserver:
             f"ChannelMaxObserver(in_features={self.in_features}, tokens={self.tokens}, "
             f"nan_policy={self.nan_policy!r})"
         )
-

@@ -192,13 +192,22 @@ fn settings_are_checked() {
         };
         assert!(CalibObserver::new(c).is_err(), "{alpha}");
     }
-    for max_buckets in [0, MAX_MAX_BUCKETS + 1] {
+    for max_buckets in [Some(0), Some(MAX_MAX_BUCKETS + 1)] {
         let c = ObserverConfig {
             max_buckets,
             ..ObserverConfig::default()
         };
         assert!(CalibObserver::new(c).is_err());
     }
+    // The default bound keeps 64 octaves whatever the accuracy.
+    assert_eq!(observer(false).max_buckets(), 64 * 70);
+    let fine = CalibObserver::new(ObserverConfig {
+        relative_accuracy: 0.001,
+        ..ObserverConfig::default()
+    })
+    .unwrap();
+    assert_eq!(fine.max_buckets(), 64 * fine.buckets_per_octave());
+    assert_eq!(fine.config().max_buckets, Some(fine.max_buckets()));
     let mut a = observer(false);
     assert!(a.merge(&observer(true)).is_err());
     let coarse = CalibObserver::new(ObserverConfig {
@@ -213,7 +222,7 @@ fn settings_are_checked() {
 #[test]
 fn small_bound_collapses_lowest_buckets_only() {
     let config = ObserverConfig {
-        max_buckets: 140, // two octaves at 70 buckets an octave
+        max_buckets: Some(140), // two octaves at 70 buckets an octave
         ..ObserverConfig::default()
     };
     let values: Vec<f32> = (1..=10_000).map(|i| i as f32 * 1e-3).collect();
@@ -370,9 +379,7 @@ fn batch() -> impl Strategy<Value = Vec<f32>> {
 /// Whether |x| = `v` is in a bucket the `max_buckets` bound kept.
 fn kept(o: &CalibObserver, v: f32) -> bool {
     let store = &o.summary.store;
-    v == 0.0
-        || store.is_empty()
-        || o.map.index(v.to_bits()) > store.top() - o.config.max_buckets as i32
+    v == 0.0 || store.is_empty() || o.map.index(v.to_bits()) > store.top() - o.max_buckets as i32
 }
 
 /// Merges observers of `batches` along a tree given by `splits`.
@@ -401,7 +408,7 @@ proptest! {
     fn merge_laws_hold_exactly(
         batches in prop::collection::vec(batch(), 1..8),
         splits in prop::collection::vec(0usize..100, 0..8),
-        max_buckets in prop_oneof![Just(DEFAULT_MAX_BUCKETS), 20u32..300],
+        max_buckets in prop_oneof![Just(None), (20u32..300).prop_map(Some)],
     ) {
         let config = ObserverConfig { max_buckets, ..ObserverConfig::default() };
         let sequential = observed(&batches, config);
