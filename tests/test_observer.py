@@ -424,3 +424,22 @@ def test_channel_max_shapes_and_errors() -> None:
         dq.ChannelMaxObserver.from_bytes(obs.to_bytes()[:-2])
     empty = dq.ChannelMaxObserver(0).update(np.zeros((5, 0), np.float32))
     assert empty.tokens == 5 and empty.smooth_factors(np.zeros((2, 0), np.float32)).size == 0
+
+
+def test_unaligned_buffers_are_accepted() -> None:
+    # Dask and pickle-5 can hand over arrays whose data is not 4-byte aligned.
+    raw = bytearray(4 * 64 + 1)
+    x = np.frombuffer(memoryview(raw)[1:], dtype=np.float32)
+    assert not x.flags.aligned
+    assert dq.CalibObserver().update(x).count == 64
+    assert dq.ChannelMaxObserver().update(x.reshape(8, 8)).tokens == 8
+
+
+def test_dask_module_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    for name in ("dask", "dask.array", "dask.bag", "dask.delayed"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "dynquant.dask", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'dynquant\[dask\]'"):
+        importlib.import_module("dynquant.dask")
