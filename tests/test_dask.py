@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dynquant as dq
@@ -128,3 +131,19 @@ def test_threaded_scheduler_and_delayed(values: F32) -> None:
         assert lazy.compute().to_bytes() == dq.CalibObserver().update(values[:500]).to_bytes()
         empty = dqd.observe(da.zeros((0, 4), chunks=2))
         assert empty.count == 0
+
+
+def test_docs_dask_example_runs(tmp_path: Path) -> None:
+    """The LocalCluster example of docs/calibration.md, as a script (the
+    multi-machine snippet differs only in the Client's address)."""
+    docs = Path(__file__).resolve().parents[1] / "docs" / "calibration.md"
+    blocks = [b.split("```", 1)[0] for b in docs.read_text().split("```python\n")[1:]]
+    example = [b for b in blocks if "LocalCluster" in b]
+    assert len(example) == 1
+    script = tmp_path / "dask_example.py"
+    script.write_text(blocks[0] + "\n" + example[0])
+    done = subprocess.run(
+        [sys.executable, script.name], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert "CalibStats(" in done.stdout

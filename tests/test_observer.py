@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
 import itertools
 import math
 import pickle
 import random
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -436,10 +439,39 @@ def test_unaligned_buffers_are_accepted() -> None:
 
 
 def test_dask_module_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
     for name in ("dask", "dask.array", "dask.bag", "dask.delayed"):
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.delitem(sys.modules, "dynquant.dask", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'dynquant\[dask\]'"):
         importlib.import_module("dynquant.dask")
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "calibration.md"
+
+
+def doc_blocks() -> list[str]:
+    """The ```python blocks of docs/calibration.md."""
+    text = DOCS.read_text()
+    return [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+
+
+def run_script(path: Path, code: str) -> str:
+    path.write_text(code)
+    done = subprocess.run(
+        [sys.executable, path.name], cwd=path.parent, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_docs_calibration_examples_run(tmp_path: Path) -> None:
+    """Every example of docs/calibration.md but Dask's, as one script."""
+    has_plot = importlib.util.find_spec("matplotlib") is not None
+    blocks = [
+        b for b in doc_blocks() if "dask" not in b and (has_plot or "plot_histogram" not in b)
+    ]
+    assert len(blocks) >= 4
+    out = run_script(tmp_path / "calibration_example.py", "\n".join(blocks))
+    assert "bytes for 400000 values" in out
+    if has_plot:
+        assert (tmp_path / "activations-hist.png").stat().st_size > 1000
