@@ -283,6 +283,20 @@ impl CalibObserver {
         })
     }
 
+    /// An empty observer with the same settings (cheap: the bucket layout
+    /// is shared). Observing a batch into one of these and then merging it
+    /// gives the same state as [`Self::update`], and lets the batch's work
+    /// happen outside a lock on a shared observer.
+    pub fn new_like(&self) -> Self {
+        Self {
+            config: self.config,
+            max_buckets: self.max_buckets,
+            map: Arc::clone(&self.map),
+            summary: Summary::empty(),
+            values: Vec::new(),
+        }
+    }
+
     /// The configuration in force (`max_buckets` resolved).
     pub fn config(&self) -> ObserverConfig {
         self.config
@@ -724,6 +738,11 @@ impl ChannelMaxObserver {
             tokens: 0,
             policy,
         }
+    }
+
+    /// An empty observer with the same settings and channels.
+    pub fn new_like(&self) -> Self {
+        Self::new(self.in_features, self.policy)
     }
 
     /// Input channels (None until given or seen).

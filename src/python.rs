@@ -577,14 +577,39 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
 // `ChannelMaxObserver` classes that `dynquant.observer` wraps.
 // ---------------------------------------------------------------------------
 
+use std::sync::{Mutex, MutexGuard};
+
 use pyo3::types::PyBytes;
 
 use crate::observer::{CalibObserver, ChannelMaxObserver, ObserverConfig};
 
+/// The observer behind a lock, recovered if a panic poisoned it (a panic is
+/// caught before it changes an observer: batches are observed apart).
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A [`CalibObserver`]; `dynquant.observer.CalibObserver` is its Python face.
-#[pyclass(name = "CalibObserver", module = "dynquant._core")]
+///
+/// Thread-safe: a batch is observed into a fresh observer without the GIL
+/// and without the lock, then merged under the lock (merging is exact, so
+/// concurrent updates give the same state as sequential ones). The lock is
+/// never held while waiting for the GIL.
+#[pyclass(name = "CalibObserver", module = "dynquant._core", frozen)]
 struct PyCalibObserver {
-    inner: CalibObserver,
+    inner: Mutex<CalibObserver>,
+}
+
+impl PyCalibObserver {
+    fn wrap(inner: CalibObserver) -> Self {
+        Self {
+            inner: Mutex::new(inner),
+        }
+    }
+
+    fn get(&self) -> MutexGuard<'_, CalibObserver> {
+        locked(&self.inner)
+    }
 }
 
 #[pymethods]
@@ -604,35 +629,37 @@ impl PyCalibObserver {
             max_buckets,
         };
         let inner = CalibObserver::new(config).map_err(|e| to_py_err(py, e))?;
-        Ok(Self { inner })
+        Ok(Self::wrap(inner))
     }
 
-    fn update(&mut self, py: Python<'_>, x: PyReadonlyArrayDyn<'_, f32>) -> PyResult<()> {
+    fn update(&self, py: Python<'_>, x: PyReadonlyArrayDyn<'_, f32>) -> PyResult<()> {
         let x = contiguous(x.as_slice())?;
-        let inner = &mut self.inner;
-        detached(py, || inner.update(x))
+        let mut batch = self.get().new_like();
+        let batch = detached(py, move || batch.update(x).map(|()| batch))?;
+        let merged = self.get().merge(&batch);
+        merged.map_err(|e| to_py_err(py, e))
     }
 
-    fn merge(&mut self, py: Python<'_>, other: PyRef<'_, Self>) -> PyResult<()> {
-        self.inner.merge(&other.inner).map_err(|e| to_py_err(py, e))
+    fn merge(&self, py: Python<'_>, other: &Self) -> PyResult<()> {
+        // A copy first: locking both at once could deadlock (a.merge(b)
+        // racing b.merge(a), or a.merge(a)).
+        let other = other.get().clone();
+        let merged = self.get().merge(&other);
+        merged.map_err(|e| to_py_err(py, e))
     }
 
     fn copy(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-        }
+        Self::wrap(self.get().clone())
     }
 
     /// `(min, max, mean, std_dev, p99, suggested_scale)`.
     fn stats(&self, py: Python<'_>) -> PyResult<(f32, f32, f32, f32, f32, f32)> {
-        let inner = &self.inner;
-        let s = detached(py, || Ok(inner.stats()))?;
+        let s = detached(py, || Ok(self.get().stats()))?;
         Ok((s.min, s.max, s.mean, s.std_dev, s.p99, s.suggested_scale))
     }
 
     fn quantile(&self, py: Python<'_>, q: f64) -> PyResult<f64> {
-        let inner = &self.inner;
-        detached(py, || inner.quantile(q))
+        detached(py, || self.get().quantile(q))
     }
 
     /// `(lower, upper, counts)` of the non-empty sketch buckets.
@@ -645,7 +672,7 @@ impl PyCalibObserver {
         Bound<'py, PyArray1<f64>>,
         Bound<'py, PyArray1<u64>>,
     ) {
-        let h = self.inner.histogram();
+        let h = self.get().histogram();
         let lower: Vec<f64> = h.iter().map(|b| b.0).collect();
         let upper: Vec<f64> = h.iter().map(|b| b.1).collect();
         let counts: Vec<u64> = h.iter().map(|b| b.2).collect();
@@ -657,121 +684,137 @@ impl PyCalibObserver {
     }
 
     fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.inner.to_bytes())
+        let bytes = self.get().to_bytes();
+        PyBytes::new(py, &bytes)
     }
 
     #[staticmethod]
     fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
         let inner = CalibObserver::from_bytes(data).map_err(|e| to_py_err(py, e))?;
-        Ok(Self { inner })
+        Ok(Self::wrap(inner))
     }
 
     #[getter]
     fn count(&self) -> u64 {
-        self.inner.count()
+        self.get().count()
     }
 
     #[getter]
     fn zero_count(&self) -> u64 {
-        self.inner.zero_count()
+        self.get().zero_count()
     }
 
     #[getter]
     fn collapsed_count(&self) -> u64 {
-        self.inner.collapsed_count()
+        self.get().collapsed_count()
     }
 
     #[getter]
     fn bucket_count(&self) -> usize {
-        self.inner.bucket_count()
+        self.get().bucket_count()
     }
 
     #[getter]
     fn buckets_per_octave(&self) -> u32 {
-        self.inner.buckets_per_octave()
+        self.get().buckets_per_octave()
     }
 
     #[getter]
     fn effective_accuracy(&self) -> f64 {
-        self.inner.effective_accuracy()
+        self.get().effective_accuracy()
     }
 
     #[getter]
     fn relative_accuracy(&self) -> f64 {
-        self.inner.config().relative_accuracy
+        self.get().config().relative_accuracy
     }
 
     #[getter]
     fn max_buckets(&self) -> u32 {
-        self.inner.max_buckets()
+        self.get().max_buckets()
     }
 
     #[getter]
     fn exact(&self) -> bool {
-        self.inner.config().exact
+        self.get().config().exact
     }
 
     #[getter]
     fn reference(&self) -> bool {
-        self.inner.config().policy == NanPolicy::Reference
+        self.get().config().policy == NanPolicy::Reference
     }
 
     #[getter]
     fn min(&self) -> f32 {
-        self.inner.min()
+        self.get().min()
     }
 
     #[getter]
     fn max(&self) -> f32 {
-        self.inner.max()
+        self.get().max()
     }
 
     #[getter]
     fn mean(&self) -> f64 {
-        self.inner.mean()
+        self.get().mean()
     }
 
     #[getter]
     fn std_dev(&self) -> f64 {
-        self.inner.std_dev()
+        self.get().std_dev()
     }
 }
 
-/// A [`ChannelMaxObserver`]; `dynquant.observer.ChannelMaxObserver` wraps it.
-#[pyclass(name = "ChannelMaxObserver", module = "dynquant._core")]
+/// A [`ChannelMaxObserver`]; `dynquant.observer.ChannelMaxObserver` wraps
+/// it. Thread-safe as [`PyCalibObserver`] is.
+#[pyclass(name = "ChannelMaxObserver", module = "dynquant._core", frozen)]
 struct PyChannelMaxObserver {
-    inner: ChannelMaxObserver,
+    inner: Mutex<ChannelMaxObserver>,
+}
+
+impl PyChannelMaxObserver {
+    fn wrap(inner: ChannelMaxObserver) -> Self {
+        Self {
+            inner: Mutex::new(inner),
+        }
+    }
+
+    fn get(&self) -> MutexGuard<'_, ChannelMaxObserver> {
+        locked(&self.inner)
+    }
 }
 
 #[pymethods]
 impl PyChannelMaxObserver {
     #[new]
     fn new(in_features: Option<usize>, reference: bool) -> Self {
-        Self {
-            inner: ChannelMaxObserver::new(in_features, nan_policy(reference)),
-        }
+        Self::wrap(ChannelMaxObserver::new(in_features, nan_policy(reference)))
     }
 
     /// Adds a `[tokens, in_features]` batch.
-    fn update(&mut self, py: Python<'_>, x: PyReadonlyArray2<'_, f32>) -> PyResult<()> {
+    fn update(&self, py: Python<'_>, x: PyReadonlyArray2<'_, f32>) -> PyResult<()> {
         let (tokens, in_features) = (x.shape()[0], x.shape()[1]);
         let x = contiguous(x.as_slice())?;
-        let inner = &mut self.inner;
-        detached(py, || inner.update(x, tokens, in_features))
+        let mut batch = self.get().new_like();
+        let batch = detached(py, move || {
+            batch.update(x, tokens, in_features).map(|()| batch)
+        })?;
+        let merged = self.get().merge(&batch);
+        merged.map_err(|e| to_py_err(py, e))
     }
 
-    fn merge(&mut self, py: Python<'_>, other: PyRef<'_, Self>) -> PyResult<()> {
-        self.inner.merge(&other.inner).map_err(|e| to_py_err(py, e))
+    fn merge(&self, py: Python<'_>, other: &Self) -> PyResult<()> {
+        let other = other.get().clone();
+        let merged = self.get().merge(&other);
+        merged.map_err(|e| to_py_err(py, e))
     }
 
     fn copy(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-        }
+        Self::wrap(self.get().clone())
     }
 
     fn act_max<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
-        self.inner.act_max().into_pyarray(py)
+        self.get().act_max().into_pyarray(py)
     }
 
     /// Factors for `weights` `[out, in]` with the SmoothQuant formula.
@@ -783,7 +826,7 @@ impl PyChannelMaxObserver {
         epsilon: f32,
     ) -> PyResult<Bound<'py, PyArray1<f32>>> {
         let (out_features, cols) = (weights.shape()[0], weights.shape()[1]);
-        if let Some(in_features) = self.inner.in_features() {
+        if let Some(in_features) = self.get().in_features() {
             if cols != in_features {
                 return Err(to_py_err(
                     py,
@@ -797,33 +840,32 @@ impl PyChannelMaxObserver {
         let config =
             smooth::SmoothQuantConfig::try_new(alpha, epsilon).map_err(|e| to_py_err(py, e))?;
         let w = contiguous(weights.as_slice())?;
-        let inner = &self.inner;
-        let factors = detached(py, || inner.smooth_factors(w, out_features, &config))?;
+        let factors = detached(py, || self.get().smooth_factors(w, out_features, &config))?;
         Ok(factors.into_pyarray(py))
     }
 
     fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.inner.to_bytes())
+        PyBytes::new(py, &self.get().to_bytes())
     }
 
     #[staticmethod]
     fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
         let inner = ChannelMaxObserver::from_bytes(data).map_err(|e| to_py_err(py, e))?;
-        Ok(Self { inner })
+        Ok(Self::wrap(inner))
     }
 
     #[getter]
     fn in_features(&self) -> Option<usize> {
-        self.inner.in_features()
+        self.get().in_features()
     }
 
     #[getter]
     fn tokens(&self) -> u64 {
-        self.inner.tokens()
+        self.get().tokens()
     }
 
     #[getter]
     fn reference(&self) -> bool {
-        self.inner.policy() == NanPolicy::Reference
+        self.get().policy() == NanPolicy::Reference
     }
 }

@@ -248,6 +248,21 @@ def test_threads_with_their_own_observers() -> None:
     assert merged.to_bytes() == dq.CalibObserver().update_many(batches).to_bytes()
 
 
+def test_threads_sharing_one_observer() -> None:
+    # Batches are observed outside the lock and merged exactly: concurrent
+    # updates give the state of sequential ones, byte for byte.
+    batches = rng_batches(10, count=16, size=50_000)
+    shared = dq.CalibObserver()
+    channels = dq.ChannelMaxObserver()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(shared.update, batches))
+        list(pool.map(lambda b: channels.update(b.reshape(-1, 100)), batches))
+        list(pool.map(lambda _: shared.stats(), range(8)))
+    assert shared.to_bytes() == dq.CalibObserver().update_many(batches).to_bytes()
+    want = dq.ChannelMaxObserver().update(np.concatenate(batches).reshape(-1, 100))
+    assert channels.to_bytes() == want.to_bytes()
+
+
 def test_nan_policy() -> None:
     obs = dq.CalibObserver().update(np.ones(4, np.float32))
     before = obs.to_bytes()

@@ -103,7 +103,10 @@ class CalibObserver:
     does (NaN is still an error).
 
     Observers pickle to compact bytes (``to_bytes``), so they travel between
-    processes; ``merge`` takes observers with the same settings.
+    processes; ``merge`` takes observers with the same settings. One observer
+    may be updated from several threads at once: each batch is observed
+    without the GIL or a lock, then merged exactly, so the result is the
+    same as updating in sequence.
     """
 
     __slots__ = ("_impl",)
