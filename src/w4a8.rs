@@ -33,17 +33,20 @@ impl Int4Layout {
 }
 
 /// Weight rows `rows` against all `m` tokens, 4 rows x up to 2 tokens a tile.
+#[allow(clippy::too_many_arguments)]
 fn w4a8_block(
     packed: &[u8],
     scales: &[f32],
     layout: Int4Layout,
     q: &[i8],
+    q_sums: &[i32],
     m: usize,
     rows: Range<usize>,
     emit: &impl Fn(usize, usize, f32),
 ) {
     let (k, rb, g) = (layout.in_features, layout.row_bytes(), layout.groups());
     let token = |i: usize| &q[i * k..(i + 1) * k];
+    let sums = |i: usize| &q_sums[i * 8 * g..(i + 1) * 8 * g];
     let wrow = |j: usize| &packed[j * rb..(j + 1) * rb];
     let srow = |j: usize| &scales[j * g..(j + 1) * g];
     let mut j = rows.start;
@@ -53,7 +56,13 @@ fn w4a8_block(
             let s: [&[f32]; 4] = core::array::from_fn(|r| srow(j + r));
             let mut i = 0;
             while i + 2 <= m {
-                let y = simd::w4a8_tile(&w, &s, &[token(i), token(i + 1)], layout.group_size);
+                let y = simd::w4a8_tile(
+                    &w,
+                    &s,
+                    &[token(i), token(i + 1)],
+                    &[sums(i), sums(i + 1)],
+                    layout.group_size,
+                );
                 for (r, y) in y.iter().enumerate() {
                     emit(i, j + r, y[0]);
                     emit(i + 1, j + r, y[1]);
@@ -61,7 +70,7 @@ fn w4a8_block(
                 i += 2;
             }
             if i < m {
-                let y = simd::w4a8_tile(&w, &s, &[token(i)], layout.group_size);
+                let y = simd::w4a8_tile(&w, &s, &[token(i)], &[sums(i)], layout.group_size);
                 for (r, y) in y.iter().enumerate() {
                     emit(i, j + r, y[0]);
                 }
@@ -69,7 +78,13 @@ fn w4a8_block(
             j += 4;
         } else {
             for i in 0..m {
-                let y = simd::w4a8_tile(&[wrow(j)], &[srow(j)], &[token(i)], layout.group_size);
+                let y = simd::w4a8_tile(
+                    &[wrow(j)],
+                    &[srow(j)],
+                    &[token(i)],
+                    &[sums(i)],
+                    layout.group_size,
+                );
                 emit(i, j, y[0][0]);
             }
             j += 1;
@@ -118,6 +133,12 @@ pub fn w4a8_matmul_into(
     }
     let mut q = vec![0i8; m * k];
     let token_scales = act.quantize(x, k, &mut q)?;
+    // Per token, the offset corrections of the int4 kernels (weights are
+    // stored offset by 8).
+    let q_sums: Vec<i32> = q
+        .chunks(k)
+        .flat_map(|t| simd::int4_lane_sums(t, layout.group_size))
+        .collect();
     let sink = DisjointOut::new(out);
     let emit = |i: usize, j: usize, y: f32| {
         let v = y * token_scales[i];
@@ -126,7 +147,7 @@ pub fn w4a8_matmul_into(
         unsafe { sink.write(i * n + j, v) }
     };
     parallel::weight_row_blocks(m, n, k / 2, |rows| {
-        w4a8_block(packed, scales, layout, &q, m, rows, &emit)
+        w4a8_block(packed, scales, layout, &q, &q_sums, m, rows, &emit)
     });
     Ok(())
 }
@@ -145,7 +166,12 @@ mod tests {
 
     #[test]
     fn one_group_equals_w8a8_on_unpacked_values() {
-        let (m, n, k) = (5, 9, 96);
+        for k in [96, 128, 640] {
+            one_group_case(5, 9, k);
+        }
+    }
+
+    fn one_group_case(m: usize, n: usize, k: usize) {
         let x = data(m * k, 1);
         let values: Vec<i8> = (0..n * k).map(|i| ((i * 13 % 16) as i8) - 8).collect();
         let packed = pack_int4(&values, k).unwrap();

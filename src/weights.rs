@@ -1,11 +1,18 @@
 //! Weight quantizers (int8 per output row; int4 per row or per group, packed
 //! two to a byte) and the int4 packing itself.
 //!
-//! Packed int4 layout: row-major, `ceil(in / 2)` bytes per output row; byte
-//! `j` holds column `2j` in its low nibble and column `2j + 1` in its high
-//! nibble, each as a 4-bit two's-complement value in [-8, 7]. An odd last
-//! column leaves the last high nibble 0.
+//! Packed int4 layout (the same as llama.cpp's Q4_0 blocks, so a 32-byte
+//! load yields 64 weights with two instructions): each row of `in` columns
+//! takes `ceil(in / 2)` bytes. Columns go in blocks of 64; in block `b`, byte
+//! `j` (0..32) holds column `64b + j` in its low nibble and column
+//! `64b + 32 + j` in its high nibble. A last, partial block of `r` columns
+//! uses `h = ceil(r / 2)` bytes the same way (byte `j`: columns `j` and
+//! `j + h` of the block). Each nibble stores `value + 8` (offset binary,
+//! 0..15 for -8..7); an unused high nibble stores 8 (the value 0).
 
+use rayon::prelude::*;
+
+use crate::parallel;
 use crate::quantize::quantize_per_row_into;
 use crate::scale::{DynamicScaleMode, NanPolicy};
 use crate::simd::scalar::{int4_at, quantize_one};
@@ -38,6 +45,21 @@ pub fn quantize_weights_int8(
     Ok((q, scales))
 }
 
+/// Byte index and nibble shift of column `col` in a packed row (see the
+/// module doc).
+#[inline]
+pub fn int4_position(cols: usize, col: usize) -> (usize, u32) {
+    let block = col / 64;
+    let in_block = col % 64;
+    let block_len = (cols - block * 64).min(64);
+    let half = block_len.div_ceil(2);
+    if in_block < half {
+        (block * 32 + in_block, 0)
+    } else {
+        (block * 32 + in_block - half, 4)
+    }
+}
+
 /// Packs int4 values (each in [-8, 7]) of rows of `cols` columns.
 pub fn pack_int4(values: &[i8], cols: usize) -> Result<Vec<u8>, DynQuantError> {
     if let Some(i) = values.iter().position(|v| !(-8..=7).contains(v)) {
@@ -55,12 +77,14 @@ pub fn pack_int4(values: &[i8], cols: usize) -> Result<Vec<u8>, DynQuantError> {
             actual: values.len(),
         });
     }
-    let mut packed = Vec::with_capacity(values.len() / cols * cols.div_ceil(2));
-    for row in values.chunks(cols) {
-        for pair in row.chunks(2) {
-            let lo = pair[0] as u8 & 0x0f;
-            let hi = pair.get(1).map_or(0, |&v| v as u8 & 0x0f);
-            packed.push(lo | (hi << 4));
+    let row_bytes = cols.div_ceil(2);
+    // 0x88: both nibbles hold the value 0, so padding needs no special case.
+    let mut packed = vec![0x88u8; values.len() / cols * row_bytes];
+    for (row, out) in values.chunks(cols).zip(packed.chunks_mut(row_bytes)) {
+        for (col, &v) in row.iter().enumerate() {
+            let (byte, shift) = int4_position(cols, col);
+            let nibble = (v + 8) as u8;
+            out[byte] = (out[byte] & !(0x0f << shift)) | (nibble << shift);
         }
     }
     Ok(packed)
@@ -80,66 +104,51 @@ pub fn unpack_int4(packed: &[u8], cols: usize) -> Result<Vec<i8>, DynQuantError>
     }
     Ok(packed
         .chunks(row_bytes)
-        .flat_map(|row| (0..cols).map(move |c| int4_at(row, c)))
+        .flat_map(|row| (0..cols).map(move |c| int4_at(row, cols, c)))
         .collect())
 }
 
-/// Candidate clip ratios of the int4 scale search: the scale starts at
-/// `amax / 7 * ratio`, then is refitted by least squares.
-const CLIP_RATIOS: [f32; 12] = [
-    1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.82, 0.79, 0.76, 0.73, 0.7, 0.65,
-];
+/// Candidate clip ratios of the int4 scale search: values are rounded with
+/// `amax / 7 * ratio`, then the scale is refitted by least squares.
+const CLIP_RATIOS: [f32; 10] = [1.0, 0.96, 0.92, 0.88, 0.84, 0.8, 0.76, 0.72, 0.68, 0.64];
 
 /// The int4 scale of one group minimising the squared error, and its values.
 ///
-/// For each clip ratio: quantize with `s = amax * ratio / 7` (values in
-/// [-8, 7]), refit `s* = sum(w q) / sum(q q)`, requantize with `s*`, and keep
-/// the pair with the least `sum (w - q s)^2`. Plain round-to-nearest with
-/// `amax / 7` is the first candidate, so the search never does worse.
+/// For each clip ratio: round with `s0 = amax * ratio / 7` (values in
+/// [-8, 7]), then refit the scale for those values by least squares,
+/// `s = sum(w q) / sum(q q)`, whose error is `sum(w w) - sum(w q)^2 / sum(q q)`;
+/// keep the values and scale with the least error. Plain round-to-nearest
+/// (`amax / 7`) is the first candidate's values, so the search never does
+/// worse than it.
 pub fn int4_group_scale(group: &[f32], out: &mut [i8]) -> f32 {
     let amax = group.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     if amax == 0.0 || (amax / 7.0) == 0.0 {
         out.fill(0);
         return 0.0;
     }
-    let quantize = |s: f32, q: &mut [i8]| {
-        for (q, &w) in q.iter_mut().zip(group) {
-            *q = quantize_one(w, s, 8.0).min(7);
-        }
-    };
-    let error = |s: f32, q: &[i8]| -> f64 {
-        q.iter()
-            .zip(group)
-            .map(|(&q, &w)| {
-                let d = w as f64 - q as f64 * s as f64;
-                d * d
-            })
-            .sum()
-    };
-    let mut best = (f64::INFINITY, 0.0f32);
-    let mut q = vec![0i8; group.len()];
+    let ww: f64 = group.iter().map(|&w| w as f64 * w as f64).sum();
+    let mut best = (f64::INFINITY, 0.0f32, 0.0f32); // (error, s0, refitted scale)
     for ratio in CLIP_RATIOS {
         let s0 = amax * ratio / 7.0;
-        quantize(s0, &mut q);
-        let (wq, qq) = q
-            .iter()
-            .zip(group)
-            .fold((0.0f64, 0.0f64), |(wq, qq), (&q, &w)| {
-                (wq + w as f64 * q as f64, qq + q as f64 * q as f64)
-            });
-        for s in [s0, if qq > 0.0 { (wq / qq) as f32 } else { s0 }] {
-            if !(s > 0.0 && s.is_finite()) {
-                continue;
-            }
-            quantize(s, &mut q);
-            let e = error(s, &q);
-            if e < best.0 {
-                best = (e, s);
-            }
+        let (mut wq, mut qq) = (0.0f64, 0.0f64);
+        for &w in group {
+            let q = quantize_one(w, s0, 8.0).min(7) as f64;
+            wq += w as f64 * q;
+            qq += q * q;
+        }
+        if qq == 0.0 {
+            continue;
+        }
+        let scale = (wq / qq) as f32;
+        let error = ww - wq * wq / qq;
+        if error < best.0 && scale > 0.0 && scale.is_finite() {
+            best = (error, s0, scale);
         }
     }
-    quantize(best.1, out);
-    best.1
+    for (q, &w) in out.iter_mut().zip(group) {
+        *q = quantize_one(w, best.1, 8.0).min(7);
+    }
+    best.2
 }
 
 /// Int4 weights for `[out, in]` float weights: per group of `group_size`
@@ -183,15 +192,28 @@ pub fn quantize_weights_int4(
     let mut values = vec![0i8; weights.len()];
     let mut scales = vec![0.0f32; out_features * groups];
     if in_features > 0 {
-        for ((row, q), s) in weights
-            .chunks(in_features)
-            .zip(values.chunks_mut(in_features))
-            .zip(scales.chunks_mut(groups))
-        {
-            for ((w, q), s) in row.chunks(group).zip(q.chunks_mut(group)).zip(s) {
+        let rows = |w: &[f32], q: &mut [i8], s: &mut [f32]| {
+            for ((w, q), s) in w.chunks(group).zip(q.chunks_mut(group)).zip(s) {
                 *s = int4_group_scale(w, q);
             }
-        }
+        };
+        parallel::run(weights.len() * 8, |split| {
+            if split {
+                weights
+                    .par_chunks(in_features)
+                    .zip(values.par_chunks_mut(in_features))
+                    .zip(scales.par_chunks_mut(groups))
+                    .for_each(|((w, q), s)| rows(w, q, s));
+            } else {
+                for ((w, q), s) in weights
+                    .chunks(in_features)
+                    .zip(values.chunks_mut(in_features))
+                    .zip(scales.chunks_mut(groups))
+                {
+                    rows(w, q, s);
+                }
+            }
+        });
     }
     Ok((pack_int4(&values, in_features)?, scales))
 }
@@ -203,9 +225,16 @@ mod tests {
     #[test]
     fn pack_round_trip_and_layout() {
         let v: Vec<i8> = vec![-8, 7, 1, -1, 3];
+        // 5 columns: h = 3, byte j holds columns j and j + 3.
         let p = pack_int4(&v, 5).unwrap();
-        assert_eq!(p, vec![0x78, 0xf1, 0x03]);
+        assert_eq!(p, vec![0x70, 0xbf, 0x89]);
         assert_eq!(unpack_int4(&p, 5).unwrap(), v);
+        let v: Vec<i8> = (0..2 * 130).map(|i| (i % 16) as i8 - 8).collect();
+        assert_eq!(unpack_int4(&pack_int4(&v, 130).unwrap(), 130).unwrap(), v);
+        let p = pack_int4(&v[..64], 64).unwrap();
+        // Columns 0 and 32 are -8 (nibble 0), columns 1 and 33 are -7 (nibble 1).
+        assert_eq!(&p[..2], &[0x00, 0x11]);
+
         assert!(pack_int4(&[8], 1).is_err());
     }
 
@@ -216,6 +245,7 @@ mod tests {
             .collect();
         let mut q = vec![0i8; 32];
         let s = int4_group_scale(&w, &mut q);
+        assert!(s > 0.0);
         let err = |s: f32, q: &[i8]| -> f32 {
             q.iter()
                 .zip(&w)

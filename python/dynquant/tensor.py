@@ -15,6 +15,8 @@ from .modes import DynQuantFormat
 
 __all__ = ["DynQuantTensor", "quantization_mae"]
 
+_new = object.__new__
+
 
 @dataclass(eq=False, repr=False, slots=True)
 class DynQuantTensor:
@@ -85,8 +87,11 @@ class DynQuantTensor:
         format: DynQuantFormat,
     ) -> DynQuantTensor:
         """Construction from kernel output, skipping the checks."""
-        t = object.__new__(cls)
-        t.data, t.scales, t.shape, t.format = data, scales, shape, format
+        t = _new(cls)
+        t.data = data
+        t.scales = scales
+        t.shape = shape
+        t.format = format
         return t
 
     def dequantize(self) -> npt.NDArray[np.float32]:

@@ -77,12 +77,67 @@ unsafe fn round_clamp(q: __m256, clip: __m256, neg_clip: __m256) -> __m256i {
     _mm256_cvttps_epi32(r)
 }
 
+/// `x / scale` on 8 lanes, bit-exact, usually without dividing.
+///
+/// `q = x * (1 / scale)` is within `|x / scale| * 2^-23` of the true
+/// quotient, and only the rounding to an integer matters afterwards: it can
+/// differ only where the quotient is within that error of a half-integer.
+/// Such vectors (flagged with a margin of 2^-15, which covers every
+/// |quotient| < 256; larger ones clamp to ±clip either way) are divided for
+/// real. Needs `recip = 1 / scale` with both normal (the caller checks).
+#[inline(always)]
+unsafe fn quotient(x: __m256, s: __m256, recip: __m256) -> __m256 {
+    let q = _mm256_mul_ps(x, recip);
+    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(q);
+    let frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0), _mm256_sub_ps(q, t));
+    let off_half = _mm256_andnot_ps(
+        _mm256_set1_ps(-0.0),
+        _mm256_sub_ps(frac, _mm256_set1_ps(0.5)),
+    );
+    let near = _mm256_cmp_ps::<_CMP_LE_OQ>(off_half, _mm256_set1_ps(1.0 / 32768.0));
+    if _mm256_movemask_ps(near) != 0 {
+        _mm256_div_ps(x, s)
+    } else {
+        q
+    }
+}
+
 #[target_feature(enable = "avx2")]
 pub unsafe fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
+    let recip = 1.0 / scale;
+    if !(scale.is_normal() && recip.is_normal()) {
+        return quantize_dividing(x, scale, clip, out);
+    }
     let s = _mm256_set1_ps(scale);
+    let r = _mm256_set1_ps(recip);
     let c = _mm256_set1_ps(clip);
     let nc = _mm256_set1_ps(-clip);
     // packs_epi32/packs_epi16 interleave the 128-bit lanes; this restores order.
+    let unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let body = x.len() / 32 * 32;
+    let mut i = 0;
+    // i + 32 <= body <= len == out.len(): loads and the store are in bounds.
+    while i < body {
+        let q0 = round_clamp(quotient(load8(x, i), s, r), c, nc);
+        let q1 = round_clamp(quotient(load8(x, i + 8), s, r), c, nc);
+        let q2 = round_clamp(quotient(load8(x, i + 16), s, r), c, nc);
+        let q3 = round_clamp(quotient(load8(x, i + 24), s, r), c, nc);
+        let w01 = _mm256_packs_epi32(q0, q1);
+        let w23 = _mm256_packs_epi32(q2, q3);
+        let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), unshuffle);
+        _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, b);
+        i += 32;
+    }
+    scalar::quantize(&x[body..], scale, clip, &mut out[body..]);
+}
+
+/// [`quantize`] with a true division per lane (subnormal scales, whose
+/// reciprocal overflows or loses precision).
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_dividing(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
+    let s = _mm256_set1_ps(scale);
+    let c = _mm256_set1_ps(clip);
+    let nc = _mm256_set1_ps(-clip);
     let unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let body = x.len() / 32 * 32;
     let mut i = 0;
@@ -94,8 +149,7 @@ pub unsafe fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
         let q3 = round_clamp(_mm256_div_ps(load8(x, i + 24), s), c, nc);
         let w01 = _mm256_packs_epi32(q0, q1);
         let w23 = _mm256_packs_epi32(q2, q3);
-        let b = _mm256_packs_epi16(w01, w23);
-        let b = _mm256_permutevar8x32_epi32(b, unshuffle);
+        let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), unshuffle);
         _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, b);
         i += 32;
     }
@@ -118,6 +172,10 @@ unsafe fn dot32(w: __m256i, a: __m256i, ones: __m256i) -> __m256i {
 /// Blocks of at most this many 32-byte steps keep each i32 lane below
 /// 2^14 * 65024 < 2^31 before it is widened.
 const STEPS_PER_BLOCK: usize = 1 << 14;
+
+/// Below this many columns a whole dot product fits in i32
+/// (|sum| <= k * 128 * 127 < 2^31), so lanes may be summed in i32.
+const EXACT_I32_TOTAL: usize = (i32::MAX as usize) / (128 * 127);
 
 #[target_feature(enable = "avx2")]
 pub unsafe fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
@@ -183,9 +241,33 @@ pub unsafe fn dot_tile<const R: usize, const T: usize>(
             }
             i += 32;
         }
-        for r in 0..R {
-            for t in 0..T {
-                out[r][t] += hsum_i32_to_i64(acc[r][t]);
+        if k < EXACT_I32_TOTAL {
+            // Every total fits in i32: reduce four accumulators at a time.
+            let mut first = 0;
+            while first < R * T {
+                let four: [__m256i; 4] = core::array::from_fn(|i| {
+                    let j = first + i;
+                    if j < R * T {
+                        acc[j / T][j % T]
+                    } else {
+                        _mm256_setzero_si256()
+                    }
+                });
+                let mut lanes = [0i32; 4];
+                _mm_storeu_si128(lanes.as_mut_ptr() as *mut __m128i, hsum4_i32(four));
+                for (i, &lane) in lanes.iter().enumerate() {
+                    let j = first + i;
+                    if j < R * T {
+                        out[j / T][j % T] += lane as i64;
+                    }
+                }
+                first += 4;
+            }
+        } else {
+            for r in 0..R {
+                for t in 0..T {
+                    out[r][t] += hsum_i32_to_i64(acc[r][t]);
+                }
             }
         }
         start = end;
@@ -198,25 +280,6 @@ pub unsafe fn dot_tile<const R: usize, const T: usize>(
     out
 }
 
-/// 32 int4 weights (columns `col..col + 32`) from 16 packed bytes starting
-/// at byte `col / 2`, sign-extended to int8 in column order. Byte j holds
-/// column 2j in its low nibble and 2j + 1 in its high nibble.
-///
-/// # Safety
-/// AVX2 available and `col / 2 + 16 <= packed.len()`.
-#[inline(always)]
-unsafe fn unpack_int4_32(packed: &[u8], col: usize) -> __m256i {
-    debug_assert!(col / 2 + 16 <= packed.len());
-    let b = _mm_loadu_si128(packed.as_ptr().add(col / 2) as *const __m128i);
-    let low = _mm_set1_epi8(0x0f);
-    let lo = _mm_and_si128(b, low);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), low);
-    let nibbles = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-    // (v ^ 8) - 8 maps 0..15 to the two's-complement values 0..7, -8..-1.
-    let eight = _mm256_set1_epi8(8);
-    _mm256_sub_epi8(_mm256_xor_si256(nibbles, eight), eight)
-}
-
 /// Sums of the eight i32 lanes of four vectors, exact, as one 4-lane vector.
 #[inline(always)]
 unsafe fn hsum4_i32(a: [__m256i; 4]) -> __m128i {
@@ -227,45 +290,86 @@ unsafe fn hsum4_i32(a: [__m256i; 4]) -> __m128i {
 }
 
 /// W4A8 of four packed weight rows with `T` token rows; see
-/// [`super::w4a8_tile`] for the arithmetic. Requires `k % 32 == 0` and
-/// `group % 32 == 0`, `k % group == 0` (the dispatcher checks).
+/// [`super::w4a8_tile`] for the arithmetic and `crate::weights` for the
+/// layout; this is the one-group (exact) form. The stored nibbles `u = w + 8`
+/// are unsigned, so `maddubs(u, a)` needs no sign fix-up and cannot saturate
+/// (|pair| <= 2 * 15 * 128); the exact `sum w a` is `sum u a - 8 * sum a`,
+/// with `8 * sum a` per group given (in 8 lanes) in `a_sums`. i16 lanes absorb up to 8 half-blocks (8 * 3840 < 2^15) before
+/// widening. Requires `k % 64 == 0`, `group % 32 == 0`, `k % group == 0`.
 ///
 /// # Safety
-/// AVX2 available; `w[r].len() >= k / 2`, `ws[r].len() >= k / group`, every
-/// token row `k` long (the dispatcher asserts).
-#[allow(clippy::needless_range_loop)] // group g indexes scales and columns
+/// AVX2 available; `w[r].len() >= k / 2`, `ws[r].len() >= k / group`,
+/// `a_sums[t].len() >= k / group`, every token row `k` long (the dispatcher
+/// asserts all of these).
+#[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
 #[target_feature(enable = "avx2")]
 pub unsafe fn w4a8_tile<const T: usize>(
     w: &[&[u8]; 4],
     ws: &[&[f32]; 4],
     a: &[&[i8]; T],
+    a_sums: &[&[i32]; T],
     group: usize,
 ) -> [[f32; T]; 4] {
     let k = a[0].len();
     let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0f);
     let mut y = [_mm_setzero_ps(); T];
-    for g in 0..k / group {
-        let mut acc = [[_mm256_setzero_si256(); 4]; T];
-        let mut col = g * group;
-        // col + 32 <= (g + 1) * group <= k: weight bytes col/2..col/2+16
-        // and activation bytes col..col+32 are in bounds.
-        while col < (g + 1) * group {
-            let wv: [__m256i; 4] = core::array::from_fn(|r| unpack_int4_32(w[r], col));
+    let mut acc16 = [[_mm256_setzero_si256(); 4]; T];
+    let mut acc32 = [[_mm256_setzero_si256(); 4]; T];
+    let mut pending = 0; // half-blocks in acc16
+    let mut g = 0;
+    let mut group_end = group;
+    let mut block = 0;
+    // block * 64 + 64 <= k: the 32 weight bytes at block * 32 and the
+    // activations at block * 64 .. + 64 are in bounds.
+    while block * 64 < k {
+        let bytes: [__m256i; 4] = core::array::from_fn(|r| {
+            _mm256_loadu_si256(w[r].as_ptr().add(block * 32) as *const __m256i)
+        });
+        for half in 0..2 {
+            let col = block * 64 + half * 32;
+            let nib: [__m256i; 4] = core::array::from_fn(|r| {
+                if half == 0 {
+                    _mm256_and_si256(bytes[r], low)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(bytes[r]), low)
+                }
+            });
             for t in 0..T {
                 let av = load32_i8(a[t], col);
                 for r in 0..4 {
-                    let p =
-                        _mm256_maddubs_epi16(_mm256_abs_epi8(wv[r]), _mm256_sign_epi8(av, wv[r]));
-                    acc[t][r] = _mm256_add_epi32(acc[t][r], _mm256_madd_epi16(p, ones));
+                    acc16[t][r] = _mm256_add_epi16(acc16[t][r], _mm256_maddubs_epi16(nib[r], av));
                 }
             }
-            col += 32;
+            pending += 1;
+            let group_done = col + 32 == group_end;
+            if pending == 8 || group_done {
+                for t in 0..T {
+                    for r in 0..4 {
+                        let wide = _mm256_madd_epi16(acc16[t][r], ones);
+                        acc32[t][r] = _mm256_add_epi32(acc32[t][r], wide);
+                        acc16[t][r] = _mm256_setzero_si256();
+                    }
+                }
+                pending = 0;
+            }
+            if group_done {
+                let scales = _mm_setr_ps(ws[0][g], ws[1][g], ws[2][g], ws[3][g]);
+                for t in 0..T {
+                    // a_sums holds 8 lanes of 8 * sum(a) per group; their total
+                    // is the group's offset.
+                    let lanes = &a_sums[t][8 * g..8 * g + 8];
+                    let offset = _mm_set1_epi32(lanes.iter().sum::<i32>());
+                    let exact = _mm_sub_epi32(hsum4_i32(acc32[t]), offset);
+                    let p = _mm_mul_ps(_mm_cvtepi32_ps(exact), scales);
+                    y[t] = if g == 0 { p } else { _mm_add_ps(y[t], p) };
+                    acc32[t] = [_mm256_setzero_si256(); 4];
+                }
+                g += 1;
+                group_end += group;
+            }
         }
-        let scales = _mm_setr_ps(ws[0][g], ws[1][g], ws[2][g], ws[3][g]);
-        for t in 0..T {
-            let p = _mm_mul_ps(_mm_cvtepi32_ps(hsum4_i32(acc[t])), scales);
-            y[t] = if g == 0 { p } else { _mm_add_ps(y[t], p) };
-        }
+        block += 1;
     }
     let mut out = [[0.0f32; T]; 4];
     for t in 0..T {
@@ -273,6 +377,151 @@ pub unsafe fn w4a8_tile<const T: usize>(
         _mm_storeu_ps(lanes.as_mut_ptr(), y[t]);
         for r in 0..4 {
             out[r][t] = lanes[r];
+        }
+    }
+    out
+}
+
+/// The fixed-order sum of eight f32 lanes that [`super::scalar::lane_sum`]
+/// defines: `((y0 + y4) + (y2 + y6)) + ((y1 + y5) + (y3 + y7))`.
+#[inline(always)]
+unsafe fn lane_sum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
+}
+
+/// W4A8 with several scale groups per row, four rows by `T` tokens; see
+/// [`super::w4a8_tile`] for the arithmetic (per-lane group partials). i32
+/// lane `l` of `madd(maddubs(u, a), 1)` holds columns `4l..4l + 4` of a
+/// 32-column half-block, which is the lane the definition names.
+/// `a_lane_sums[t]` holds, per group, 8 lanes of `8 * sum a` over the same
+/// columns, so `madd(..) - it` is the exact signed lane partial.
+/// Requires `k % 64 == 0`, `group % 32 == 0`, `k % group == 0`.
+///
+/// # Safety
+/// AVX2 available; `w[r].len() >= k / 2`, `ws[r].len() >= k / group`,
+/// `a_lane_sums[t].len() >= 8 * k / group`, every token row `k` long (the
+/// dispatcher asserts all of these).
+#[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
+#[target_feature(enable = "avx2")]
+pub unsafe fn w4a8_tile_lanes<const T: usize>(
+    w: &[&[u8]; 4],
+    ws: &[&[f32]; 4],
+    a: &[&[i8]; T],
+    a_lane_sums: &[&[i32]; T],
+    group: usize,
+) -> [[f32; T]; 4] {
+    let k = a[0].len();
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0f);
+    // -0.0 + p == p for every p, so starting at -0.0 is the same as starting
+    // with the first group's product (the definition), without a branch.
+    let mut y = [[_mm256_set1_ps(-0.0); 4]; T];
+    // Scale pointers; g < k / group <= ws[r].len() (asserted by the dispatcher).
+    let scale_at: [*const f32; 4] = core::array::from_fn(|r| ws[r].as_ptr());
+    if group == 32 {
+        // One group per half-block: scale every partial as it is made.
+        let mut block = 0;
+        // As below: every load is in bounds while block * 64 < k.
+        while block * 64 < k {
+            let bytes: [__m256i; 4] = core::array::from_fn(|r| {
+                _mm256_loadu_si256(w[r].as_ptr().add(block * 32) as *const __m256i)
+            });
+            for half in 0..2 {
+                let g = 2 * block + half;
+                let col = 32 * g;
+                let av: [__m256i; T] = core::array::from_fn(|t| load32_i8(a[t], col));
+                let offset: [__m256i; T] = core::array::from_fn(|t| {
+                    _mm256_loadu_si256(a_lane_sums[t].as_ptr().add(8 * g) as *const __m256i)
+                });
+                for r in 0..4 {
+                    let nib = if half == 0 {
+                        _mm256_and_si256(bytes[r], low)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(bytes[r]), low)
+                    };
+                    let scale = _mm256_set1_ps(*scale_at[r].add(g));
+                    for t in 0..T {
+                        let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, av[t]), ones);
+                        let exact = _mm256_sub_epi32(lanes, offset[t]);
+                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(exact), scale);
+                        y[t][r] = _mm256_add_ps(y[t][r], p);
+                    }
+                }
+            }
+            block += 1;
+        }
+        let mut out = [[0.0f32; T]; 4];
+        for t in 0..T {
+            for r in 0..4 {
+                out[r][t] = lane_sum_ps(y[t][r]);
+            }
+        }
+        return out;
+    }
+    let mut acc16 = [[_mm256_setzero_si256(); 4]; T];
+    let mut acc32 = [[_mm256_setzero_si256(); 4]; T];
+    let mut pending = 0; // half-blocks in acc16
+    let mut g = 0;
+    let mut group_end = group;
+    let mut block = 0;
+    // block * 64 + 64 <= k: the 32 weight bytes at block * 32 and the
+    // activations at block * 64 .. + 64 are in bounds.
+    while block * 64 < k {
+        let bytes: [__m256i; 4] = core::array::from_fn(|r| {
+            _mm256_loadu_si256(w[r].as_ptr().add(block * 32) as *const __m256i)
+        });
+        for half in 0..2 {
+            let col = block * 64 + half * 32;
+            let nib: [__m256i; 4] = core::array::from_fn(|r| {
+                if half == 0 {
+                    _mm256_and_si256(bytes[r], low)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(bytes[r]), low)
+                }
+            });
+            for t in 0..T {
+                let av = load32_i8(a[t], col);
+                for r in 0..4 {
+                    acc16[t][r] = _mm256_add_epi16(acc16[t][r], _mm256_maddubs_epi16(nib[r], av));
+                }
+            }
+            pending += 1;
+            let group_done = col + 32 == group_end;
+            if pending == 8 || group_done {
+                for t in 0..T {
+                    for r in 0..4 {
+                        let wide = _mm256_madd_epi16(acc16[t][r], ones);
+                        acc32[t][r] = _mm256_add_epi32(acc32[t][r], wide);
+                        acc16[t][r] = _mm256_setzero_si256();
+                    }
+                }
+                pending = 0;
+            }
+            if group_done {
+                for t in 0..T {
+                    // 8 lanes of 8 * sum(a) for this group: in bounds as asserted.
+                    let offset =
+                        _mm256_loadu_si256(a_lane_sums[t].as_ptr().add(8 * g) as *const __m256i);
+                    for r in 0..4 {
+                        let exact = _mm256_sub_epi32(acc32[t][r], offset);
+                        let scale = _mm256_set1_ps(*scale_at[r].add(g));
+                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(exact), scale);
+                        y[t][r] = _mm256_add_ps(y[t][r], p);
+                        acc32[t][r] = _mm256_setzero_si256();
+                    }
+                }
+                g += 1;
+                group_end += group;
+            }
+        }
+        block += 1;
+    }
+    let mut out = [[0.0f32; T]; 4];
+    for t in 0..T {
+        for r in 0..4 {
+            out[r][t] = lane_sum_ps(y[t][r]);
         }
     }
     out

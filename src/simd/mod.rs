@@ -222,16 +222,30 @@ pub fn dot_tile<const R: usize, const T: usize>(w: &[&[i8]; R], a: &[&[i8]; T]) 
     }
 }
 
-/// W4A8 of `R` packed int4 weight rows with `T` int8 token rows:
-/// `out[r][t] = sum over groups g, in order, of (acc_g as f32 * ws[r][g])`
-/// in f32 (the first group's product starts the sum), where `acc_g` is the
-/// exact integer dot product over the group's columns. With one group this
-/// is `acc as f32 * ws[r][0]`, the W8A8 formula.
+/// W4A8 of `R` packed int4 weight rows (layout in [`crate::weights`]) with
+/// `T` int8 token rows, with `ws[r]` holding one scale per `group` columns.
+///
+/// One group (per-row scales): `acc as f32 * ws[r][0]` with `acc` the exact
+/// integer dot product — the W8A8 formula, so W4A8 then equals W8A8 on the
+/// unpacked weights bit for bit.
+///
+/// Several groups: the group scales are applied inside the accumulation, in
+/// eight lanes (the layout of an AVX2 register): lane `l` takes the columns
+/// `c` with `c % 32` in `4l..4l + 4`; for each group `g` in order, the lane's
+/// exact integer partial over the group times `ws[r][g]` is added in f32
+/// (the first group's product starts the lane); the lanes are then summed
+/// as `((y0 + y4) + (y2 + y6)) + ((y1 + y5) + (y3 + y7))`. Every path
+/// computes exactly this.
+///
+/// `a_sums[t]` must hold, per group, eight lanes of `8 * sum(a)` over each
+/// lane's columns (see [`int4_lane_sums`]); the SIMD path needs them, the
+/// scalar path does not.
 #[inline]
 pub fn w4a8_tile<const R: usize, const T: usize>(
     w: &[&[u8]; R],
     ws: &[&[f32]; R],
     a: &[&[i8]; T],
+    a_sums: &[&[i32]; T],
     group: usize,
 ) -> [[f32; T]; R] {
     let k = a.first().map_or(0, |row| row.len());
@@ -243,17 +257,76 @@ pub fn w4a8_tile<const R: usize, const T: usize>(
     assert!(
         w.iter().all(|row| row.len() >= k.div_ceil(2))
             && ws.iter().all(|row| row.len() >= groups)
-            && a.iter().all(|row| row.len() == k),
+            && a.iter().all(|row| row.len() == k)
+            && a_sums.iter().all(|row| row.len() >= 8 * groups),
         "w4a8_tile: operand lengths"
     );
     #[cfg(target_arch = "x86_64")]
-    if R == 4 && T > 0 && k % 32 == 0 && group % 32 == 0 && k % group == 0 && active() == Isa::Avx2
+    if R == 4 && T > 0 && k % 64 == 0 && group % 32 == 0 && k % group == 0 && active() == Isa::Avx2
     {
         let w4: &[&[u8]; 4] = w.as_slice().try_into().expect("R == 4");
         let ws4: &[&[f32]; 4] = ws.as_slice().try_into().expect("R == 4");
         // SAFETY: AVX2 confirmed by active(); shapes checked above.
-        let y = unsafe { avx2::w4a8_tile(w4, ws4, a, group) };
+        let y = unsafe {
+            if groups == 1 {
+                avx2::w4a8_tile(w4, ws4, a, a_sums, group)
+            } else {
+                avx2::w4a8_tile_lanes(w4, ws4, a, a_sums, group)
+            }
+        };
         return core::array::from_fn(|r| y[r]);
     }
     scalar::w4a8_tile(w, ws, a, group)
+}
+
+/// Per group of `group` columns of `a`, eight lanes of `8 * sum(a)` over the
+/// columns `c` with `c % 32` in `4l..4l + 4` (the W4A8 kernels' offset
+/// correction; the lanes add up to `8 * sum` over the group).
+pub fn int4_lane_sums(a: &[i8], group: usize) -> Vec<i32> {
+    let mut sums = vec![0i32; 8 * a.len().div_ceil(group.max(1))];
+    for (c, &v) in a.iter().enumerate() {
+        sums[8 * (c / group) + c % 32 / 4] += 8 * v as i32;
+    }
+    sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values at, and a few ulps around, every half-integer quotient for
+    /// many scales: where multiplying by the reciprocal could round the
+    /// other way. Every path must match the scalar division.
+    #[test]
+    fn quantize_is_exact_near_half_integers() {
+        let mut scales = vec![1.0f32, 0.1, 1.0 / 127.0, 3.0e-3, 7.7e-8, 1.0e30 / 127.0];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            scales.push(f32::from_bits(
+                0x3000_0000 + (state >> 40) as u32 % 0x1800_0000,
+            ));
+        }
+        let mut x = Vec::new();
+        for &s in &scales {
+            x.clear();
+            for n in -130i32..=130 {
+                let center = (n as f32 + 0.5) * s;
+                for d in -3i32..=3 {
+                    x.push(f32::from_bits((center.to_bits() as i32 + d) as u32));
+                }
+            }
+            let mut want = vec![0i8; x.len()];
+            scalar::quantize(&x, s, 127.0, &mut want);
+            for isa in supported() {
+                set_isa(isa).unwrap();
+                let mut got = vec![0i8; x.len()];
+                quantize(&x, s, 127.0, &mut got);
+                assert_eq!(got, want, "scale {s} on {}", isa.name());
+            }
+        }
+        set_isa(best_supported()).unwrap();
+    }
 }

@@ -1,0 +1,473 @@
+"""``python -m dynquant demo``: a real sentence-embedding model, quantized.
+
+Encodes built-in English sentences with all-MiniLM-L6-v2 in float32 and with
+each quantized configuration (every one of its 36 Linear layers replaced by a
+:class:`dynquant.QuantizedLinear`), then prints how close the quantized
+embeddings stay to float32, the encode time and the weight memory.
+
+``--synthetic`` needs no model: LLM-like activations with outlier channels,
+quantized per tensor, per token and with SmoothQuant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+import dynquant as dq
+
+from .models import DEMO_SENTENCES, MiniLM, ModelNotInstalledError
+from .models.sentences import PARAPHRASE_PAIRS, UNRELATED_PAIRS
+
+__all__ = [
+    "CONFIGS",
+    "QuantConfig",
+    "Row",
+    "compare_configs",
+    "format_table",
+    "quantized_factory",
+    "run_demo",
+    "run_synthetic",
+    "spearman",
+]
+
+F32 = npt.NDArray[np.float32]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """One way to quantize every Linear of the model."""
+
+    name: str
+    bits: int = 8
+    per_token: bool = True
+    group_size: int | None = None
+    smooth_alpha: float | None = None
+
+
+CONFIGS: tuple[QuantConfig, ...] = (
+    QuantConfig("W8A8 per-tensor", per_token=False),
+    QuantConfig("W8A8 per-token"),
+    QuantConfig("W8A8 per-token + SmoothQuant 0.5", smooth_alpha=0.5),
+    QuantConfig("W4A8 g32 per-token", bits=4, group_size=32),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table."""
+
+    name: str
+    mean_cos: float
+    min_cos: float
+    spearman: float
+    seconds: float
+    weight_bytes: int
+    quantize_seconds: float = 0.0
+
+
+def _optional(module: str) -> Any:
+    """An optional dependency (tqdm, matplotlib, threadpoolctl), or None."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+# --- metrics -------------------------------------------------------------------
+
+
+def _ranks(x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """Ranks 0..n-1 of ``x``, ties given their average rank."""
+    order = np.argsort(x, kind="stable")
+    sorted_x = x[order]
+    starts = np.concatenate(([0], np.flatnonzero(sorted_x[1:] != sorted_x[:-1]) + 1))
+    ends = np.concatenate((starts[1:], [len(x)]))
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends - 1) / 2.0, ends - starts)
+    return ranks
+
+
+def spearman(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
+    """Spearman rank correlation of two 1-D samples (Pearson of the ranks)."""
+    ra, rb = _ranks(np.asarray(a).ravel()), _ranks(np.asarray(b).ravel())
+    if ra.shape != rb.shape or len(ra) < 2:
+        raise ValueError(
+            f"spearman needs two samples of equal size >= 2, got {ra.shape}, {rb.shape}"
+        )
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum()) / denom if denom > 0 else float("nan")
+
+
+def pairwise_similarities(embeddings: F32) -> npt.NDArray[np.float64]:
+    """Cosine similarities of all sentence pairs (upper triangle), for unit vectors."""
+    e = embeddings.astype(np.float64)
+    upper: npt.NDArray[np.float64] = (e @ e.T)[np.triu_indices(len(e), k=1)]
+    return upper
+
+
+# --- running the model -----------------------------------------------------------
+
+
+def quantized_factory(
+    config: QuantConfig,
+    calibration: Mapping[str, F32] | None = None,
+    built: list[dq.QuantizedLinear] | None = None,
+) -> Callable[[str, F32, F32], dq.QuantizedLinear]:
+    """A Linear factory for :class:`MiniLM` that builds ``QuantizedLinear``
+    layers per ``config`` (appending each to ``built`` when given).
+    SmoothQuant needs ``calibration``: each Linear's float inputs ``[tokens, in]``."""
+
+    def make(name: str, weight: F32, bias: F32) -> dq.QuantizedLinear:
+        smooth = None
+        if config.smooth_alpha is not None:
+            if calibration is None:
+                raise ValueError(f"{config.name} needs calibration activations")
+            smooth = (dq.SmoothQuantConfig(config.smooth_alpha), calibration[name])
+        layer = dq.QuantizedLinear.from_float(
+            weight,
+            bias,
+            bits=config.bits,
+            group_size=config.group_size,
+            per_token=config.per_token,
+            smooth=smooth,
+        )
+        if built is not None:
+            built.append(layer)
+        return layer
+
+    return make
+
+
+def _text_progress(desc: str) -> Callable[[Iterable[T], int], Iterable[T]]:
+    """A progress bar on stderr: tqdm when installed, else a plain counter."""
+    tqdm = _optional("tqdm")
+
+    def wrap(items: Iterable[T], total: int) -> Iterable[T]:
+        if tqdm is not None:
+            yield from tqdm.tqdm(items, total=total, desc=f"{desc:<34}", unit="batch", leave=False)
+            return
+        for i, item in enumerate(items, 1):
+            print(f"\r{desc}: batch {i}/{total}", end="", file=sys.stderr, flush=True)
+            yield item
+        print("\r" + " " * (len(desc) + 30) + "\r", end="", file=sys.stderr, flush=True)
+
+    return wrap
+
+
+def compare_configs(
+    model: MiniLM,
+    sentences: Sequence[str],
+    configs: Sequence[QuantConfig] = CONFIGS,
+    *,
+    batch_size: int = 16,
+    calibration: Mapping[str, F32] | None = None,
+    progress: bool = False,
+    repeat: int = 1,
+) -> tuple[list[Row], dict[str, F32]]:
+    """Encode ``sentences`` with ``model`` (a float32 :class:`MiniLM`) and each
+    config; return the table rows (fp32 first) and the embeddings by name.
+    ``progress`` shows a bar per config when stderr is a terminal. Each
+    config's encode time is the fastest of ``repeat`` runs.
+
+    SmoothQuant configs calibrate on ``calibration``, by default the Linear
+    inputs collected from ``sentences`` themselves.
+    """
+    if any(c.smooth_alpha is not None for c in configs) and calibration is None:
+        calibration = model.collect_linear_inputs(sentences, batch_size)
+    show_progress = progress and sys.stderr.isatty()
+    fp32_bytes = sum(w.nbytes + b.nbytes for w, b in map(model.linear_weight, model.linear_names()))
+    variants: list[tuple[str, MiniLM, int, float]] = [("fp32", model, fp32_bytes, 0.0)]
+    for config in configs:
+        built: list[dq.QuantizedLinear] = []
+        if show_progress:
+            print(f"\rquantizing: {config.name:<34}", end="", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        quantized = model.with_linears(quantized_factory(config, calibration, built))
+        build_seconds = time.perf_counter() - start
+        weight_bytes = sum(layer.memory_bytes() for layer in built)
+        variants.append((config.name, quantized, weight_bytes, build_seconds))
+
+    if show_progress:
+        print("\r" + " " * 50 + "\r", end="", file=sys.stderr, flush=True)
+    rows: list[Row] = []
+    embeddings: dict[str, F32] = {}
+    for name, variant, weight_bytes, build_seconds in variants:
+        variant.encode(sentences[:1])  # warm up (thread pools, caches) before timing
+        seconds = float("inf")
+        for run in range(repeat):  # the fastest run: the least disturbed by other processes
+            start = time.perf_counter()
+            desc = name if repeat == 1 else f"{name} ({run + 1}/{repeat})"
+            emb = variant.encode(
+                sentences, batch_size, progress=_text_progress(desc) if show_progress else None
+            )
+            seconds = min(seconds, time.perf_counter() - start)
+        embeddings[name] = emb
+        ref = embeddings["fp32"]
+        cos = np.sum(emb.astype(np.float64) * ref, axis=1)
+        rho = spearman(pairwise_similarities(emb), pairwise_similarities(ref))
+        rows.append(
+            Row(
+                name, float(cos.mean()), float(cos.min()), rho, seconds, weight_bytes, build_seconds
+            )
+        )
+    return rows, embeddings
+
+
+def format_table(rows: Sequence[Row], n_sentences: int) -> str:
+    """The results as an aligned text table."""
+    head = (
+        f"{'config':<34} {'mean cos':>9} {'min cos':>9} {'Spearman':>9} "
+        f"{'encode s':>9} {'sent/s':>7} {'weights MB':>11} {'quantize s':>11}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.name:<34} {r.mean_cos:>9.5f} {r.min_cos:>9.5f} {r.spearman:>9.5f} "
+            f"{r.seconds:>9.3f} {n_sentences / r.seconds:>7.0f} {r.weight_bytes / 1e6:>11.2f} "
+            + (f"{r.quantize_seconds:>11.2f}" if r.name != "fp32" else f"{'-':>11}")
+        )
+    return "\n".join(lines)
+
+
+def _pair_similarity(
+    embeddings: F32, sentences: Sequence[str], pairs: Sequence[tuple[str, str]]
+) -> float | None:
+    index = {s: i for i, s in enumerate(sentences)}
+    sims = [
+        float(embeddings[index[a]] @ embeddings[index[b]])
+        for a, b in pairs
+        if a in index and b in index
+    ]
+    return float(np.mean(sims)) if sims else None
+
+
+def plot_smoothing(path: str, layer: str, weight: F32, activations: F32, alpha: float) -> None:
+    """Per-input-channel max |x| of ``layer``'s activations (and max |W|) before
+    and after SmoothQuant, saved to ``path``."""
+    matplotlib = importlib.import_module("matplotlib")
+    matplotlib.use("Agg")
+    plt = importlib.import_module("matplotlib.pyplot")
+
+    factors = dq.compute_smooth_factors(activations, weight, dq.SmoothQuantConfig(alpha))
+    act_before = np.abs(activations).max(axis=0)
+    act_after = np.abs(dq.smooth_activations(activations, factors)).max(axis=0)
+    w_before = np.abs(weight).max(axis=0)
+    w_after = np.abs(dq.smooth_weights(weight, factors)).max(axis=0)
+    channels = np.arange(len(act_before))
+    fig, (ax_a, ax_w) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
+    ax_a.plot(channels, act_before, lw=0.8, label="before SmoothQuant")
+    ax_a.plot(channels, act_after, lw=0.8, label=f"after SmoothQuant (alpha {alpha})")
+    ax_a.set_ylabel("activation max |x|")
+    ax_a.set_title(
+        f"{layer}: per-channel ranges over {len(activations)} tokens "
+        f"(max/median activation range {act_before.max() / np.median(act_before):.1f} before, "
+        f"{act_after.max() / np.median(act_after):.1f} after)"
+    )
+    ax_a.legend()
+    ax_w.plot(channels, w_before, lw=0.8, label="before")
+    ax_w.plot(channels, w_after, lw=0.8, label="after")
+    ax_w.set_ylabel("weight max |W[:, j]|")
+    ax_w.set_xlabel("input channel j")
+    ax_w.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- synthetic mode --------------------------------------------------------------
+
+
+def run_synthetic(
+    tokens: int = 128, in_features: int = 512, out_features: int = 256, seed: int = 0
+) -> str:
+    """Quantization error on synthetic LLM-like activations with a few outlier
+    channels (x20-50), as a text table."""
+    rng = np.random.default_rng(seed)
+    channel_scale = rng.lognormal(0.0, 0.3, in_features)
+    outliers = rng.choice(in_features, size=6, replace=False)
+    boost = rng.uniform(20.0, 50.0, size=len(outliers))
+    channel_scale[outliers] *= boost
+    acts = (rng.standard_normal((tokens, in_features)) * channel_scale).astype(np.float32)
+    weight = (rng.standard_normal((out_features, in_features)) / np.sqrt(in_features)).astype(
+        np.float32
+    )
+    reference = acts.astype(np.float64) @ weight.T.astype(np.float64)
+    factors = dq.compute_smooth_factors(acts, weight, dq.SmoothQuantConfig(0.5))
+
+    def rel(err: npt.NDArray[Any], ref: npt.NDArray[Any]) -> float:
+        return float(np.linalg.norm(err) / np.linalg.norm(ref))
+
+    lines = [
+        f"synthetic activations: {tokens} tokens x {in_features} channels, weight "
+        f"[{out_features}, {in_features}]; outlier channels {sorted(outliers.tolist())} "
+        f"scaled x{boost.min():.0f}-{boost.max():.0f}",
+    ]
+    head = f"{'method':<32} {'act MAE':>9} {'act rel err':>12} {'W8A8 out rel err':>17}"
+    lines += [head, "-" * len(head)]
+    for name, smooth, per_token in (
+        ("int8 per-tensor", False, False),
+        ("int8 per-row (per-token)", False, True),
+        ("SmoothQuant 0.5 + per-tensor", True, False),
+        ("SmoothQuant 0.5 + per-token", True, True),
+    ):
+        a = dq.smooth_activations(acts, factors) if smooth else acts
+        w = dq.smooth_weights(weight, factors) if smooth else weight
+        qa = dq.quantize_int8_per_row(a) if per_token else dq.quantize_int8(a)
+        a_hat = qa.dequantize().reshape(a.shape)
+        if smooth:  # back to the original units, to compare with the same input
+            a_hat = a_hat * factors
+        mae = float(np.mean(np.abs(a_hat - acts)))
+        qw = dq.quantize_int8_per_row(w)
+        w_i8 = qw.data.reshape(w.shape)
+        if per_token:  # one activation vector at a time: the reference W8A8 matvec
+            out = np.stack([dq.w8a8_matvec(w_i8, qw.scales, row) for row in a])
+        else:
+            out = dq.w8a8_matmul(a, w_i8, qw.scales, per_token=False)
+        lines.append(
+            f"{name:<32} {mae:>9.5f} {rel(a_hat - acts, acts):>12.5f} "
+            f"{rel(out - reference, reference):>17.5f}"
+        )
+    lines.append(
+        "act errors in the original units (smoothed activations times the factors); "
+        "rel err = ||error|| / ||float||; weights int8 per row."
+    )
+    return "\n".join(lines)
+
+
+# --- command line ----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dynquant demo",
+        description=(
+            "Quantize every Linear of the all-MiniLM-L6-v2 sentence encoder (W8A8 per tensor, "
+            "per token, with SmoothQuant; W4A8) and compare its embeddings with float32."
+        ),
+    )
+    parser.add_argument(
+        "--sentences",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use the first N built-in sentences",
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="sentences per batch (16)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for dynquant's kernels and, with threadpoolctl, NumPy's BLAS (default: all)",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="save per-channel activation ranges before/after SmoothQuant (needs matplotlib)",
+    )
+    parser.add_argument(
+        "--plot-layer", default="l0.ffn_in", help="Linear whose input --plot shows (l0.ffn_in)"
+    )
+    parser.add_argument(
+        "--synthetic", action="store_true", help="synthetic activations; needs no model"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="time the fastest of this many encodes (3)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _limit_blas_threads(n: int) -> str:
+    threadpoolctl = _optional("threadpoolctl")
+    if threadpoolctl is None:
+        return "NumPy BLAS threads unchanged (install threadpoolctl, or set OPENBLAS_NUM_THREADS)"
+    threadpoolctl.threadpool_limits(n)
+    return f"NumPy BLAS threads {n}"
+
+
+def run_demo(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m dynquant demo``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1 or args.repeat < 1:
+        print("--batch-size and --repeat must be >= 1", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print("--threads must be >= 1", file=sys.stderr)
+            return 2
+        dq.set_num_threads(args.threads)
+    if args.synthetic:
+        print(run_synthetic())
+        return 0
+    if args.plot:
+        if _optional("matplotlib") is None:
+            print(
+                "--plot needs matplotlib, which is not installed: pip install matplotlib "
+                "(or pip install 'dynquant[plot]')",
+                file=sys.stderr,
+            )
+            return 1
+
+    try:
+        model = MiniLM.load()
+    except ModelNotInstalledError as exc:
+        print(f"dynquant demo: {exc}", file=sys.stderr)
+        print("(`python -m dynquant demo --synthetic` runs without the model)", file=sys.stderr)
+        return 1
+
+    n = len(DEMO_SENTENCES) if args.sentences is None else args.sentences
+    if not 2 <= n <= len(DEMO_SENTENCES):
+        print(f"--sentences must be between 2 and {len(DEMO_SENTENCES)}", file=sys.stderr)
+        return 2
+    if args.plot and args.plot_layer not in model.linear_names():
+        print(f"--plot-layer must be one of {', '.join(model.linear_names())}", file=sys.stderr)
+        return 2
+    sentences = list(DEMO_SENTENCES[:n])
+    tokens = int(model.tokenize(sentences).lengths.sum())
+    info = dq.kernel_info()
+    threads = f"dynquant kernel {info.isa}, {info.threads} threads"
+    if args.threads is not None:
+        threads += "; " + _limit_blas_threads(args.threads)
+    print(
+        f"all-MiniLM-L6-v2 (NumPy, {len(model.linears)} Linear layers quantized): "
+        f"{n} sentences, {tokens} tokens, batch size {args.batch_size}\n{threads}\n"
+        "SmoothQuant calibrates on the same sentences; cos = cosine similarity of each "
+        "sentence's embedding to fp32's;\nSpearman = rank correlation of all pairwise "
+        "similarities with fp32's; weights = the Linear layers' weights, scales and biases;\n"
+        f"encode s = the fastest of {args.repeat} runs; quantize s = time to build the quantized "
+        "layers (not part of encode).\n"
+    )
+    calibration = model.collect_linear_inputs(sentences, args.batch_size)
+    rows, embeddings = compare_configs(
+        model,
+        sentences,
+        batch_size=args.batch_size,
+        calibration=calibration,
+        progress=not args.no_progress,
+        repeat=args.repeat,
+    )
+    print(format_table(rows, n))
+    para = _pair_similarity(embeddings["fp32"], sentences, PARAPHRASE_PAIRS)
+    unrelated = _pair_similarity(embeddings["fp32"], sentences, UNRELATED_PAIRS)
+    if para is not None and unrelated is not None:
+        print(
+            f"\nfp32 model check: paraphrase pairs similarity {para:.3f} on average, "
+            f"unrelated pairs {unrelated:.3f}"
+        )
+    if args.plot:
+        weight, _ = model.linear_weight(args.plot_layer)
+        plot_smoothing(args.plot, args.plot_layer, weight, calibration[args.plot_layer], 0.5)
+        print(f"saved per-channel activation ranges of {args.plot_layer} to {args.plot}")
+    return 0

