@@ -659,7 +659,7 @@ impl PyCalibObserver {
     fn update(&self, py: Python<'_>, x: PyReadonlyArrayDyn<'_, f32>) -> PyResult<()> {
         let x = contiguous(x.as_slice())?;
         let mut batch = self.get().new_like();
-        let batch = detached(py, move || batch.update(x).map(|()| batch))?;
+        let batch = detached_if(py, x.len(), move || batch.update(x).map(|()| batch))?;
         let merged = self.get().merge(&batch);
         merged.map_err(|e| to_py_err(py, e))
     }
@@ -820,7 +820,7 @@ impl PyChannelMaxObserver {
         let (tokens, in_features) = (x.shape()[0], x.shape()[1]);
         let x = contiguous(x.as_slice())?;
         let mut batch = self.get().new_like();
-        let batch = detached(py, move || {
+        let batch = detached_if(py, x.len(), move || {
             batch.update(x, tokens, in_features).map(|()| batch)
         })?;
         let merged = self.get().merge(&batch);
