@@ -110,7 +110,7 @@ struct Summary {
     zeros: u64,
     pos_inf: u64,
     neg_inf: u64,
-    sums: Box<ExactSums>,
+    sums: ExactSums,
     store: Store,
 }
 
@@ -129,7 +129,7 @@ impl Summary {
             zeros: 0,
             pos_inf: 0,
             neg_inf: 0,
-            sums: Box::new(ExactSums::new()),
+            sums: ExactSums::new(),
             store: Store::default(),
         }
     }
@@ -149,9 +149,14 @@ impl Summary {
 
     /// Adds a block of at most [`BLOCK`] values. With `INF`, the block may
     /// hold infinities (counted apart); it never holds NaN.
-    fn add_block<const INF: bool>(&mut self, block: &[f32], map: &Mapping, max_buckets: u32) {
+    fn add_block<const INF: bool>(
+        &mut self,
+        block: &[f32],
+        sums: &mut BlockSums,
+        map: &Mapping,
+        max_buckets: u32,
+    ) {
         debug_assert!(block.len() <= BLOCK);
-        let mut sums = BlockSums::new();
         let (mut min_key, mut max_key) = (self.min_key, self.max_key);
         let (mut min_pos, mut max_abs) = (u32::MAX, 0u32);
         let mut zeros = 0u64;
@@ -178,10 +183,12 @@ impl Summary {
         (self.min_key, self.max_key) = (min_key, max_key);
         self.min_pos_abs = self.min_pos_abs.min(min_pos);
         self.max_finite_abs = self.max_finite_abs.max(max_abs);
-        self.sums.flush(&sums);
         if min_pos == u32::MAX {
-            return; // only zeros and infinities
+            return; // only zeros and infinities (which add nothing to the sums)
         }
+        let slots =
+            exact_sum::slot_and_mantissa(min_pos).0..=exact_sum::slot_and_mantissa(max_abs).0;
+        self.sums.flush(sums, slots);
         let floor = self
             .store
             .reserve(map.index(min_pos), map.index(max_abs), max_buckets);
@@ -209,12 +216,13 @@ impl Summary {
         policy: NanPolicy,
     ) -> Result<Summary, Rejected> {
         let mut s = Summary::empty();
+        let mut sums = BlockSums::new();
         for block in data.chunks(BLOCK) {
             let bits = abs_max_bits(block);
             if bits < INF_BITS {
-                s.add_block::<false>(block, map, max_buckets);
+                s.add_block::<false>(block, &mut sums, map, max_buckets);
             } else if bits == INF_BITS && policy == NanPolicy::Reference {
-                s.add_block::<true>(block, map, max_buckets);
+                s.add_block::<true>(block, &mut sums, map, max_buckets);
             } else {
                 return Err(Rejected);
             }
@@ -319,19 +327,24 @@ impl CalibObserver {
             .count
             .checked_add(data.len() as u64)
             .ok_or_else(count_overflow)?;
-        let batch = parallel::map_reduce(
-            data,
-            parallel::GRAIN,
-            Ok(Summary::empty()),
-            |chunk| Summary::of_slice(chunk, map, max_buckets, policy),
-            |a, b| match (a, b) {
-                (Ok(mut a), Ok(b)) => {
-                    a.merge(&b, max_buckets);
-                    Ok(a)
-                }
-                _ => Err(Rejected),
-            },
-        );
+        let of_slice = |chunk: &[f32]| Summary::of_slice(chunk, map, max_buckets, policy);
+        let batch = if data.len() < 2 * parallel::GRAIN {
+            of_slice(data) // not worth splitting (nor an empty summary to merge into)
+        } else {
+            parallel::map_reduce(
+                data,
+                parallel::GRAIN,
+                Ok(Summary::empty()),
+                of_slice,
+                |a, b| match (a, b) {
+                    (Ok(mut a), Ok(b)) => {
+                        a.merge(&b, max_buckets);
+                        Ok(a)
+                    }
+                    _ => Err(Rejected),
+                },
+            )
+        };
         let batch = batch.map_err(|Rejected| match policy {
             NanPolicy::Raise => first_non_finite(data),
             NanPolicy::Reference => {
@@ -342,7 +355,11 @@ impl CalibObserver {
                 }
             }
         })?;
-        self.summary.merge(&batch, max_buckets);
+        if self.summary.count == 0 {
+            self.summary = batch;
+        } else {
+            self.summary.merge(&batch, max_buckets);
+        }
         debug_assert_eq!(self.summary.count, total);
         if self.config.exact {
             self.values.extend_from_slice(data);

@@ -147,3 +147,12 @@ def test_docs_dask_example_runs(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "CalibStats(" in done.stdout
+
+
+def test_observer_bench_with_dask() -> None:
+    from dynquant import observer_bench
+
+    rows = observer_bench.run(sizes=(100_000,), batch=25_000, dask_workers=(2,))
+    assert [r["name"] for r in rows] == ["collect", "observer", "dask-2"]
+    assert rows[2]["state"] == rows[1]["state"]  # the same result, bit for bit
+    assert rows[2]["worker_peak_rss_mib"] > 0

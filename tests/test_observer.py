@@ -490,3 +490,20 @@ def test_docs_calibration_examples_run(tmp_path: Path) -> None:
     assert "bytes for 400000 values" in out
     if has_plot:
         assert (tmp_path / "activations-hist.png").stat().st_size > 1000
+
+
+def test_observer_bench_runs() -> None:
+    from dynquant import observer_bench
+
+    rows = observer_bench.run(sizes=(200_000,), batch=30_000, dask_workers=())
+    assert [r["name"] for r in rows] == ["collect", "observer"]
+    collect, obs = rows
+    assert obs["p99_rel_error"] <= 0.005
+    assert obs["state"] == observer_bench._state(
+        dq.CalibObserver().update_many(
+            observer_bench.make_batch(0, i, s)
+            for i, s in enumerate(observer_bench._batch_sizes(200_000, 30_000))
+        )
+    )
+    assert collect["peak_rss_mib"] > 0 and obs["peak_growth_mib"] >= 0
+    assert "observer" in observer_bench.format_table(rows)

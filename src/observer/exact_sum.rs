@@ -30,17 +30,18 @@ pub(crate) fn slot_and_mantissa(abs_bits: u32) -> (usize, u64) {
 /// do not wait on one another's adds.
 pub(crate) const LANES: usize = 4;
 
-/// Per-slot sums of at most [`BLOCK`] values, in u64 (fast to add to).
+/// Per-slot sums of at most [`BLOCK`] values between flushes, in u64 (fast
+/// to add to).
 pub(crate) struct BlockSums {
     /// Per lane, `[0..256)`: Σm of positive values, `[256..512)`: of
     /// negative values, `[512..768)`: Σm².
-    bins: [[u64; 3 * SLOTS]; LANES],
+    bins: Vec<[u64; 3 * SLOTS]>,
 }
 
 impl BlockSums {
     pub(crate) fn new() -> Self {
         Self {
-            bins: [[0; 3 * SLOTS]; LANES],
+            bins: vec![[0; 3 * SLOTS]; LANES],
         }
     }
 
@@ -59,26 +60,31 @@ impl BlockSums {
 /// than 2^64 values, Σm < 2^88 and Σm² < 2^112).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ExactSums {
-    pub(crate) pos: [u128; SLOTS],
-    pub(crate) neg: [u128; SLOTS],
-    pub(crate) sq: [u128; SLOTS],
+    /// Σm of positive values, per slot ([`SLOTS`] entries).
+    pub(crate) pos: Vec<u128>,
+    /// Σm of negative values.
+    pub(crate) neg: Vec<u128>,
+    /// Σm².
+    pub(crate) sq: Vec<u128>,
 }
 
 impl ExactSums {
     pub(crate) fn new() -> Self {
         Self {
-            pos: [0; SLOTS],
-            neg: [0; SLOTS],
-            sq: [0; SLOTS],
+            pos: vec![0; SLOTS],
+            neg: vec![0; SLOTS],
+            sq: vec![0; SLOTS],
         }
     }
 
-    pub(crate) fn flush(&mut self, block: &BlockSums) {
-        for bins in &block.bins {
-            for s in 1..SLOTS {
-                self.pos[s] += bins[s] as u128;
-                self.neg[s] += bins[SLOTS + s] as u128;
-                self.sq[s] += bins[2 * SLOTS + s] as u128;
+    /// Moves the block's sums of slots `slots` (every slot it holds
+    /// non-zero sums in) into these, leaving the block zeroed.
+    pub(crate) fn flush(&mut self, block: &mut BlockSums, slots: core::ops::RangeInclusive<usize>) {
+        for bins in block.bins.iter_mut() {
+            for s in slots.clone() {
+                self.pos[s] += core::mem::take(&mut bins[s]) as u128;
+                self.neg[s] += core::mem::take(&mut bins[SLOTS + s]) as u128;
+                self.sq[s] += core::mem::take(&mut bins[2 * SLOTS + s]) as u128;
             }
         }
     }
@@ -98,8 +104,8 @@ impl ExactSums {
         let mut pos = Wide::ZERO;
         let mut neg = Wide::ZERO;
         for s in 1..SLOTS {
-            pos.add(&Wide::shifted(self.pos[s], s as u32 - 1));
-            neg.add(&Wide::shifted(self.neg[s], s as u32 - 1));
+            pos.add_shifted(self.pos[s], s as u32 - 1);
+            neg.add_shifted(self.neg[s], s as u32 - 1);
         }
         if pos.cmp(&neg) == Ordering::Less {
             neg.sub(&pos);
@@ -114,20 +120,15 @@ impl ExactSums {
     fn sum_of_squares(&self) -> Wide {
         let mut total = Wide::ZERO;
         for s in 1..SLOTS {
-            total.add(&Wide::shifted(self.sq[s], 2 * (s as u32 - 1)));
+            total.add_shifted(self.sq[s], 2 * (s as u32 - 1));
         }
         total
     }
 
     /// Σx, correctly rounded to f64.
+    #[cfg(test)]
     pub(crate) fn sum(&self) -> f64 {
-        let (negative, magnitude) = self.signed_sum();
-        let v = magnitude.to_f64(-149);
-        if negative {
-            -v
-        } else {
-            v
-        }
+        signed_f64(self.signed_sum())
     }
 
     /// Mean and population variance of `count` values: the exact
@@ -138,17 +139,28 @@ impl ExactSums {
             return (0.0, 0.0);
         }
         let n = count as f64;
-        let (_, s) = self.signed_sum();
+        let sum = self.signed_sum();
+        let s2 = sum.1.square();
+        let mean = signed_f64(sum) / n;
         let mut d = self.sum_of_squares();
         d.mul_u64(count);
-        let s2 = s.square();
         // n·Σx² ≥ (Σx)² always holds for real sums (Cauchy–Schwarz); only
         // inconsistent decoded bytes could break it.
         if d.cmp(&s2) == Ordering::Less {
-            return (self.sum() / n, 0.0);
+            return (mean, 0.0);
         }
         d.sub(&s2);
-        (self.sum() / n, d.to_f64(-298) / n / n)
+        (mean, d.to_f64(-298) / n / n)
+    }
+}
+
+/// A signed sum in units of 2^-149, correctly rounded to f64.
+fn signed_f64((negative, magnitude): (bool, Wide)) -> f64 {
+    let v = magnitude.to_f64(-149);
+    if negative {
+        -v
+    } else {
+        v
     }
 }
 
@@ -164,6 +176,7 @@ impl Wide {
     const ZERO: Wide = Wide([0; LIMBS]);
 
     /// `v · 2^shift`.
+    #[cfg(test)]
     fn shifted(v: u128, shift: u32) -> Wide {
         let mut w = Wide::ZERO;
         let (limb, bit) = ((shift / 64) as usize, shift % 64);
@@ -184,6 +197,44 @@ impl Wide {
         w
     }
 
+    /// `self += v · 2^shift`, touching only the limbs it must.
+    fn add_shifted(&mut self, v: u128, shift: u32) {
+        if v == 0 {
+            return;
+        }
+        let (limb, bit) = ((shift / 64) as usize, shift % 64);
+        let (lo, hi) = (v as u64, (v >> 64) as u64);
+        let parts = if bit == 0 {
+            [lo, hi, 0]
+        } else {
+            [
+                lo << bit,
+                (hi << bit) | (lo >> (64 - bit)),
+                hi >> (64 - bit),
+            ]
+        };
+        let mut carry = false;
+        for (i, &p) in parts.iter().enumerate() {
+            if limb + i >= LIMBS {
+                debug_assert!(p == 0 && !carry, "Wide::add_shifted overflow");
+                return;
+            }
+            let (s1, c1) = self.0[limb + i].overflowing_add(p);
+            let (s2, c2) = s1.overflowing_add(carry as u64);
+            self.0[limb + i] = s2;
+            carry = c1 || c2;
+        }
+        let mut i = limb + 3;
+        while carry && i < LIMBS {
+            let (s, c) = self.0[i].overflowing_add(1);
+            self.0[i] = s;
+            carry = c;
+            i += 1;
+        }
+        debug_assert!(!carry, "Wide::add_shifted overflow");
+    }
+
+    #[cfg(test)]
     fn add(&mut self, other: &Wide) {
         let mut carry = false;
         for (a, &b) in self.0.iter_mut().zip(&other.0) {
@@ -270,12 +321,12 @@ mod tests {
 
     fn sums_of(values: &[f32]) -> ExactSums {
         let mut sums = ExactSums::new();
+        let mut b = BlockSums::new();
         for block in values.chunks(BLOCK) {
-            let mut b = BlockSums::new();
             for (i, v) in block.iter().enumerate() {
                 b.add(i, v.to_bits());
             }
-            sums.flush(&b);
+            sums.flush(&mut b, 1..=SLOTS - 1);
         }
         sums
     }
@@ -293,6 +344,31 @@ mod tests {
         w.add(&Wide::shifted(1, 0));
         assert_eq!(w.to_f64(-160), 2f64.powi(53) + 2.0);
         assert_eq!(Wide::shifted(3, 300).square().to_f64(-600), 9.0);
+    }
+
+    #[test]
+    fn add_shifted_matches_shift_then_add() {
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state
+        };
+        let (mut a, mut b) = (Wide::ZERO, Wide::ZERO);
+        for _ in 0..2000 {
+            let v = ((next() as u128) << 64 | next() as u128) >> (next() % 128);
+            let shift = (next() % 600) as u32;
+            a.add_shifted(v, shift);
+            b.add(&Wide::shifted(v, shift));
+            assert_eq!(a, b);
+        }
+        // Carries that run through many limbs.
+        let mut c = Wide([u64::MAX; LIMBS]);
+        c.0[LIMBS - 1] = 0;
+        c.add_shifted(1, 0);
+        assert_eq!(c.0[LIMBS - 1], 1);
+        assert!(c.0[..LIMBS - 1].iter().all(|&l| l == 0));
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! affected. The folded state depends only on the multiset of values, so
 //! merging stays exact in any order.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::exact_sum::pow2;
 use crate::DynQuantError;
@@ -111,8 +111,23 @@ impl Mapping {
         }
     }
 
-    /// The mapping for relative accuracy `alpha` (validated by the caller).
+    /// The mapping for relative accuracy `alpha` (validated by the caller),
+    /// shared with other observers of the same accuracy.
     pub(crate) fn for_accuracy(alpha: f64) -> Arc<Mapping> {
+        static CACHE: Mutex<Vec<(u64, Arc<Mapping>)>> = Mutex::new(Vec::new());
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, map)) = cache.iter().find(|(bits, _)| *bits == alpha.to_bits()) {
+            return Arc::clone(map);
+        }
+        let map = Self::build_for(alpha);
+        if cache.len() >= 8 {
+            cache.remove(0);
+        }
+        cache.push((alpha.to_bits(), Arc::clone(&map)));
+        map
+    }
+
+    fn build_for(alpha: f64) -> Arc<Mapping> {
         let fits = |m: u32| accuracy_of(m) + MARGIN <= alpha;
         // A close guess, then the smallest M that fits (a monotone test, so
         // the answer does not depend on the platform's `ln`).
