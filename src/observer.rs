@@ -16,6 +16,24 @@
 //!
 //! Both serialize to compact bytes ([`CalibObserver::to_bytes`]), so they
 //! travel between processes; decoding checks everything it reads.
+//!
+//! # Byte format, version 1 (little-endian)
+//!
+//! `CalibObserver`: `b"DQCO"`, version `u8`, flags `u8` (1 = exact,
+//! 2 = reference NaN policy), relative accuracy `f64`, max_buckets `u32`,
+//! buckets per octave `u32` (checked against the accuracy); count, zeros,
+//! +inf and −inf counts (`u64` each); min key, max key (order-preserving
+//! keys of the values), least non-zero |x| and greatest finite |x| bits
+//! (`u32` each); the number of non-zero exact sums (`u16`), each as slot
+//! `u8`, kind `u8` (0 Σm of positives, 1 of negatives, 2 Σm²) and value
+//! `u128`; the sketch window: first bucket index `i32`, length `u32`,
+//! collapsed count `u64`, then one LEB128 count per bucket (trimmed: the
+//! first and last are non-zero); in exact mode, the number of values `u64`
+//! and the values as `f32`.
+//!
+//! `ChannelMaxObserver`: `b"DQCM"`, version `u8`, flags `u8` (2 = reference,
+//! 4 = in_features known), in_features `u64`, tokens `u64`, then the bits of
+//! max |A_j| (`u32` each).
 
 mod codec;
 mod exact_sum;
