@@ -177,13 +177,22 @@ impl Summary {
         debug_assert!(block.len() <= BLOCK);
         let (mut min_key, mut max_key) = (self.min_key, self.max_key);
         let (mut min_pos, mut max_abs) = (u32::MAX, 0u32);
-        let mut zeros = 0u64;
-        for (i, &v) in block.iter().enumerate() {
+        let mut zeros = 0u32;
+        // The reductions first, in a loop the compiler can vectorise ...
+        for &v in block {
             let bits = v.to_bits();
             let a = bits & 0x7fff_ffff;
             min_key = min_key.min(key_of(bits));
             max_key = max_key.max(key_of(bits));
-            if INF && a == INF_BITS {
+            let finite = if INF && a == INF_BITS { 0 } else { a };
+            zeros += (a == 0) as u32;
+            min_pos = min_pos.min(if finite == 0 { u32::MAX } else { finite });
+            max_abs = max_abs.max(finite);
+        }
+        // ... then the exact sums, a scatter into per-exponent bins.
+        for (i, &v) in block.iter().enumerate() {
+            let bits = v.to_bits();
+            if INF && bits & 0x7fff_ffff == INF_BITS {
                 if bits >> 31 != 0 {
                     self.neg_inf += 1;
                 } else {
@@ -191,11 +200,9 @@ impl Summary {
                 }
                 continue;
             }
-            zeros += (a == 0) as u64;
-            min_pos = min_pos.min(if a == 0 { u32::MAX } else { a });
-            max_abs = max_abs.max(a);
             sums.add(i, bits);
         }
+        let zeros = zeros as u64;
         self.count += block.len() as u64;
         self.zeros += zeros;
         (self.min_key, self.max_key) = (min_key, max_key);
