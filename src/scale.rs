@@ -156,13 +156,7 @@ pub fn kth_smallest_abs_in(parts: &[&[f32]], k: usize) -> f32 {
                 part,
                 parallel::GRAIN,
                 vec![0u32; BUCKETS],
-                |chunk| {
-                    let mut h = vec![0u32; BUCKETS];
-                    for v in chunk {
-                        h[(abs_bits(v) >> SHIFT) as usize] += 1;
-                    }
-                    h
-                },
+                histogram_of,
                 add,
             )
         })
@@ -176,12 +170,45 @@ pub fn kth_smallest_abs_in(parts: &[&[f32]], k: usize) -> f32 {
         }
         below += count as usize;
     }
+    let gather = |chunk: &[f32]| -> Vec<u32> {
+        chunk
+            .iter()
+            .map(abs_bits)
+            .filter(|b| b >> SHIFT == bucket)
+            .collect()
+    };
+    let concat = |mut a: Vec<u32>, mut b: Vec<u32>| {
+        a.append(&mut b);
+        a
+    };
     let mut members: Vec<u32> = parts
         .iter()
-        .flat_map(|p| p.iter().map(abs_bits))
-        .filter(|b| b >> SHIFT == bucket)
-        .collect();
+        .map(|part| parallel::map_reduce(part, parallel::GRAIN, Vec::new(), gather, concat))
+        .fold(Vec::new(), concat);
     f32::from_bits(*members.select_nth_unstable(k - below).1)
+}
+
+/// Bucket counts of the top bits of |x|, in four interleaved sub-histograms
+/// so that runs of equal buckets do not serialise on one counter.
+fn histogram_of(chunk: &[f32]) -> Vec<u32> {
+    const SHIFT: u32 = 20;
+    const BUCKETS: usize = (0x7fff_ffff >> SHIFT) + 1;
+    let mut h = vec![0u32; 4 * BUCKETS];
+    let bucket = |v: &f32| ((v.to_bits() & 0x7fff_ffff) >> SHIFT) as usize;
+    let mut quads = chunk.chunks_exact(4);
+    for q in &mut quads {
+        h[bucket(&q[0])] += 1;
+        h[BUCKETS + bucket(&q[1])] += 1;
+        h[2 * BUCKETS + bucket(&q[2])] += 1;
+        h[3 * BUCKETS + bucket(&q[3])] += 1;
+    }
+    for v in quads.remainder() {
+        h[bucket(v)] += 1;
+    }
+    let (a, rest) = h.split_at(BUCKETS);
+    let (b, rest) = rest.split_at(BUCKETS);
+    let (c, d) = rest.split_at(BUCKETS);
+    (0..BUCKETS).map(|i| a[i] + b[i] + c[i] + d[i]).collect()
 }
 
 #[cfg(test)]
