@@ -33,12 +33,14 @@ def _describe(x: Any) -> str:
 
 
 def as_float32(x: Any, name: str, ndim: int | None = None) -> npt.NDArray[np.float32]:
-    """A C-contiguous float32 view or copy of ``x``.
+    """A C-contiguous, aligned float32 view or copy of ``x``.
 
     Floating and integer input is converted (as NumPy's ``astype`` would);
     bool, complex, object, string and datetime input is a ``DTypeError``.
+    Unaligned buffers (as Dask's and pickle-5's deserialised frames can be)
+    are copied: the Rust core reads aligned slices only.
     """
-    if type(x) is np.ndarray and x.dtype == F32 and x.flags.c_contiguous:
+    if type(x) is np.ndarray and x.dtype == F32 and x.flags.c_contiguous and x.flags.aligned:
         a = x
     else:
         try:
@@ -56,6 +58,8 @@ def as_float32(x: Any, name: str, ndim: int | None = None) -> npt.NDArray[np.flo
                 actual=str(a.dtype),
             )
         a = np.ascontiguousarray(a, dtype=F32)
+        if not a.flags.aligned:
+            a = a.copy()
     if ndim is not None and a.ndim != ndim:
         raise ShapeMismatchError(
             f"{name} must be {ndim}-D, got {a.ndim}-D with shape {a.shape}",
