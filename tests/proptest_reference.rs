@@ -295,7 +295,8 @@ fn matrix(max_rows: usize, max_cols: usize) -> impl Strategy<Value = (usize, usi
 // ─── the reference API ──────────────────────────────────────────────────────
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // 256 cases each (proptest's default); PROPTEST_CASES=n runs more.
+    #![proptest_config(ProptestConfig::default())]
 
     #[test]
     fn compute_scale_is_the_oracle(
