@@ -26,6 +26,28 @@ pub enum DynQuantError {
     InvalidEpsilon(f32),
     /// Any other argument out of its domain; the message names it.
     InvalidArgument(String),
+    /// An output or buffer of this many bytes could not be allocated (the
+    /// Python layer raises `MemoryError`).
+    AllocationFailed { bytes: usize },
+}
+
+/// `a * b`, or `InvalidArgument` naming `what` when it overflows usize.
+pub(crate) fn checked_size(a: usize, b: usize, what: &str) -> Result<usize, DynQuantError> {
+    a.checked_mul(b)
+        .ok_or_else(|| DynQuantError::InvalidArgument(format!("{a} x {b} {what} overflow usize")))
+}
+
+/// `vec![value; n]`, or `AllocationFailed` instead of aborting the process
+/// when the allocator refuses (for buffers sized by an argument rather than
+/// by an input that already exists).
+pub(crate) fn try_vec<T: Clone>(n: usize, value: T) -> Result<Vec<T>, DynQuantError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| DynQuantError::AllocationFailed {
+            bytes: n.saturating_mul(core::mem::size_of::<T>()),
+        })?;
+    v.resize(n, value);
+    Ok(v)
 }
 
 impl fmt::Display for DynQuantError {
@@ -55,6 +77,7 @@ impl fmt::Display for DynQuantError {
                 write!(f, "invalid epsilon {e}: must be finite and >= 0")
             }
             Self::InvalidArgument(msg) => f.write_str(msg),
+            Self::AllocationFailed { bytes } => write!(f, "cannot allocate {bytes} bytes"),
         }
     }
 }

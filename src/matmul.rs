@@ -2,6 +2,7 @@
 
 use core::ops::Range;
 
+use crate::error::{checked_size, try_vec};
 use crate::parallel::{self, DisjointOut};
 use crate::quantize::{quantize_per_row_into, quantize_per_tensor_into, INT8_CLIP};
 use crate::scale::{DynamicScaleMode, NanPolicy};
@@ -66,7 +67,7 @@ impl Dequant<'_> {
 
 /// Where a task writes: the shared output and the row length `n`.
 struct Sink<'a> {
-    out: &'a DisjointOut,
+    out: &'a DisjointOut<'a>,
     n: usize,
     dequant: Dequant<'a>,
 }
@@ -213,7 +214,7 @@ pub fn w8a8_matvec_into(
         out_size,
         in_size,
     )?;
-    let mut q = vec![0i8; in_size];
+    let mut q = try_vec(in_size, 0i8)?;
     let scale = quantize_per_tensor_into(
         activation,
         INT8_CLIP,
@@ -267,7 +268,7 @@ pub fn try_w8a8_matvec(
         out_size,
         in_size,
     )?;
-    let mut out = vec![0.0; out_size];
+    let mut out = try_vec(out_size, 0.0f32)?;
     w8a8_matvec_into(
         weight_i8,
         weight_scales,
@@ -355,9 +356,9 @@ pub fn w8a8_matmul_into(
         k
     };
     for (expected, actual) in [
-        (n * k, weight_i8.len()),
+        (checked_size(n, k, "weights")?, weight_i8.len()),
         (n, bias.map_or(n, <[f32]>::len)),
-        (m * n, out.len()),
+        (checked_size(m, n, "outputs")?, out.len()),
     ] {
         if expected != actual {
             return Err(DynQuantError::ShapeMismatch { expected, actual });
@@ -366,7 +367,7 @@ pub fn w8a8_matmul_into(
     if m == 0 {
         return Ok(());
     }
-    let mut q = vec![0i8; m * k];
+    let mut q = try_vec(m * k, 0i8)?;
     let scales = act.quantize(x, k, &mut q)?;
     let dequant = Dequant {
         weight_scales,

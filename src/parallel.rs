@@ -131,22 +131,26 @@ pub fn chunks_mut<U: Send>(
 }
 
 /// The output of a product, shared by tasks that each write their own
-/// columns (weight rows) of it.
-pub(crate) struct DisjointOut {
+/// columns (weight rows) of it. It holds the `&mut` borrow of the output for
+/// its lifetime `'a`, so nothing else can read or write the slice meanwhile.
+pub(crate) struct DisjointOut<'a> {
     ptr: *mut f32,
     len: usize,
+    _borrow: core::marker::PhantomData<&'a mut [f32]>,
 }
 
 // SAFETY: tasks write disjoint indices (see `write`), so sharing the pointer
-// across threads cannot race; the borrow it came from outlives the tasks.
-unsafe impl Send for DisjointOut {}
-unsafe impl Sync for DisjointOut {}
+// across threads cannot race; the `&'a mut` borrow it holds outlives the
+// tasks (they run inside the scope that owns the `DisjointOut`).
+unsafe impl Send for DisjointOut<'_> {}
+unsafe impl Sync for DisjointOut<'_> {}
 
-impl DisjointOut {
-    pub(crate) fn new(out: &mut [f32]) -> Self {
+impl<'a> DisjointOut<'a> {
+    pub(crate) fn new(out: &'a mut [f32]) -> Self {
         Self {
             ptr: out.as_mut_ptr(),
             len: out.len(),
+            _borrow: core::marker::PhantomData,
         }
     }
 

@@ -6,14 +6,15 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use numpy::ndarray::IxDyn;
+use numpy::npyffi::{get_type_object, npy_intp, NpyTypes, PY_ARRAY_API};
 use numpy::{
-    IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
-    PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods,
+    IntoPyArray, PyArray1, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArray1,
+    PyReadonlyArray2, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods,
 };
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use std::os::raw::c_int;
 
 use crate::calib::CalibStats;
 use crate::scale::{DynamicScaleMode, NanPolicy};
@@ -66,6 +67,9 @@ fn to_py_err(py: Python<'_>, err: DynQuantError) -> PyErr {
                 "InvalidEpsilonError"
             }
             DynQuantError::InvalidArgument(_) => "InvalidArgumentError",
+            DynQuantError::AllocationFailed { .. } => {
+                return Ok(PyMemoryError::new_err(err.to_string()));
+            }
         };
         let value = errors
             .getattr(class)?
@@ -80,12 +84,14 @@ fn to_py_err(py: Python<'_>, err: DynQuantError) -> PyErr {
 const DETACH_MIN_WORK: usize = 1 << 14;
 
 /// Runs `f` without the GIL (when `work` is worth it); a Rust panic becomes
-/// `dynquant.errors.InternalError` instead of unwinding into Python.
+/// `dynquant.errors.InternalError` instead of unwinding into Python. A bad
+/// `DYNQUANT_KERNEL` is an `InvalidArgumentError` before any kernel runs.
 fn detached_if<T: Send>(
     py: Python<'_>,
     work: usize,
     f: impl FnOnce() -> Result<T, DynQuantError> + Send,
 ) -> PyResult<T> {
+    simd::try_active().map_err(|e| to_py_err(py, e))?;
     let outcome = if work >= DETACH_MIN_WORK {
         py.detach(|| catch_unwind(AssertUnwindSafe(f)))
     } else {
@@ -116,12 +122,25 @@ fn detached<T: Send>(
     detached_if(py, usize::MAX, f)
 }
 
+/// The error for an array the Python layer should have made C-contiguous and
+/// aligned (rust-numpy refuses to make a slice of anything else).
+fn not_contiguous() -> PyErr {
+    Python::attach(|py| {
+        to_py_err(
+            py,
+            DynQuantError::InvalidArgument(
+                "dynquant._core expects aligned, C-contiguous arrays".into(),
+            ),
+        )
+    })
+}
+
 fn contiguous<T>(slice: Result<&[T], numpy::AsSliceError>) -> PyResult<&[T]> {
-    slice.map_err(|_| PyValueError::new_err("dynquant._core expects C-contiguous arrays"))
+    slice.map_err(|_| not_contiguous())
 }
 
 fn contiguous_mut<T>(slice: Result<&mut [T], numpy::AsSliceError>) -> PyResult<&mut [T]> {
-    slice.map_err(|_| PyValueError::new_err("dynquant._core expects C-contiguous arrays"))
+    slice.map_err(|_| not_contiguous())
 }
 
 fn scale_mode(percentile: Option<f32>) -> DynamicScaleMode {
@@ -145,6 +164,54 @@ fn format_of(code: u8) -> PyResult<DynQuantFormat> {
     }
 }
 
+/// A new uninitialised C-contiguous array of `shape`, or `MemoryError` when
+/// it cannot be allocated (rust-numpy's `PyArray::new` panics instead).
+fn alloc_array<'py, T: numpy::Element>(
+    py: Python<'py>,
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let bytes = shape
+        .iter()
+        .try_fold(core::mem::size_of::<T>(), |acc, &d| acc.checked_mul(d))
+        .filter(|&b| b <= isize::MAX as usize)
+        .filter(|_| shape.iter().all(|&d| d <= isize::MAX as usize));
+    let Some(bytes) = bytes else {
+        let bytes = usize::MAX;
+        return Err(to_py_err(py, DynQuantError::AllocationFailed { bytes }));
+    };
+    // Each dim fits npy_intp (isize), checked above (a zero dim makes the
+    // product fit whatever the others are).
+    let dims: Vec<npy_intp> = shape.iter().map(|&d| d as npy_intp).collect();
+    // SAFETY: the same call as rust-numpy's `PyArray::new` (a NumPy C-API
+    // function taking a new reference to the dtype, `dims.len()` dims read
+    // from a live Vec, no strides or data: NumPy allocates). It returns a new
+    // reference, or NULL with a Python error set, which is turned into a
+    // PyErr here instead of a panic.
+    let ptr = unsafe {
+        PY_ARRAY_API.PyArray_NewFromDescr(
+            py,
+            get_type_object(py, NpyTypes::PyArray_Type),
+            T::get_dtype(py).into_dtype_ptr(),
+            dims.len() as c_int,
+            dims.as_ptr() as *mut npy_intp,
+            core::ptr::null_mut(),
+            core::ptr::null_mut(),
+            0,
+            core::ptr::null_mut(),
+        )
+    };
+    // SAFETY: `ptr` is a new (owned) reference or NULL with an error set.
+    let array = unsafe { Bound::from_owned_ptr_or_err(py, ptr) }.map_err(|e| {
+        if e.is_instance_of::<PyMemoryError>(py) {
+            to_py_err(py, DynQuantError::AllocationFailed { bytes })
+        } else {
+            e
+        }
+    })?;
+    // SAFETY: an ndarray of T's dtype with `shape.len()` dims, as requested.
+    Ok(unsafe { array.cast_into_unchecked() })
+}
+
 /// A fresh array of `shape`, filled by `fill` (without the GIL when `work`,
 /// in elements touched, is large).
 fn new_array<'py, T: numpy::Element + Send, R: Send>(
@@ -153,10 +220,12 @@ fn new_array<'py, T: numpy::Element + Send, R: Send>(
     work: usize,
     fill: impl FnOnce(&mut [T]) -> Result<R, DynQuantError> + Send,
 ) -> PyResult<(Bound<'py, PyArrayDyn<T>>, R)> {
-    // SAFETY: the array is new and uninitialised; `fill` writes every element
-    // (each kernel fills its whole output) before Python can see it, and no
-    // other reference to it exists meanwhile.
-    let array = unsafe { PyArrayDyn::<T>::new(py, IxDyn(shape), false) };
+    let array = alloc_array::<T>(py, shape)?;
+    // SAFETY: the array is new, so no other reference to its data exists
+    // (Python cannot see it until this function returns). Its elements are
+    // uninitialised: `fill` must write every one before reading it, which
+    // each kernel does (it is an output they only store to; on error the
+    // array is dropped unseen). i8/u8/f32 have no invalid bit patterns.
     let out = contiguous_mut(unsafe { array.as_slice_mut() })?;
     let extra = detached_if(py, work, || fill(out))?;
     Ok((array, extra))
@@ -168,7 +237,8 @@ fn noop() {}
 #[pyfunction]
 fn kernel_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let info = PyDict::new(py);
-    info.set_item("isa", simd::active().name())?;
+    let isa = simd::try_active().map_err(|e| to_py_err(py, e))?;
+    info.set_item("isa", isa.name())?;
     info.set_item("threads", parallel::num_threads())?;
     let supported: Vec<&str> = simd::supported().iter().map(|i| i.name()).collect();
     info.set_item("supported", PyList::new(py, supported)?)?;
@@ -235,7 +305,9 @@ fn quantize_per_row<'py>(
     let mode = scale_mode(percentile)
         .validate()
         .map_err(|e| to_py_err(py, e))?;
-    let mut scales = vec![0f32; rows];
+    // A zero-size input has no scales, however many rows it has (and
+    // `rows` alone must not size an allocation: `(2**40, 0)` is a valid array).
+    let mut scales = vec![0f32; if x.is_empty() { 0 } else { rows }];
     let (q, ()) = new_array(py, &[rows, cols], x.len(), |out| {
         quantize::quantize_per_row_into(x, cols, mode, nan_policy(reference), out, &mut scales)
     })?;
@@ -282,7 +354,7 @@ fn smooth_factors<'py>(
     weights: PyReadonlyArray2<'py, f32>,
     alpha: f32,
     epsilon: f32,
-) -> PyResult<Bound<'py, PyArray1<f32>>> {
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let in_features = activations.shape()[1];
     if weights.shape()[1] != in_features {
         return Err(to_py_err(
@@ -298,17 +370,20 @@ fn smooth_factors<'py>(
     let (tokens, out_features) = (activations.shape()[0], weights.shape()[0]);
     let a = contiguous(activations.as_slice())?;
     let w = contiguous(weights.as_slice())?;
-    let factors = detached(py, || {
-        Ok(smooth::compute_smooth_factors(
+    // Allocated first, so that an `in_features` no data backs (`(0, 2**40)`
+    // arrays) is a MemoryError, not an abort in the Rust allocator.
+    let (factors, ()) = new_array(py, &[in_features], a.len() + w.len(), |out| {
+        out.copy_from_slice(&smooth::compute_smooth_factors(
             a,
             w,
             in_features,
             tokens,
             out_features,
             &config,
-        ))
+        ));
+        Ok(())
     })?;
-    Ok(factors.into_pyarray(py))
+    Ok(factors)
 }
 
 fn rows_of(ndim: usize, shape: &[usize]) -> usize {

@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use crate::error::{checked_size, try_vec};
 use crate::parallel;
 use crate::scale::{first_non_finite, try_compute_scale, DynamicScaleMode, NanPolicy};
 use crate::simd;
@@ -125,7 +126,7 @@ fn per_tensor(
     policy: NanPolicy,
     format: DynQuantFormat,
 ) -> Result<DynQuantTensor, DynQuantError> {
-    let mut q = vec![0i8; data.len()];
+    let mut q = try_vec(data.len(), 0i8)?;
     let scale = quantize_per_tensor_into(data, clip, mode, policy, &mut q)?;
     Ok(DynQuantTensor {
         data: q,
@@ -203,7 +204,8 @@ pub fn try_dynamic_quantize_int4(
 /// to get an error instead).
 ///
 /// # Panics
-/// With `Percentile` and a NaN in `data`, as the reference does.
+/// With `Percentile` and a NaN in `data`, as the reference does; when a short
+/// `data` claims more `rows * cols` values than can be allocated.
 pub fn dynamic_quantize_int8_per_row(
     data: &[f32],
     rows: usize,
@@ -225,9 +227,17 @@ pub fn dynamic_quantize_int8_per_row(
         return try_per_row(&data[..total], rows, cols, mode, NanPolicy::Reference)
             .unwrap_or_else(|e| panic!("dynamic_quantize_int8_per_row: {e}"));
     }
-    // Short input: the reference's row loop, padded rows and all.
-    let mut q = Vec::with_capacity(total);
-    let mut scales = Vec::with_capacity(rows);
+    // Short input: the reference's row loop, padded rows and all. Its result
+    // holds `rows * cols` values, however short `data` is: refuse (panic, as
+    // the reference would fail) rather than abort when that cannot exist.
+    let mut q = Vec::new();
+    let mut scales = Vec::new();
+    if total == usize::MAX
+        || q.try_reserve_exact(total).is_err()
+        || scales.try_reserve_exact(rows).is_err()
+    {
+        panic!("dynamic_quantize_int8_per_row: {rows} x {cols} values cannot be allocated");
+    }
     for r in 0..rows {
         let start = r * cols;
         if start >= data.len() {
@@ -258,12 +268,18 @@ fn try_per_row(
     mode: DynamicScaleMode,
     policy: NanPolicy,
 ) -> Result<DynQuantTensor, DynQuantError> {
-    let mut q = vec![0i8; data.len()];
-    let mut scales = vec![0.0f32; rows];
-    quantize_per_row_into(data, cols, mode, policy, &mut q, &mut scales)?;
-    if q.is_empty() {
-        scales.clear();
+    // Shape checked before allocating: `rows` sizes the scales, and a
+    // zero-size input needs none (however many rows it claims).
+    let total = checked_size(rows, cols, "elements")?;
+    if data.len() != total {
+        return Err(DynQuantError::ShapeMismatch {
+            expected: total,
+            actual: data.len(),
+        });
     }
+    let mut q = try_vec(total, 0i8)?;
+    let mut scales = vec![0.0f32; if total == 0 { 0 } else { rows }];
+    quantize_per_row_into(data, cols, mode, policy, &mut q, &mut scales)?;
     Ok(DynQuantTensor {
         data: q,
         scales,

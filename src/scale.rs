@@ -125,17 +125,85 @@ pub fn percentile_of_abs(data: &[f32], p: f32) -> f32 {
 
 /// The k-th smallest |x| (0-based) by radix selection on the bit patterns,
 /// which order like the values for non-negative floats: a histogram of the
-/// top 12 bits finds the bucket, then only that bucket's values are sorted
-/// out. Two passes over the data, O(n), no full sort.
+/// top 11 bits finds the bucket, then only that bucket's values are sorted
+/// out (or, for a huge bucket, the next 10 bits are histogrammed). Two to
+/// four passes over the data, O(n), no full sort, bounded extra memory.
 pub fn kth_smallest_abs(data: &[f32], k: usize) -> f32 {
     kth_smallest_abs_in(&[data], k)
+}
+
+/// Most values the selection copies out of a bucket; a bigger bucket (many
+/// equal or close values) is narrowed by further histogram passes instead,
+/// so the extra memory stays bounded whatever the data.
+const MAX_MEMBERS: usize = 1 << 22;
+
+/// Histogram of bits `shift..shift + width` of the |x| bit patterns whose
+/// bits above `shift + width` (at most 31) equal `prefix`. Counts are
+/// `usize`: one bucket may hold more than 2^32 values.
+fn abs_bits_histogram(parts: &[&[f32]], shift: u32, width: u32, prefix: u32) -> Vec<usize> {
+    let buckets = 1usize << width;
+    let add = |mut a: Vec<usize>, b: Vec<usize>| {
+        for (x, y) in a.iter_mut().zip(&b) {
+            *x += y;
+        }
+        a
+    };
+    parts
+        .iter()
+        .map(|part| {
+            parallel::map_reduce(
+                part,
+                parallel::GRAIN,
+                vec![0usize; buckets],
+                |chunk| histogram_of(chunk, shift, width, prefix),
+                add,
+            )
+        })
+        .fold(vec![0usize; buckets], add)
+}
+
+/// One chunk of [`abs_bits_histogram`], in four interleaved u32
+/// sub-histograms so that runs of equal buckets do not serialise on one
+/// counter; blocks of at most 2^32 values keep each sub-count below 2^31.
+fn histogram_of(chunk: &[f32], shift: u32, width: u32, prefix: u32) -> Vec<usize> {
+    let buckets = 1usize << width;
+    let mask = buckets - 1;
+    // The first pass (no prefix yet) needs no filter; loop unswitching
+    // keeps the test out of its loop.
+    let filter = shift + width < 31;
+    let mut total = vec![0usize; buckets];
+    for block in chunk.chunks((u32::MAX as usize).saturating_add(1)) {
+        // Values outside the prefix count in a spare slot past the buckets.
+        let slot = |v: &f32| {
+            let b = v.to_bits() & 0x7fff_ffff;
+            if !filter || b >> (shift + width) == prefix {
+                (b >> shift) as usize & mask
+            } else {
+                buckets
+            }
+        };
+        let mut h4 = vec![0u32; 4 * (buckets + 1)];
+        let stride = buckets + 1;
+        let mut quads = block.chunks_exact(4);
+        for q in &mut quads {
+            h4[slot(&q[0])] += 1;
+            h4[stride + slot(&q[1])] += 1;
+            h4[2 * stride + slot(&q[2])] += 1;
+            h4[3 * stride + slot(&q[3])] += 1;
+        }
+        for v in quads.remainder() {
+            h4[slot(v)] += 1;
+        }
+        for (i, t) in total.iter_mut().enumerate() {
+            *t += (0..4).map(|j| h4[j * stride + i] as usize).sum::<usize>();
+        }
+    }
+    total
 }
 
 /// [`kth_smallest_abs`] over the concatenation of `parts`, without
 /// concatenating them. `parts` must hold no NaN.
 pub fn kth_smallest_abs_in(parts: &[&[f32]], k: usize) -> f32 {
-    const SHIFT: u32 = 20;
-    const BUCKETS: usize = (0x7fff_ffff >> SHIFT) + 1;
     let n: usize = parts.iter().map(|p| p.len()).sum();
     assert!(k < n, "kth_smallest_abs: k {k} of {n}");
     let abs_bits = |v: &f32| v.to_bits() & 0x7fff_ffff;
@@ -143,72 +211,44 @@ pub fn kth_smallest_abs_in(parts: &[&[f32]], k: usize) -> f32 {
         let mut bits: Vec<u32> = parts.iter().flat_map(|p| p.iter().map(abs_bits)).collect();
         return f32::from_bits(*bits.select_nth_unstable(k).1);
     }
-    let add = |mut a: Vec<u32>, b: Vec<u32>| {
-        for (x, y) in a.iter_mut().zip(&b) {
-            *x += y;
+    // The 31 magnitude bits in passes of 11, 10 and 10: `prefix` holds the
+    // `known` top bits of the answer, `k` its rank among the values sharing them.
+    let (mut prefix, mut known, mut k) = (0u32, 0u32, k);
+    for width in [11, 10, 10] {
+        let shift = 31 - known - width;
+        let histogram = abs_bits_histogram(parts, shift, width, prefix);
+        let mut below = 0usize;
+        let (mut bucket, mut count) = (0u32, 0usize);
+        for (b, &c) in histogram.iter().enumerate() {
+            if below + c > k {
+                (bucket, count) = (b as u32, c);
+                break;
+            }
+            below += c;
         }
-        a
-    };
-    let histogram = parts
-        .iter()
-        .map(|part| {
-            parallel::map_reduce(
-                part,
-                parallel::GRAIN,
-                vec![0u32; BUCKETS],
-                histogram_of,
-                add,
-            )
-        })
-        .fold(vec![0u32; BUCKETS], add);
-    let mut below = 0usize;
-    let mut bucket = 0u32;
-    for (b, &count) in histogram.iter().enumerate() {
-        if below + count as usize > k {
-            bucket = b as u32;
-            break;
+        (prefix, known, k) = ((prefix << width) | bucket, known + width, k - below);
+        if known < 31 && count <= MAX_MEMBERS {
+            let shift = 31 - known;
+            let gather = |chunk: &[f32]| -> Vec<u32> {
+                chunk
+                    .iter()
+                    .map(abs_bits)
+                    .filter(|b| b >> shift == prefix)
+                    .collect()
+            };
+            let concat = |mut a: Vec<u32>, mut b: Vec<u32>| {
+                a.append(&mut b);
+                a
+            };
+            let mut members: Vec<u32> = parts
+                .iter()
+                .map(|part| parallel::map_reduce(part, parallel::GRAIN, Vec::new(), gather, concat))
+                .fold(Vec::new(), concat);
+            return f32::from_bits(*members.select_nth_unstable(k).1);
         }
-        below += count as usize;
     }
-    let gather = |chunk: &[f32]| -> Vec<u32> {
-        chunk
-            .iter()
-            .map(abs_bits)
-            .filter(|b| b >> SHIFT == bucket)
-            .collect()
-    };
-    let concat = |mut a: Vec<u32>, mut b: Vec<u32>| {
-        a.append(&mut b);
-        a
-    };
-    let mut members: Vec<u32> = parts
-        .iter()
-        .map(|part| parallel::map_reduce(part, parallel::GRAIN, Vec::new(), gather, concat))
-        .fold(Vec::new(), concat);
-    f32::from_bits(*members.select_nth_unstable(k - below).1)
-}
-
-/// Bucket counts of the top bits of |x|, in four interleaved sub-histograms
-/// so that runs of equal buckets do not serialise on one counter.
-fn histogram_of(chunk: &[f32]) -> Vec<u32> {
-    const SHIFT: u32 = 20;
-    const BUCKETS: usize = (0x7fff_ffff >> SHIFT) + 1;
-    let mut h = vec![0u32; 4 * BUCKETS];
-    let bucket = |v: &f32| ((v.to_bits() & 0x7fff_ffff) >> SHIFT) as usize;
-    let mut quads = chunk.chunks_exact(4);
-    for q in &mut quads {
-        h[bucket(&q[0])] += 1;
-        h[BUCKETS + bucket(&q[1])] += 1;
-        h[2 * BUCKETS + bucket(&q[2])] += 1;
-        h[3 * BUCKETS + bucket(&q[3])] += 1;
-    }
-    for v in quads.remainder() {
-        h[bucket(v)] += 1;
-    }
-    let (a, rest) = h.split_at(BUCKETS);
-    let (b, rest) = rest.split_at(BUCKETS);
-    let (c, d) = rest.split_at(BUCKETS);
-    (0..BUCKETS).map(|i| a[i] + b[i] + c[i] + d[i]).collect()
+    // All 31 bits found: every value left has exactly these bits.
+    f32::from_bits(prefix)
 }
 
 #[cfg(test)]
@@ -246,6 +286,30 @@ mod tests {
         let sorted = sorted_abs(&data);
         for k in [0, 1, 500, 50_000, 99_000, 100_002] {
             assert_eq!(kth_smallest_abs(&data, k).to_bits(), sorted[k].to_bits());
+        }
+    }
+
+    #[test]
+    fn radix_select_narrows_huge_buckets() {
+        // Over MAX_MEMBERS values in one top-11-bit bucket ([1, 1.125)): the
+        // second pass narrows them; values sharing 21 bits need the third.
+        let n = MAX_MEMBERS + 12_345;
+        let one = 1.0f32.to_bits();
+        for spread in [1u32 << 20, 1 << 10] {
+            let data: Vec<f32> = (0..n as u32)
+                .map(|i| {
+                    let v = f32::from_bits(one + i.wrapping_mul(2_654_435_761) % spread);
+                    if i % 3 == 0 {
+                        -v
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let sorted = sorted_abs(&data);
+            for k in [0, 1, n / 3, n / 2, n - 2, n - 1] {
+                assert_eq!(kth_smallest_abs(&data, k).to_bits(), sorted[k].to_bits());
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 
 use core::ops::Range;
 
+use crate::error::{checked_size, try_vec};
 use crate::matmul::ActQuant;
 use crate::parallel::{self, DisjointOut};
 use crate::simd;
@@ -118,11 +119,14 @@ pub fn w4a8_matmul_into(
         )));
     }
     for (expected, actual) in [
-        (m * k, x.len()),
-        (n * layout.row_bytes(), packed.len()),
-        (n * layout.groups(), scales.len()),
+        (checked_size(m, k, "activations")?, x.len()),
+        (
+            checked_size(n, layout.row_bytes(), "packed bytes")?,
+            packed.len(),
+        ),
+        (checked_size(n, layout.groups(), "scales")?, scales.len()),
         (n, bias.map_or(n, <[f32]>::len)),
-        (m * n, out.len()),
+        (checked_size(m, n, "outputs")?, out.len()),
     ] {
         if expected != actual {
             return Err(DynQuantError::ShapeMismatch { expected, actual });
@@ -131,7 +135,7 @@ pub fn w4a8_matmul_into(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let mut q = vec![0i8; m * k];
+    let mut q = try_vec(m * k, 0i8)?;
     let token_scales = act.quantize(x, k, &mut q)?;
     // Per token, the offset corrections of the int4 kernels (weights are
     // stored offset by 8).

@@ -12,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use crate::error::{checked_size, try_vec};
 use crate::parallel;
 use crate::quantize::quantize_per_row_into;
 use crate::scale::{DynamicScaleMode, NanPolicy};
@@ -26,14 +27,16 @@ pub fn quantize_weights_int8(
     out_features: usize,
     in_features: usize,
 ) -> Result<(Vec<i8>, Vec<f32>), DynQuantError> {
-    let mut q = vec![0i8; weights.len()];
-    let mut scales = vec![0.0f32; out_features];
-    if weights.len() != out_features.saturating_mul(in_features) {
+    // Checked before allocating: `out_features` sizes the scales.
+    let expected = checked_size(out_features, in_features, "weights")?;
+    if weights.len() != expected {
         return Err(DynQuantError::ShapeMismatch {
-            expected: out_features.saturating_mul(in_features),
+            expected,
             actual: weights.len(),
         });
     }
+    let mut q = try_vec(weights.len(), 0i8)?;
+    let mut scales = try_vec(out_features, 0.0f32)?;
     quantize_per_row_into(
         weights,
         in_features,
@@ -161,7 +164,7 @@ pub fn quantize_weights_int4(
     in_features: usize,
     group_size: Option<usize>,
 ) -> Result<(Vec<u8>, Vec<f32>), DynQuantError> {
-    let expected = out_features.saturating_mul(in_features);
+    let expected = checked_size(out_features, in_features, "weights")?;
     if weights.len() != expected {
         return Err(DynQuantError::ShapeMismatch {
             expected,
@@ -189,8 +192,8 @@ pub fn quantize_weights_int4(
         None => in_features.max(1),
     };
     let groups = in_features.div_ceil(group);
-    let mut values = vec![0i8; weights.len()];
-    let mut scales = vec![0.0f32; out_features * groups];
+    let mut values = try_vec(weights.len(), 0i8)?;
+    let mut scales = try_vec(out_features * groups, 0.0f32)?;
     if in_features > 0 {
         let rows = |w: &[f32], q: &mut [i8], s: &mut [f32]| {
             for ((w, q), s) in w.chunks(group).zip(q.chunks_mut(group)).zip(s) {

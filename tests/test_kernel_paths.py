@@ -253,13 +253,6 @@ def test_kernel_env_var_selects_the_path(path: str) -> None:
     assert r.stdout.split()[0] == path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DYNQUANT_KERNEL=<unknown or unsupported> panics in simd::active(): "
-    "kernel_info() raises pyo3_runtime.PanicException (a BaseException outside the "
-    "dq.DynQuantError hierarchy) and every kernel raises dq.InternalError 'please report', "
-    "instead of a dq.InvalidArgumentError naming the variable",
-)
 @pytest.mark.parametrize("value", ["bogus", "neon" if "avx2" in PATHS else "avx2"])
 def test_bad_kernel_env_var_is_a_clear_error(value: str) -> None:
     code = (

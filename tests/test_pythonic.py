@@ -187,12 +187,6 @@ def test_output_keeps_input_shape(rng: np.random.Generator) -> None:
     assert_same_i8(t.data, ref.quantize_int8(np.ascontiguousarray(x.T))[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="0-d input: a 0-d float32 ndarray keeps shape (), but a Python float, a NumPy "
-    "scalar or a 0-d float64 array comes back with shape (1,) (np.ascontiguousarray "
-    "returns ndim >= 1), so 'keeps the caller's shape' depends on the input's dtype",
-)
 @pytest.mark.parametrize("x", [3.0, np.float32(3.0), np.array(3.0), np.array(3, np.int32)])
 def test_zero_d_input_keeps_its_shape(x: Any) -> None:
     assert np.array(3.0, F32).shape == ()

@@ -354,22 +354,11 @@ def test_feature_dim_checked_before_shape() -> None:
         dq.smooth_activations(np.ones((2, 3), F32), np.ones(4, F32), out=np.empty((9, 9), F32))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SPEC §1: dynquant's default is to raise on any NaN/Inf in activations; "
-    "smooth_activations has no nan_policy and passes NaN/Inf through silently",
-)
 def test_smooth_activations_rejects_non_finite_by_default() -> None:
     with pytest.raises(dq.NonFiniteError):
         dq.smooth_activations(np.array([[1.0, np.nan]], F32), np.ones(2, F32))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="out= aliasing the input through another view object (out=a[:]) raises a "
-    "bare TypeError 'The given array is already borrowed' from rust-numpy, not a "
-    "dq.DynQuantError (SPEC §2: one exception hierarchy) and not an in-place result",
-)
 @pytest.mark.parametrize("fn", [dq.smooth_activations, dq.smooth_weights])
 def test_out_aliasing_the_input_through_another_view(fn: object) -> None:
     f = np.array([2.0, 4.0, 0.5], F32)

@@ -32,33 +32,43 @@ def _describe(x: Any) -> str:
     return f"dtype {dtype}" if dtype is not None else f"{type(x).__name__}"
 
 
+def as_array(x: Any, name: str) -> npt.NDArray[Any]:
+    """``np.asarray(x)``, with ragged nested sequences as a ``ShapeMismatchError``."""
+    try:
+        return np.asarray(x)
+    except ValueError as e:  # ragged nested lists
+        raise ShapeMismatchError(
+            f"{name} must be a rectangular array of numbers: {e}",
+            expected="rectangular array",
+            actual=type(x).__name__,
+        ) from None
+
+
 def as_float32(x: Any, name: str, ndim: int | None = None) -> npt.NDArray[np.float32]:
-    """A C-contiguous, aligned float32 view or copy of ``x``.
+    """A C-contiguous, aligned float32 view or copy of ``x`` (same shape, 0-d
+    included).
 
     Floating and integer input is converted (as NumPy's ``astype`` would);
     bool, complex, object, string and datetime input is a ``DTypeError``.
     Unaligned buffers (as Dask's and pickle-5's deserialised frames can be)
-    are copied: the Rust core reads aligned slices only.
+    are copied: the Rust core reads aligned slices only. An input too big to
+    copy raises NumPy's ``MemoryError``.
     """
     if type(x) is np.ndarray and x.dtype == F32 and x.flags.c_contiguous and x.flags.aligned:
         a = x
     else:
-        try:
-            a = np.asarray(x)
-        except ValueError as e:  # ragged nested lists
-            raise ShapeMismatchError(
-                f"{name} must be a rectangular array of numbers: {e}",
-                expected="rectangular array",
-                actual=type(x).__name__,
-            ) from None
+        a = as_array(x, name)
         if a.dtype.kind not in "fiu":
             raise DTypeError(
                 f"{name} must be a real floating or integer array, got {_describe(a)}",
                 expected="float32 (or another real numeric dtype)",
                 actual=str(a.dtype),
             )
-        a = np.ascontiguousarray(a, dtype=F32)
-        if not a.flags.aligned:
+        # Not np.ascontiguousarray: it turns 0-d into 1-d. Values beyond
+        # float32 become ±inf (then non-finite input), without a warning.
+        with np.errstate(over="ignore", invalid="ignore"):
+            a = np.asarray(a, dtype=F32, order="C")
+        if not a.flags.aligned:  # e.g. np.frombuffer at an odd offset
             a = a.copy()
     if ndim is not None and a.ndim != ndim:
         raise ShapeMismatchError(
@@ -72,7 +82,7 @@ def as_float32(x: Any, name: str, ndim: int | None = None) -> npt.NDArray[np.flo
 def as_int8(x: Any, name: str, ndim: int) -> npt.NDArray[np.int8]:
     """A C-contiguous int8 array; any other dtype is a ``DTypeError`` (int8
     weights are never produced by silent casting)."""
-    a = np.asarray(x)
+    a = as_array(x, name)
     if a.dtype != I8:
         raise DTypeError(
             f"{name} must be int8 (quantized weights), got {_describe(a)}; "

@@ -8,6 +8,7 @@ from typing import Any
 
 from . import _core
 from ._arrays import as_float32, check_nan_policy
+from .errors import ArgumentTypeError
 
 __all__ = ["CalibStats"]
 
@@ -37,5 +38,11 @@ class CalibStats:
         infinities are accepted as the reference does; a NaN is always an
         error (the reference's sort has no result for it).
         """
-        arrays = [as_float32(b, f"batches[{i}]").reshape(-1) for i, b in enumerate(batches)]
+        try:
+            items = iter(batches)
+        except TypeError:
+            raise ArgumentTypeError(
+                f"batches must be an iterable of arrays, got {type(batches).__name__}"
+            ) from None
+        arrays = [as_float32(b, f"batches[{i}]").reshape(-1) for i, b in enumerate(items)]
         return cls(*_core.calib_collect(arrays, check_nan_policy(nan_policy)))

@@ -31,14 +31,18 @@ def set_kernel(name: str) -> None:
     The same as setting ``DYNQUANT_KERNEL`` before import; every path gives
     the same bits, only the speed differs.
     """
+    if not isinstance(name, str):
+        from .errors import ArgumentTypeError
+
+        raise ArgumentTypeError(f"set_kernel needs a str, got {type(name).__name__} {name!r}")
     _core.set_kernel(name)
 
 
 def set_num_threads(n: int) -> None:
     """Threads for the kernels; 0 restores the default (``RAYON_NUM_THREADS``
     or the CPU count). Safe while other threads run kernels."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 4096:
         from .errors import InvalidArgumentError
 
-        raise InvalidArgumentError(f"set_num_threads needs an int >= 0, got {n!r}")
+        raise InvalidArgumentError(f"set_num_threads needs an int in [0, 4096], got {n!r}")
     _core.set_num_threads(n)

@@ -3,6 +3,7 @@ dynamically quantized activations."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -145,9 +146,8 @@ class QuantizedLinear:
                 sf_len=a.shape[-1] if a.ndim else 0,
             )
         if self.smooth_factors is not None:
-            a = smooth_activations(a.reshape(-1, self.in_features), self.smooth_factors).reshape(
-                a.shape
-            )
+            a2 = a.reshape(math.prod(a.shape[:-1]), self.in_features)
+            a = smooth_activations(a2, self.smooth_factors, nan_policy=nan_policy).reshape(a.shape)
         if self.bits == 8:
             return w8a8_matmul(
                 a,

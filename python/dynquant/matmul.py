@@ -3,6 +3,7 @@ activations."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,8 @@ def _tokens(x: Any) -> tuple[npt.NDArray[np.float32], tuple[int, ...]]:
         raise ShapeMismatchError(
             "x must have at least one axis [..., in]", expected="[..., in]", actual=a.shape
         )
-    return a.reshape(-1, a.shape[-1]), a.shape[:-1]
+    # Not reshape(-1, k): -1 is ambiguous when k == 0.
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1]), a.shape[:-1]
 
 
 def _bias(bias: Any, out_features: int) -> npt.NDArray[np.float32] | None:
@@ -124,7 +126,7 @@ def w4a8_matmul(
             expected=(k + 1) // 2,
             actual=p.shape[1],
         )
-    group = k if group_size is None else group_size
+    group = max(k, 1) if group_size is None else group_size
     if isinstance(group, bool) or not isinstance(group, int) or group <= 0:
         raise InvalidArgumentError(f"group_size must be None or a positive int, got {group_size!r}")
     s = as_float32(scales, "scales", ndim=2)
@@ -141,7 +143,7 @@ def w4a8_matmul(
         np.ascontiguousarray(p),
         s,
         k,
-        max(group, 1),
+        min(group, 2**62),  # any group >= in is one group; fits usize
         _bias(bias, p.shape[0]),
         bool(per_token),
         percentile_arg(act_mode),

@@ -72,5 +72,8 @@ def percentile_arg(mode: ScaleMode) -> float | None:
     if type(mode) is MaxAbs:
         return None
     if type(mode) is Percentile:
+        p = getattr(mode, "p", None)  # None when built without __init__
+        if not isinstance(p, float):
+            raise InvalidPercentileError(f"Percentile without a valid p: {p!r}", p=p)
         return mode.p_f32
     raise ArgumentTypeError(f"mode must be dq.MaxAbs() or dq.Percentile(p), got {mode!r}")

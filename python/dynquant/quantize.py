@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -27,12 +28,16 @@ def compute_scale(
 ) -> float:
     """``amax / clip_val`` (float32), where ``amax`` is ``max|x|`` or a
     percentile of ``|x|``; 0.0 for empty input or ``amax == 0``."""
-    if isinstance(clip_val, bool) or not isinstance(clip_val, (int, float, np.number)):
+    if isinstance(clip_val, bool) or not isinstance(
+        clip_val, (int, float, np.integer, np.floating)
+    ):
         raise ArgumentTypeError(f"clip_val must be a number, got {type(clip_val).__name__}")
+    try:
+        clip = float(clip_val)
+    except OverflowError:  # an int beyond float range rounds to inf, as a float would
+        clip = math.inf if clip_val > 0 else -math.inf
     a = as_float32(x, "x")
-    return float(
-        _core.compute_scale(a, float(clip_val), percentile_arg(mode), check_nan_policy(nan_policy))
-    )
+    return float(_core.compute_scale(a, clip, percentile_arg(mode), check_nan_policy(nan_policy)))
 
 
 def _per_tensor(

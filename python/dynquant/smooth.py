@@ -16,6 +16,7 @@ from .errors import (
     DTypeError,
     FeatureDimMismatchError,
     InvalidAlphaError,
+    InvalidArgumentError,
     InvalidEpsilonError,
     ShapeMismatchError,
 )
@@ -29,9 +30,12 @@ __all__ = [
 
 
 def _real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ArgumentTypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range: as big as the float inf
+        return math.inf if value > 0 else -math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +54,9 @@ class SmoothQuantConfig:
         if not 0.0 <= alpha <= 1.0 or not 0.0 <= float(np.float32(alpha)) <= 1.0:
             raise InvalidAlphaError(f"invalid alpha {alpha}: must be in [0, 1]", alpha=alpha)
         epsilon = _real(self.epsilon, "epsilon")
-        if not (math.isfinite(epsilon) and epsilon >= 0.0):
+        with np.errstate(over="ignore"):
+            epsilon32 = float(np.float32(epsilon))  # what the kernels get
+        if not (math.isfinite(epsilon32) and epsilon >= 0.0):
             raise InvalidEpsilonError(
                 f"invalid epsilon {epsilon}: must be finite and >= 0", epsilon=epsilon
             )
@@ -90,23 +96,54 @@ def compute_smooth_factors(
     return factors
 
 
+def _usable_out(out: Any) -> bool:
+    return (
+        isinstance(out, np.ndarray)
+        and out.dtype == F32
+        and out.flags.c_contiguous
+        and out.flags.aligned
+    )
+
+
+def _same_view(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
+    """Whether two arrays are the same elements in the same layout."""
+    return (
+        a.shape == b.shape
+        and a.strides == b.strides
+        and a.dtype == b.dtype
+        and a.ctypes.data == b.ctypes.data
+    )
+
+
 def _apply(
-    x: Any, factors: Any, out: npt.NDArray[np.float32] | None, multiply: bool, name: str
+    x: Any,
+    factors: Any,
+    out: npt.NDArray[np.float32] | None,
+    multiply: bool,
+    name: str,
+    nan_policy: str = "reference",
 ) -> npt.NDArray[np.float32]:
     f = as_float32(factors, "factors", ndim=1)
-    if out is not None and out is x:
-        if not (isinstance(out, np.ndarray) and out.dtype == F32 and out.flags.c_contiguous):
+    reference = check_nan_policy(nan_policy)
+    if out is not None and (
+        out is x
+        or (isinstance(x, np.ndarray) and isinstance(out, np.ndarray) and _same_view(out, x))
+    ):
+        if not _usable_out(out):
             raise DTypeError(
-                f"in-place smoothing needs a C-contiguous float32 {name}, got "
+                f"in-place smoothing needs a C-contiguous, aligned float32 {name}, got "
                 f"{getattr(out, 'dtype', type(out).__name__)}",
                 expected="C-contiguous float32",
                 actual=str(getattr(out, "dtype", type(out).__name__)),
             )
         if not out.flags.writeable:
-            raise ShapeMismatchError(f"{name} is read-only; it cannot be smoothed in place")
-        src = out
+            raise InvalidArgumentError(f"{name} is read-only; it cannot be smoothed in place")
+        src, in_place = out, True
     else:
+        in_place = False
         src = as_float32(x, name)
+        if isinstance(out, np.ndarray) and np.may_share_memory(out, src):
+            src = src.copy()  # out overlaps the input in another layout
     if src.ndim not in (1, 2):
         raise ShapeMismatchError(
             f"{name} must be 1-D or 2-D, got shape {src.shape}",
@@ -120,14 +157,17 @@ def _apply(
             in_features=in_features,
             sf_len=f.shape[0],
         )
-    if out is src:
+    if not reference:
+        check_finite(src, name)
+    if in_place:
         _core.smooth_apply_inplace(src, f, multiply)
         return src
     if out is None:
         out = np.empty_like(src)
-    elif not (isinstance(out, np.ndarray) and out.dtype == F32 and out.flags.c_contiguous):
+    elif not _usable_out(out):
         raise DTypeError(
-            f"out must be a C-contiguous float32 array, got {getattr(out, 'dtype', type(out))}",
+            f"out must be a C-contiguous, aligned float32 array, got "
+            f"{getattr(out, 'dtype', type(out))}",
             expected="C-contiguous float32",
             actual=str(getattr(out, "dtype", type(out).__name__)),
         )
@@ -138,20 +178,26 @@ def _apply(
             actual=out.shape,
         )
     elif not out.flags.writeable:
-        raise ShapeMismatchError("out is read-only")
+        raise InvalidArgumentError("out is read-only")
     _core.smooth_apply(src, f, multiply, out)
     return out
 
 
 def smooth_activations(
-    activations: Any, factors: Any, *, out: npt.NDArray[np.float32] | None = None
+    activations: Any,
+    factors: Any,
+    *,
+    out: npt.NDArray[np.float32] | None = None,
+    nan_policy: str = "raise",
 ) -> npt.NDArray[np.float32]:
     """``activations / factors`` per input channel (the last axis).
 
     Returns a new array, or writes into ``out`` (pass the activations
-    themselves as ``out`` to smooth in place).
+    themselves as ``out`` to smooth in place). ``nan_policy="raise"`` (the
+    default) rejects NaN/Inf activations with ``NonFiniteError`` before
+    anything is written; ``"reference"`` divides them as IEEE does.
     """
-    return _apply(activations, factors, out, False, "activations")
+    return _apply(activations, factors, out, False, "activations", nan_policy)
 
 
 def smooth_weights(

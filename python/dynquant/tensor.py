@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._arrays import F32, I8, as_float32
+from ._arrays import F32, I8, as_array, as_float32
 from .errors import ArgumentTypeError, DTypeError, InvalidArgumentError, ShapeMismatchError
 from .modes import DynQuantFormat
 
@@ -35,23 +36,40 @@ class DynQuantTensor:
     format: DynQuantFormat
 
     def __post_init__(self) -> None:
+        data, scales, shape = self._checked()
+        limit = 7 if self.format is DynQuantFormat.Int4PerTensor else 127
+        if data.size and int(np.abs(data.astype(np.int16)).max()) > limit:
+            raise InvalidArgumentError(f"{self.format.name} values must lie in [-{limit}, {limit}]")
+        self.data, self.scales, self.shape = data, scales, shape
+
+    def _checked(
+        self,
+    ) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32], tuple[int, ...]]:
+        """The fields, checked to agree (O(1) but for a contiguous copy of
+        ``scales``): at construction, and again before each use, since the
+        fields can be reassigned."""
         if not isinstance(self.format, DynQuantFormat):
             raise ArgumentTypeError(f"format must be a DynQuantFormat, got {self.format!r}")
-        data = np.asarray(self.data)
+        data = as_array(self.data, "data")
         if data.dtype != I8:
             raise DTypeError(
                 f"data must be int8, got dtype {data.dtype}",
                 expected="int8",
                 actual=str(data.dtype),
             )
-        scales = np.asarray(self.scales)
+        scales = as_array(self.scales, "scales")
         if scales.dtype != F32 or scales.ndim != 1:
             raise DTypeError(
                 f"scales must be a 1-D float32 array, got {scales.ndim}-D {scales.dtype}",
                 expected="1-D float32",
                 actual=f"{scales.ndim}-D {scales.dtype}",
             )
-        shape = tuple(int(d) for d in self.shape)
+        try:
+            shape = tuple(operator.index(d) for d in self.shape)
+        except TypeError:
+            raise ArgumentTypeError(
+                f"shape must be a sequence of ints, got {self.shape!r}"
+            ) from None
         if data.shape != shape:
             raise ShapeMismatchError(
                 f"data has shape {data.shape} but shape says {shape}",
@@ -73,10 +91,8 @@ class DynQuantTensor:
                 expected=want,
                 actual=scales.shape[0],
             )
-        limit = 7 if self.format is DynQuantFormat.Int4PerTensor else 127
-        if data.size and int(np.abs(data.astype(np.int16)).max()) > limit:
-            raise InvalidArgumentError(f"{self.format.name} values must lie in [-{limit}, {limit}]")
-        self.data, self.scales, self.shape = data, scales, shape
+        # Aligned and C-contiguous, as the kernels take them.
+        return np.asarray(data, order="C"), as_float32(scales, "scales"), shape
 
     @classmethod
     def _trusted(
@@ -96,10 +112,11 @@ class DynQuantTensor:
 
     def dequantize(self) -> npt.NDArray[np.float32]:
         """``q * scale`` (per row: that row's scale), in the tensor's shape."""
+        data, scales, shape = self._checked()
         flat: npt.NDArray[np.float32] = _core.dequantize(
-            self.data.reshape(-1), self.scales, self.format.value
+            data.reshape(-1), scales, self.format.value
         )
-        return flat.reshape(self.shape)
+        return flat.reshape(shape)
 
     def memory_bytes(self) -> int:
         """Bytes of data plus 4 per scale."""
@@ -155,5 +172,8 @@ def quantization_mae(original: Any, qt: DynQuantTensor) -> float:
     Differences are taken in float32 as the reference does, then summed in
     float64 (more accurate than the reference's float32 sum).
     """
+    if not isinstance(qt, DynQuantTensor):
+        raise ArgumentTypeError(f"qt must be a DynQuantTensor, got {type(qt).__name__}")
     x = as_float32(original, "original").reshape(-1)
-    return float(_core.quantization_mae(x, qt.data.reshape(-1), qt.scales, qt.format.value))
+    data, scales, _ = qt._checked()
+    return float(_core.quantization_mae(x, data.reshape(-1), scales, qt.format.value))

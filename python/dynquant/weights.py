@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._arrays import as_float32, as_int8
-from .errors import DTypeError, InvalidArgumentError
+from ._arrays import as_array, as_float32, as_int8
+from .errors import DTypeError, InvalidArgumentError, ShapeMismatchError
 
 __all__ = ["pack_int4", "quantize_weights_int4", "quantize_weights_int8", "unpack_int4"]
 
@@ -56,14 +56,17 @@ def quantize_weights_int4(
             f"group_size must be None or a positive even int (32, 64, 128), got {group_size!r}"
         )
     w = as_float32(weight, "weight", ndim=2)
-    packed, scales = _core.quantize_weights_int4(w, group_size)
+    # Any group >= in is one group per row; capped so that it fits usize.
+    group = None if group_size is None else min(group_size, 2**62)
+    packed, scales = _core.quantize_weights_int4(w, group)
     return packed, scales
 
 
 def pack_int4(values: Any) -> npt.NDArray[np.uint8]:
     """Pack int8 values in [-8, 7] of shape ``[rows, cols]`` (or ``[cols]``)
     two per byte: ``[rows, ceil(cols / 2)]``."""
-    v = as_int8(values, "values", ndim=np.ndim(values) if np.ndim(values) in (1, 2) else 2)
+    v0 = as_array(values, "values")
+    v = as_int8(v0, "values", ndim=v0.ndim if v0.ndim in (1, 2) else 2)
     packed = _core.pack_int4(v.reshape(1, -1) if v.ndim == 1 else v)
     out: npt.NDArray[np.uint8] = packed.reshape(-1) if v.ndim == 1 else packed
     return out
@@ -71,13 +74,24 @@ def pack_int4(values: Any) -> npt.NDArray[np.uint8]:
 
 def unpack_int4(packed: Any, cols: int) -> npt.NDArray[np.int8]:
     """Inverse of ``pack_int4``: ``[rows, ceil(cols / 2)]`` bytes → ``[rows, cols]``."""
-    p = np.asarray(packed)
+    p = as_array(packed, "packed")
     if p.dtype != np.uint8:
         raise DTypeError(
             f"packed must be uint8, got dtype {p.dtype}", expected="uint8", actual=str(p.dtype)
         )
     if isinstance(cols, bool) or not isinstance(cols, int) or cols < 0:
         raise InvalidArgumentError(f"cols must be an int >= 0, got {cols!r}")
+    if p.ndim not in (1, 2):
+        raise ShapeMismatchError(
+            f"packed must be 1-D or 2-D, got shape {p.shape}", expected="1-D or 2-D", actual=p.shape
+        )
+    if p.shape[-1] != (cols + 1) // 2:
+        raise ShapeMismatchError(
+            f"{cols} int4 columns pack into {(cols + 1) // 2} bytes per row, "
+            f"packed has {p.shape[-1]}",
+            expected=(cols + 1) // 2,
+            actual=p.shape[-1],
+        )
     one_d = p.ndim == 1
     p2 = np.ascontiguousarray(p.reshape(1, -1) if one_d else p)
     values = _core.unpack_int4(p2, cols)

@@ -104,24 +104,37 @@ static ACTIVE: AtomicU8 = AtomicU8::new(0);
 /// The path the kernels use now.
 ///
 /// First call reads `DYNQUANT_KERNEL`; an unknown or unsupported value there
-/// panics with a message naming it, rather than silently running another path.
+/// panics with a message naming it, rather than silently running another path
+/// (see [`try_active`] for the error instead).
 pub fn active() -> Isa {
+    try_active().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`active`], with a bad `DYNQUANT_KERNEL` as an `InvalidArgument` error
+/// naming the variable (until [`set_isa`] picks a path).
+pub fn try_active() -> Result<Isa, DynQuantError> {
     if let Some(isa) = Isa::from_code(ACTIVE.load(Ordering::Relaxed)) {
-        return isa;
+        return Ok(isa);
     }
     let isa = match std::env::var("DYNQUANT_KERNEL") {
         Ok(value) => match Isa::parse(&value) {
             Ok(isa) if isa.is_supported() => isa,
-            Ok(isa) => panic!(
-                "DYNQUANT_KERNEL={value}: the {} path is not supported by this CPU",
-                isa.name()
-            ),
-            Err(e) => panic!("DYNQUANT_KERNEL: {e}"),
+            Ok(isa) => {
+                return Err(DynQuantError::InvalidArgument(format!(
+                    "DYNQUANT_KERNEL={value}: the {} path is not supported by this CPU",
+                    isa.name()
+                )))
+            }
+            Err(e) => {
+                return Err(DynQuantError::InvalidArgument(format!(
+                    "DYNQUANT_KERNEL: {e}"
+                )))
+            }
         },
         Err(_) => best_supported(),
     };
     ACTIVE.store(isa.code(), Ordering::Relaxed);
-    isa
+    Ok(isa)
 }
 
 /// Forces a path for every later kernel call (tests and debugging).
@@ -168,7 +181,8 @@ pub fn abs_max_bits(x: &[f32]) -> u32 {
 /// `out[i] = clamp(round_half_away(x[i] / scale), -clip, clip)`, NaN to 0.
 ///
 /// `scale` must be non-zero (callers write zeros themselves for scale 0), and
-/// `clip` at most 127.
+/// `clip` in [0, 127] (asserted: `f32::clamp` in the scalar path panics on a
+/// negative or NaN clip, so every path rejects one).
 #[inline]
 pub fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
     quantize_to(x, scale, clip, out, false)
@@ -179,6 +193,10 @@ pub fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
 #[inline]
 pub fn quantize_to(x: &[f32], scale: f32, clip: f32, out: &mut [i8], stream: bool) {
     assert_eq!(x.len(), out.len(), "quantize: input and output lengths");
+    assert!(
+        (0.0..=127.0).contains(&clip),
+        "quantize: clip {clip} not in [0, 127]"
+    );
     match active() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 confirmed by active(); lengths checked above.
@@ -236,6 +254,8 @@ pub fn dot_tile<const R: usize, const T: usize>(w: &[&[i8]; R], a: &[&[i8]; T]) 
 /// integer dot product — the W8A8 formula, so W4A8 then equals W8A8 on the
 /// unpacked weights bit for bit.
 ///
+/// No columns (`k == 0`): every result is +0.0, with no scale read.
+///
 /// Several groups: the group scales are applied inside the accumulation, in
 /// eight lanes (the layout of an AVX2 register): lane `l` takes the columns
 /// `c` with `c % 32` in `4l..4l + 4`; for each group `g` in order, the lane's
@@ -268,6 +288,11 @@ pub fn w4a8_tile<const R: usize, const T: usize>(
             && a_sums.iter().all(|row| row.len() >= 8 * groups),
         "w4a8_tile: operand lengths"
     );
+    if k == 0 {
+        // No columns, no groups: an empty sum on every path (the scalar
+        // one-group formula would read a scale that need not exist).
+        return [[0.0; T]; R];
+    }
     #[cfg(target_arch = "x86_64")]
     if R == 4 && T > 0 && k % 64 == 0 && group % 32 == 0 && k % group == 0 && active() == Isa::Avx2
     {

@@ -15,6 +15,7 @@ pub fn abs_max_bits(x: &[f32]) -> u32 {
 /// has no rounding instruction, and `roundf` dominated the scalar paths.
 /// Equal to `x.round()` for every input, up to the sign of a zero result.
 #[inline]
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(a < b)` is true for NaN, on purpose
 pub fn round_half_away(x: f32) -> f32 {
     // |x| >= 2^23 is already an integer; NaN and ±inf pass through.
     if x.is_nan() || x.abs() >= 8_388_608.0 {
