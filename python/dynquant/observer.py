@@ -59,6 +59,12 @@ def _progress(
 ) -> tuple[Iterable[T], Any]:
     """``items`` wrapped in a tqdm bar when asked for and tqdm is installed
     (quietly unwrapped otherwise), and the bar (or None)."""
+    try:
+        items = iter(items)
+    except TypeError:
+        raise ArgumentTypeError(
+            f"batches must be an iterable of arrays, got {type(items).__name__}"
+        ) from None
     if not enabled:
         return items, None
     try:
