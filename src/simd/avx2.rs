@@ -89,34 +89,40 @@ unsafe fn finish_round(
     _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, neg_clip), clip))
 }
 
-/// `clamp(round(x / scale))` on 8 lanes, bit-exact, usually without dividing.
+/// `clamp(round(x / scale))` on 4 × 8 lanes, bit-exact, usually without
+/// dividing.
 ///
 /// `q = x * (1 / scale)` is within `|x / scale| * 2^-23` of the true
-/// quotient, and only the rounding to an integer matters afterwards: it can
-/// differ only where the quotient is within that error of a half-integer.
-/// Such vectors (flagged with a margin of 2^-15, which covers every
-/// |quotient| < 256; larger ones clamp to ±clip either way) are divided for
-/// real. Needs `recip = 1 / scale` with both normal (the caller checks).
+/// quotient, so less than 2^-15 from it while |quotient| < 256 (larger ones
+/// clamp to ±clip either way). When `q` is within `0.5 - 2^-15` of its
+/// nearest integer `n`, the true quotient is within 0.5 of `n`, so it rounds
+/// to `n` under any tie rule: `n` is the answer. Otherwise (a tie or near
+/// one, in any of the 32 lanes) all lanes are divided for real and rounded
+/// half away from zero. Needs `recip = 1 / scale` with both normal (the caller checks).
 #[inline(always)]
-unsafe fn quantize8(
-    x: __m256,
+unsafe fn quantize32(
+    x: [__m256; 4],
     s: __m256,
     recip: __m256,
     clip: __m256,
     neg_clip: __m256,
-) -> __m256i {
+) -> [__m256i; 4] {
     let abs = _mm256_set1_ps(-0.0);
-    let mut q = _mm256_mul_ps(x, recip);
-    let mut t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(q);
-    let mut frac = _mm256_andnot_ps(abs, _mm256_sub_ps(q, t));
-    let off_half = _mm256_andnot_ps(abs, _mm256_sub_ps(frac, _mm256_set1_ps(0.5)));
-    let near = _mm256_cmp_ps::<_CMP_LE_OQ>(off_half, _mm256_set1_ps(1.0 / 32768.0));
-    if _mm256_movemask_ps(near) != 0 {
-        q = _mm256_div_ps(x, s);
-        t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(q);
-        frac = _mm256_andnot_ps(abs, _mm256_sub_ps(q, t));
+    let limit = _mm256_set1_ps(0.5 - 1.0 / 32768.0);
+    let q = x.map(|v| _mm256_mul_ps(v, recip));
+    let n = q.map(|v| _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v));
+    let mut near = _mm256_setzero_ps();
+    for i in 0..4 {
+        let distance = _mm256_andnot_ps(abs, _mm256_sub_ps(q[i], n[i]));
+        near = _mm256_or_ps(near, _mm256_cmp_ps::<_CMP_GE_OQ>(distance, limit));
     }
-    finish_round(q, t, frac, clip, neg_clip)
+    if _mm256_movemask_ps(near) != 0 {
+        return x.map(|v| round_clamp(_mm256_div_ps(v, s), clip, neg_clip));
+    }
+    n.map(|n| {
+        let n = _mm256_and_ps(n, _mm256_cmp_ps::<_CMP_ORD_Q>(n, n)); // NaN -> 0
+        _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(n, neg_clip), clip))
+    })
 }
 
 /// With `stream`, the output is written with streaming stores (for outputs
@@ -146,10 +152,13 @@ pub unsafe fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8], stream:
     // i + 32 <= body <= len == out.len(): loads and the store are in bounds;
     // with `stream`, out + i is 32-byte aligned (head aligned it, steps of 32).
     while i < body {
-        let q0 = quantize8(load8(x, i), s, r, c, nc);
-        let q1 = quantize8(load8(x, i + 8), s, r, c, nc);
-        let q2 = quantize8(load8(x, i + 16), s, r, c, nc);
-        let q3 = quantize8(load8(x, i + 24), s, r, c, nc);
+        let v = [
+            load8(x, i),
+            load8(x, i + 8),
+            load8(x, i + 16),
+            load8(x, i + 24),
+        ];
+        let [q0, q1, q2, q3] = quantize32(v, s, r, c, nc);
         let w01 = _mm256_packs_epi32(q0, q1);
         let w23 = _mm256_packs_epi32(q2, q3);
         let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), unshuffle);
