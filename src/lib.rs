@@ -18,6 +18,7 @@
 pub mod calib;
 pub mod error;
 pub mod matmul;
+pub mod observer;
 pub mod parallel;
 pub mod quantize;
 pub mod scale;
@@ -33,6 +34,7 @@ mod python;
 pub use calib::CalibStats;
 pub use error::DynQuantError;
 pub use matmul::{try_w8a8_matvec, w8a8_matmul_into, w8a8_matvec, w8a8_matvec_into, ActQuant};
+pub use observer::{CalibObserver, ChannelMaxObserver, ObserverConfig};
 pub use quantize::{
     dynamic_quantize_int4, dynamic_quantize_int8, dynamic_quantize_int8_per_row,
     try_dynamic_quantize_int4, try_dynamic_quantize_int8, try_dynamic_quantize_int8_per_row,

@@ -665,5 +665,306 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(w4a8_matmul, m)?)?;
     m.add_function(wrap_pyfunction!(calib_collect, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Streaming calibration (observer.rs).
+    m.add_class::<PyCalibObserver>()?;
+    m.add_class::<PyChannelMaxObserver>()?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Streaming calibration (src/observer.rs): the `CalibObserver` and
+// `ChannelMaxObserver` classes that `dynquant.observer` wraps.
+// ---------------------------------------------------------------------------
+
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::types::PyBytes;
+
+use crate::observer::{CalibObserver, ChannelMaxObserver, ObserverConfig};
+
+/// The observer behind a lock, recovered if a panic poisoned it (a panic is
+/// caught before it changes an observer: batches are observed apart).
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A [`CalibObserver`]; `dynquant.observer.CalibObserver` is its Python face.
+///
+/// Thread-safe: a batch is observed into a fresh observer without the GIL
+/// and without the lock, then merged under the lock (merging is exact, so
+/// concurrent updates give the same state as sequential ones). The lock is
+/// never held while waiting for the GIL.
+#[pyclass(name = "CalibObserver", module = "dynquant._core", frozen)]
+struct PyCalibObserver {
+    inner: Mutex<CalibObserver>,
+}
+
+impl PyCalibObserver {
+    fn wrap(inner: CalibObserver) -> Self {
+        Self {
+            inner: Mutex::new(inner),
+        }
+    }
+
+    fn get(&self) -> MutexGuard<'_, CalibObserver> {
+        locked(&self.inner)
+    }
+}
+
+#[pymethods]
+impl PyCalibObserver {
+    #[new]
+    fn new(
+        py: Python<'_>,
+        relative_accuracy: f64,
+        exact: bool,
+        reference: bool,
+        max_buckets: Option<u32>,
+    ) -> PyResult<Self> {
+        let config = ObserverConfig {
+            relative_accuracy,
+            exact,
+            policy: nan_policy(reference),
+            max_buckets,
+        };
+        let inner = CalibObserver::new(config).map_err(|e| to_py_err(py, e))?;
+        Ok(Self::wrap(inner))
+    }
+
+    fn update(&self, py: Python<'_>, x: PyReadonlyArrayDyn<'_, f32>) -> PyResult<()> {
+        let x = contiguous(x.as_slice())?;
+        let mut batch = self.get().new_like();
+        let batch = detached_if(py, x.len(), move || batch.update(x).map(|()| batch))?;
+        let merged = self.get().merge(&batch);
+        merged.map_err(|e| to_py_err(py, e))
+    }
+
+    fn merge(&self, py: Python<'_>, other: &Self) -> PyResult<()> {
+        // A copy first: locking both at once could deadlock (a.merge(b)
+        // racing b.merge(a), or a.merge(a)).
+        let other = other.get().clone();
+        let merged = self.get().merge(&other);
+        merged.map_err(|e| to_py_err(py, e))
+    }
+
+    fn copy(&self) -> Self {
+        Self::wrap(self.get().clone())
+    }
+
+    /// `(min, max, mean, std_dev, p99, suggested_scale)`.
+    fn stats(&self, py: Python<'_>) -> PyResult<(f32, f32, f32, f32, f32, f32)> {
+        let s = detached(py, || Ok(self.get().stats()))?;
+        Ok((s.min, s.max, s.mean, s.std_dev, s.p99, s.suggested_scale))
+    }
+
+    fn quantile(&self, py: Python<'_>, q: f64) -> PyResult<f64> {
+        detached(py, || self.get().quantile(q))
+    }
+
+    /// `(lower, upper, counts)` of the non-empty sketch buckets.
+    #[allow(clippy::type_complexity)]
+    fn histogram<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> (
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<u64>>,
+    ) {
+        let h = self.get().histogram();
+        let lower: Vec<f64> = h.iter().map(|b| b.0).collect();
+        let upper: Vec<f64> = h.iter().map(|b| b.1).collect();
+        let counts: Vec<u64> = h.iter().map(|b| b.2).collect();
+        (
+            lower.into_pyarray(py),
+            upper.into_pyarray(py),
+            counts.into_pyarray(py),
+        )
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let bytes = self.get().to_bytes();
+        PyBytes::new(py, &bytes)
+    }
+
+    #[staticmethod]
+    fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
+        let inner = CalibObserver::from_bytes(data).map_err(|e| to_py_err(py, e))?;
+        Ok(Self::wrap(inner))
+    }
+
+    #[getter]
+    fn count(&self) -> u64 {
+        self.get().count()
+    }
+
+    #[getter]
+    fn zero_count(&self) -> u64 {
+        self.get().zero_count()
+    }
+
+    #[getter]
+    fn collapsed_count(&self) -> u64 {
+        self.get().collapsed_count()
+    }
+
+    #[getter]
+    fn bucket_count(&self) -> usize {
+        self.get().bucket_count()
+    }
+
+    #[getter]
+    fn buckets_per_octave(&self) -> u32 {
+        self.get().buckets_per_octave()
+    }
+
+    #[getter]
+    fn effective_accuracy(&self) -> f64 {
+        self.get().effective_accuracy()
+    }
+
+    #[getter]
+    fn relative_accuracy(&self) -> f64 {
+        self.get().config().relative_accuracy
+    }
+
+    #[getter]
+    fn max_buckets(&self) -> u32 {
+        self.get().max_buckets()
+    }
+
+    #[getter]
+    fn exact(&self) -> bool {
+        self.get().config().exact
+    }
+
+    #[getter]
+    fn reference(&self) -> bool {
+        self.get().config().policy == NanPolicy::Reference
+    }
+
+    #[getter]
+    fn min(&self) -> f32 {
+        self.get().min()
+    }
+
+    #[getter]
+    fn max(&self) -> f32 {
+        self.get().max()
+    }
+
+    #[getter]
+    fn mean(&self) -> f64 {
+        self.get().mean()
+    }
+
+    #[getter]
+    fn std_dev(&self) -> f64 {
+        self.get().std_dev()
+    }
+}
+
+/// A [`ChannelMaxObserver`]; `dynquant.observer.ChannelMaxObserver` wraps
+/// it. Thread-safe as [`PyCalibObserver`] is.
+#[pyclass(name = "ChannelMaxObserver", module = "dynquant._core", frozen)]
+struct PyChannelMaxObserver {
+    inner: Mutex<ChannelMaxObserver>,
+}
+
+impl PyChannelMaxObserver {
+    fn wrap(inner: ChannelMaxObserver) -> Self {
+        Self {
+            inner: Mutex::new(inner),
+        }
+    }
+
+    fn get(&self) -> MutexGuard<'_, ChannelMaxObserver> {
+        locked(&self.inner)
+    }
+}
+
+#[pymethods]
+impl PyChannelMaxObserver {
+    #[new]
+    fn new(in_features: Option<usize>, reference: bool) -> Self {
+        Self::wrap(ChannelMaxObserver::new(in_features, nan_policy(reference)))
+    }
+
+    /// Adds a `[tokens, in_features]` batch.
+    fn update(&self, py: Python<'_>, x: PyReadonlyArray2<'_, f32>) -> PyResult<()> {
+        let (tokens, in_features) = (x.shape()[0], x.shape()[1]);
+        let x = contiguous(x.as_slice())?;
+        let mut batch = self.get().new_like();
+        let batch = detached_if(py, x.len(), move || {
+            batch.update(x, tokens, in_features).map(|()| batch)
+        })?;
+        let merged = self.get().merge(&batch);
+        merged.map_err(|e| to_py_err(py, e))
+    }
+
+    fn merge(&self, py: Python<'_>, other: &Self) -> PyResult<()> {
+        let other = other.get().clone();
+        let merged = self.get().merge(&other);
+        merged.map_err(|e| to_py_err(py, e))
+    }
+
+    fn copy(&self) -> Self {
+        Self::wrap(self.get().clone())
+    }
+
+    fn act_max<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
+        self.get().act_max().into_pyarray(py)
+    }
+
+    /// Factors for `weights` `[out, in]` with the SmoothQuant formula.
+    fn smooth_factors<'py>(
+        &self,
+        py: Python<'py>,
+        weights: PyReadonlyArray2<'py, f32>,
+        alpha: f32,
+        epsilon: f32,
+    ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let (out_features, cols) = (weights.shape()[0], weights.shape()[1]);
+        if let Some(in_features) = self.get().in_features() {
+            if cols != in_features {
+                return Err(to_py_err(
+                    py,
+                    DynQuantError::FeatureDimMismatch {
+                        in_features,
+                        sf_len: cols,
+                    },
+                ));
+            }
+        }
+        let config =
+            smooth::SmoothQuantConfig::try_new(alpha, epsilon).map_err(|e| to_py_err(py, e))?;
+        let w = contiguous(weights.as_slice())?;
+        let factors = detached(py, || self.get().smooth_factors(w, out_features, &config))?;
+        Ok(factors.into_pyarray(py))
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.get().to_bytes())
+    }
+
+    #[staticmethod]
+    fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
+        let inner = ChannelMaxObserver::from_bytes(data).map_err(|e| to_py_err(py, e))?;
+        Ok(Self::wrap(inner))
+    }
+
+    #[getter]
+    fn in_features(&self) -> Option<usize> {
+        self.get().in_features()
+    }
+
+    #[getter]
+    fn tokens(&self) -> u64 {
+        self.get().tokens()
+    }
+
+    #[getter]
+    fn reference(&self) -> bool {
+        self.get().policy() == NanPolicy::Reference
+    }
 }

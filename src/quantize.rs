@@ -19,14 +19,19 @@ pub const INT8_CLIP: f32 = 127.0;
 /// Clip value of int4 quantization.
 pub const INT4_CLIP: f32 = 7.0;
 
+/// Outputs at least this long bypass the cache (streaming stores): they
+/// cannot stay in it anyway.
+const STREAM_MIN: usize = 1 << 22;
+
 /// Quantizes `data` with the given scale into `out` (zeros for scale 0).
 pub(crate) fn quantize_with_scale(data: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
     if scale == 0.0 {
         out.fill(0);
         return;
     }
+    let stream = out.len() >= STREAM_MIN;
     parallel::zip_chunks(data, 1, out, 1, parallel::GRAIN, |x, o| {
-        simd::quantize(x, scale, clip, o)
+        simd::quantize_to(x, scale, clip, o, stream)
     });
 }
 

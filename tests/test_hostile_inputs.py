@@ -703,6 +703,50 @@ CASES: list[Case] = [
     Case("pack_int4", "ragged lists", lambda: dq.pack_int4([[1, 2], [3]]), SE),
     Case("unpack_int4", "ragged lists", lambda: dq.unpack_int4([[1, 2], [3]], 4), SE),
     Case("CalibStats.collect", "an int, not batches", lambda: dq.CalibStats.collect(5), AT),
+    Case("calibrate", "an int, not batches", lambda: dq.calibrate(5), AT),
+    Case("calibrate", "Inf in a batch", lambda: dq.calibrate([[1.0, np.inf]]), NF),
+    Case("CalibObserver", "NaN in a batch", lambda: dq.CalibObserver().update([1.0, np.nan]), NF),
+    Case("CalibObserver", "batch of strings", lambda: dq.CalibObserver().update(["ab"]), DT),
+    Case(
+        "CalibObserver", "complex batch", lambda: dq.CalibObserver().update(np.ones(3, complex)), DT
+    ),
+    Case(
+        "CalibObserver", "relative_accuracy 0", lambda: dq.CalibObserver(relative_accuracy=0.0), IA
+    ),
+    Case(
+        "CalibObserver",
+        "relative_accuracy NaN",
+        lambda: dq.CalibObserver(relative_accuracy=np.nan),
+        IA,
+    ),
+    Case("CalibObserver", "quantile 1.5", lambda: dq.CalibObserver().quantile(1.5), IA),
+    Case("CalibObserver", "malformed bytes", lambda: dq.CalibObserver.from_bytes(b"garbage"), IA),
+    Case(
+        "CalibObserver",
+        "merge with another kind",
+        lambda: dq.CalibObserver().merge(dq.ChannelMaxObserver()),
+        AT,
+    ),
+    Case(
+        "ChannelMaxObserver",
+        "batch of 3 features into 4",
+        lambda: dq.ChannelMaxObserver(in_features=4).update(np.ones((2, 3), F32)),
+        FD,
+    ),
+    Case(
+        "ChannelMaxObserver",
+        "Inf in a batch",
+        lambda: dq.ChannelMaxObserver().update(np.array([[np.inf, 1.0]], F32)),
+        NF,
+    ),
+    Case(
+        "ChannelMaxObserver",
+        "smooth_factors before any batch",
+        lambda: dq.ChannelMaxObserver().smooth_factors(
+            np.ones((2, 3), F32), dq.SmoothQuantConfig()
+        ),
+        IA,
+    ),
     Case("CalibStats.collect", "batches of strings", lambda: dq.CalibStats.collect(["ab"]), DT),
     Case("quantize_int8", "mode a string", lambda: dq.quantize_int8(X, "maxabs"), AT),
     Case(

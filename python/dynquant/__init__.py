@@ -26,6 +26,7 @@ from .kernels import KernelInfo, kernel_info, set_kernel, set_num_threads
 from .layers import QuantizedLinear
 from .matmul import w4a8_matmul, w4a8_matvec, w8a8_matmul, w8a8_matvec
 from .modes import DynQuantFormat, MaxAbs, Percentile, ScaleMode
+from .observer import CalibObserver, ChannelMaxObserver, calibrate
 from .quantize import compute_scale, quantize_int4, quantize_int8, quantize_int8_per_row
 from .smooth import (
     SmoothQuantConfig,
@@ -38,7 +39,9 @@ from .weights import pack_int4, quantize_weights_int4, quantize_weights_int8, un
 
 __all__ = [
     "ArgumentTypeError",
+    "CalibObserver",
     "CalibStats",
+    "ChannelMaxObserver",
     "DTypeError",
     "DynQuantError",
     "DynQuantFormat",
@@ -59,6 +62,7 @@ __all__ = [
     "ShapeMismatchError",
     "SmoothQuantConfig",
     "__version__",
+    "calibrate",
     "compute_scale",
     "compute_smooth_factors",
     "kernel_info",

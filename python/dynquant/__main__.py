@@ -1,4 +1,5 @@
-"""Command line: ``python -m dynquant demo`` and ``python -m dynquant bench``."""
+"""Command line: ``python -m dynquant demo``, ``python -m dynquant bench`` and
+``python -m dynquant observer-bench``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 COMMANDS: dict[str, str] = {
     "demo": "dynquant.demo:run_demo",
     "bench": "dynquant.bench:main",
+    "observer-bench": "dynquant.observer_bench:main",
 }
 
 

@@ -50,7 +50,9 @@ def as_float32(x: Any, name: str, ndim: int | None = None) -> npt.NDArray[np.flo
 
     Floating and integer input is converted (as NumPy's ``astype`` would);
     bool, complex, object, string and datetime input is a ``DTypeError``.
-    An input too big to copy raises NumPy's ``MemoryError``.
+    Unaligned buffers (as Dask's and pickle-5's deserialised frames can be)
+    are copied: the Rust core reads aligned slices only. An input too big to
+    copy raises NumPy's ``MemoryError``.
     """
     if type(x) is np.ndarray and x.dtype == F32 and x.flags.c_contiguous and x.flags.aligned:
         a = x

@@ -66,44 +66,70 @@ pub unsafe fn abs_max_bits(x: &[f32]) -> u32 {
 /// `trunc(q + 0.5)`, which rounds up 0.49999997.
 #[inline(always)]
 unsafe fn round_clamp(q: __m256, clip: __m256, neg_clip: __m256) -> __m256i {
-    let sign_mask = _mm256_set1_ps(-0.0);
     let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(q);
-    let frac = _mm256_andnot_ps(sign_mask, _mm256_sub_ps(q, t));
+    let frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0), _mm256_sub_ps(q, t));
+    finish_round(q, t, frac, clip, neg_clip)
+}
+
+/// Round half away from zero given `t = trunc(q)` and `frac = |q - t|`,
+/// then NaN to 0 and clamp to ±clip, as i32 lanes.
+#[inline(always)]
+unsafe fn finish_round(
+    q: __m256,
+    t: __m256,
+    frac: __m256,
+    clip: __m256,
+    neg_clip: __m256,
+) -> __m256i {
+    let sign_mask = _mm256_set1_ps(-0.0);
     let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
     let one_signed = _mm256_or_ps(_mm256_and_ps(q, sign_mask), _mm256_set1_ps(1.0));
     let r = _mm256_add_ps(t, _mm256_and_ps(up, one_signed));
     let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
-    let r = _mm256_min_ps(_mm256_max_ps(r, neg_clip), clip);
-    _mm256_cvttps_epi32(r)
+    _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, neg_clip), clip))
 }
 
-/// `x / scale` on 8 lanes, bit-exact, usually without dividing.
+/// `clamp(round(x / scale))` on 4 × 8 lanes, bit-exact, usually without
+/// dividing.
 ///
 /// `q = x * (1 / scale)` is within `|x / scale| * 2^-23` of the true
-/// quotient, and only the rounding to an integer matters afterwards: it can
-/// differ only where the quotient is within that error of a half-integer.
-/// Such vectors (flagged with a margin of 2^-15, which covers every
-/// |quotient| < 256; larger ones clamp to ±clip either way) are divided for
-/// real. Needs `recip = 1 / scale` with both normal (the caller checks).
+/// quotient, so less than 2^-15 from it while |quotient| < 256 (larger ones
+/// clamp to ±clip either way). When `q` is within `0.5 - 2^-15` of its
+/// nearest integer `n`, the true quotient is within 0.5 of `n`, so it rounds
+/// to `n` under any tie rule: `n` is the answer. Otherwise (a tie or near
+/// one, in any of the 32 lanes) all lanes are divided for real and rounded
+/// half away from zero. Needs `recip = 1 / scale` with both normal (the caller checks).
 #[inline(always)]
-unsafe fn quotient(x: __m256, s: __m256, recip: __m256) -> __m256 {
-    let q = _mm256_mul_ps(x, recip);
-    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(q);
-    let frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0), _mm256_sub_ps(q, t));
-    let off_half = _mm256_andnot_ps(
-        _mm256_set1_ps(-0.0),
-        _mm256_sub_ps(frac, _mm256_set1_ps(0.5)),
-    );
-    let near = _mm256_cmp_ps::<_CMP_LE_OQ>(off_half, _mm256_set1_ps(1.0 / 32768.0));
-    if _mm256_movemask_ps(near) != 0 {
-        _mm256_div_ps(x, s)
-    } else {
-        q
+unsafe fn quantize32(
+    x: [__m256; 4],
+    s: __m256,
+    recip: __m256,
+    clip: __m256,
+    neg_clip: __m256,
+) -> [__m256i; 4] {
+    let abs = _mm256_set1_ps(-0.0);
+    let limit = _mm256_set1_ps(0.5 - 1.0 / 32768.0);
+    let q = x.map(|v| _mm256_mul_ps(v, recip));
+    let n = q.map(|v| _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v));
+    let mut near = _mm256_setzero_ps();
+    for i in 0..4 {
+        let distance = _mm256_andnot_ps(abs, _mm256_sub_ps(q[i], n[i]));
+        near = _mm256_or_ps(near, _mm256_cmp_ps::<_CMP_GE_OQ>(distance, limit));
     }
+    if _mm256_movemask_ps(near) != 0 {
+        return x.map(|v| round_clamp(_mm256_div_ps(v, s), clip, neg_clip));
+    }
+    n.map(|n| {
+        let n = _mm256_and_ps(n, _mm256_cmp_ps::<_CMP_ORD_Q>(n, n)); // NaN -> 0
+        _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(n, neg_clip), clip))
+    })
 }
 
+/// With `stream`, the output is written with streaming stores (for outputs
+/// too large to stay in cache: skipping the read-for-ownership of the
+/// destination saves a sixth of the memory traffic).
 #[target_feature(enable = "avx2")]
-pub unsafe fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
+pub unsafe fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8], stream: bool) {
     let recip = 1.0 / scale;
     if !(scale.is_normal() && recip.is_normal()) {
         return quantize_dividing(x, scale, clip, out);
@@ -114,19 +140,40 @@ pub unsafe fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
     let nc = _mm256_set1_ps(-clip);
     // packs_epi32/packs_epi16 interleave the 128-bit lanes; this restores order.
     let unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    let body = x.len() / 32 * 32;
-    let mut i = 0;
-    // i + 32 <= body <= len == out.len(): loads and the store are in bounds.
+    // Streaming stores need 32-byte alignment: the head up to it goes scalar.
+    let head = if stream {
+        out.as_ptr().align_offset(32).min(out.len())
+    } else {
+        0
+    };
+    scalar::quantize(&x[..head], scale, clip, &mut out[..head]);
+    let body = head + (x.len() - head) / 32 * 32;
+    let mut i = head;
+    // i + 32 <= body <= len == out.len(): loads and the store are in bounds;
+    // with `stream`, out + i is 32-byte aligned (head aligned it, steps of 32).
     while i < body {
-        let q0 = round_clamp(quotient(load8(x, i), s, r), c, nc);
-        let q1 = round_clamp(quotient(load8(x, i + 8), s, r), c, nc);
-        let q2 = round_clamp(quotient(load8(x, i + 16), s, r), c, nc);
-        let q3 = round_clamp(quotient(load8(x, i + 24), s, r), c, nc);
+        let v = [
+            load8(x, i),
+            load8(x, i + 8),
+            load8(x, i + 16),
+            load8(x, i + 24),
+        ];
+        let [q0, q1, q2, q3] = quantize32(v, s, r, c, nc);
         let w01 = _mm256_packs_epi32(q0, q1);
         let w23 = _mm256_packs_epi32(q2, q3);
         let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), unshuffle);
-        _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, b);
+        let dst = out.as_mut_ptr().add(i) as *mut __m256i;
+        if stream {
+            _mm256_stream_si256(dst, b);
+        } else {
+            _mm256_storeu_si256(dst, b);
+        }
         i += 32;
+    }
+    if stream {
+        // Streaming stores are weakly ordered: make them visible before the
+        // caller (or another thread, after rayon's join) reads `out`.
+        _mm_sfence();
     }
     scalar::quantize(&x[body..], scale, clip, &mut out[body..]);
 }

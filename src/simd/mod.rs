@@ -185,6 +185,13 @@ pub fn abs_max_bits(x: &[f32]) -> u32 {
 /// negative or NaN clip, so every path rejects one).
 #[inline]
 pub fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
+    quantize_to(x, scale, clip, out, false)
+}
+
+/// [`quantize`]; with `stream`, SIMD paths may bypass the cache for `out`
+/// (for outputs too large to stay in it). The result is the same.
+#[inline]
+pub fn quantize_to(x: &[f32], scale: f32, clip: f32, out: &mut [i8], stream: bool) {
     assert_eq!(x.len(), out.len(), "quantize: input and output lengths");
     assert!(
         (0.0..=127.0).contains(&clip),
@@ -193,7 +200,7 @@ pub fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
     match active() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 confirmed by active(); lengths checked above.
-        Isa::Avx2 => unsafe { avx2::quantize(x, scale, clip, out) },
+        Isa::Avx2 => unsafe { avx2::quantize(x, scale, clip, out, stream) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON confirmed by active(); lengths checked above.
         Isa::Neon => unsafe { neon::quantize(x, scale, clip, out) },
@@ -353,5 +360,22 @@ mod tests {
             }
         }
         set_isa(best_supported()).unwrap();
+    }
+
+    /// Outputs long enough for streaming stores, at every alignment of the
+    /// output: the aligned body, the scalar head and tail all match.
+    #[test]
+    fn quantize_streaming_stores_match_scalar() {
+        let n = (1 << 22) + 37;
+        let x: Vec<f32> = (0..n + 64)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 0.37)
+            .collect();
+        let mut want = vec![0i8; n];
+        scalar::quantize(&x[5..5 + n], 3.1, 127.0, &mut want);
+        let mut buf = vec![0i8; n + 64];
+        for offset in [0, 1, 7, 31] {
+            quantize_to(&x[5..5 + n], 3.1, 127.0, &mut buf[offset..offset + n], true);
+            assert!(buf[offset..offset + n] == want[..], "offset {offset}");
+        }
     }
 }
