@@ -675,7 +675,12 @@ fn all_functions(c: &Case) -> Outcomes {
             run(|| {
                 let mut q = vec![0i8; x.len()];
                 simd::quantize(x, c.scale, c.clip, &mut q);
-                Ok(i8s(&q))
+                let mut v = i8s(&q);
+                let mut qbuf = vec![0i8; x.len() + 32];
+                let q = &mut qbuf[c.off * 3..c.off * 3 + x.len()];
+                simd::quantize_to(x, c.scale, c.clip, q, true);
+                v.extend(i8s(q));
+                Ok(v)
             }),
             false,
         ));
@@ -924,6 +929,11 @@ fn simd_kernels_on_every_length_and_offset() {
                     let mut q = vec![0i8; len];
                     simd::quantize(x, scale, clip, &mut q);
                     v.extend(i8s(&q));
+                    // Streaming stores: an unaligned head, then aligned stores.
+                    let mut qbuf = vec![0i8; len + 40];
+                    let q = &mut qbuf[off * 5..off * 5 + len];
+                    simd::quantize_to(x, scale, clip, q, true);
+                    v.extend(i8s(q));
                 }
                 let (w, a) = (&wbuf[off..off + len], &abuf[off..off + len]);
                 let a2 = &abuf[off + 1..off + 1 + len];
