@@ -8,14 +8,16 @@ the model skips when the model package is missing, as in test_minilm.py.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from typing import Any
 
 import numpy as np
 import pytest
+from dynquant import demo
 from dynquant.demo import CONFIGS, TORCH_DYNAMIC, TORCH_FP32, compare_torch, run_demo
-from dynquant.models import DEMO_SENTENCES, MiniLM, ModelNotInstalledError
+from dynquant.models import DEMO_SENTENCES, MiniLM, ModelNotInstalledError, minilm_torch
 from dynquant.models.minilm_torch import (
     TORCH_INSTALL_HINT,
     TorchMiniLM,
@@ -174,3 +176,30 @@ def test_demo_without_torch_skips_the_comparison(
     assert "torch is not installed" in skipped[0] and "pip install torch" in skipped[0]
     for name in ["fp32", *(c.name for c in CONFIGS)]:
         assert f"\n{name} " in out, name
+
+
+def test_broken_torch_install_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = importlib.import_module
+
+    def broken(name: str, package: str | None = None) -> Any:
+        if name == "torch":
+            raise OSError("libtorch_cpu.so: cannot open shared object file")
+        return real_import(name, package)
+
+    monkeypatch.setattr(minilm_torch.importlib, "import_module", broken)
+    with pytest.raises(TorchNotInstalledError, match=r"cannot be imported \(OSError"):
+        import_torch()
+
+
+def test_demo_survives_a_failing_torch_comparison(
+    model: MiniLM, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no quantized engine")
+
+    monkeypatch.setattr(demo, "compare_torch", failing)
+    argv = ["--sentences", "3", "--batch-size", "4", "--repeat", "1", "--no-progress"]
+    assert run_demo(argv) == 0
+    out = capsys.readouterr().out
+    assert "PyTorch comparison failed: RuntimeError: no quantized engine" in out
+    assert "\nW8A8 per-token " in out

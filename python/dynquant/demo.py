@@ -582,11 +582,13 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
                 progress=not args.no_progress,
                 repeat=args.repeat,
             )
-        except TorchNotInstalledError:
+        except TorchNotInstalledError as exc:
+            what = "is not installed" if "not installed" in str(exc) else "cannot be imported"
             torch_line = (
-                "PyTorch comparison skipped: torch is not installed; to enable it, "
-                + TORCH_INSTALL_HINT
+                f"PyTorch comparison skipped: torch {what}; to enable it, " + TORCH_INSTALL_HINT
             )
+        except Exception as exc:  # an optional peer must not sink the demo
+            torch_line = f"PyTorch comparison failed: {type(exc).__name__}: {exc}"
         else:
             rows += torch_rows
             torch_line = torch_note(rows)

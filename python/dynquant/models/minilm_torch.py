@@ -61,6 +61,10 @@ def import_torch() -> Any:
         raise TorchNotInstalledError(
             f"PyTorch is not installed ({exc}); {TORCH_INSTALL_HINT}"
         ) from exc
+    except Exception as exc:  # a broken install can raise anything (OSError, ...)
+        raise TorchNotInstalledError(
+            f"PyTorch cannot be imported ({type(exc).__name__}: {exc}); {TORCH_INSTALL_HINT}"
+        ) from exc
 
 
 @contextlib.contextmanager
