@@ -34,6 +34,8 @@ from dynquant.demo import (
     run_demo,
     run_synthetic,
     spearman,
+    worst_outlier,
+    worst_sentence_note,
 )
 from dynquant.models import DEMO_SENTENCES, MiniLM, ModelNotInstalledError, gelu
 from dynquant.models.sentences import PARAPHRASE_PAIRS, UNRELATED_PAIRS
@@ -221,10 +223,36 @@ def test_demo_command(model: MiniLM, capsys: pytest.CaptureFixture[str], tmp_pat
     assert "6 sentences" in out
     for name in ["fp32", *(c.name for c in CONFIGS)]:
         assert f"\n{name} " in out
+    assert "\nWorst sentence for W8A8 per-token: " in out
     if has_matplotlib:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["demo", "--sentences", "1"]) == 2
     assert main(["demo", "--plot-layer", "l9.q", "--plot", str(plot)]) == 2 or not has_matplotlib
+
+
+def test_worst_outlier_finds_the_cls_outlier(model: MiniLM) -> None:
+    # MiniLM's [CLS] rows carry one huge LayerNorm channel: per-token int8
+    # (step max/127) then rounds most of that row to zero.
+    o = worst_outlier(model, "Wow!")
+    x = model.collect_linear_inputs(["Wow!"])[o.layer][o.token]
+    a = np.abs(x.astype(np.float64))
+    assert o.channel == int(np.argmax(a))
+    assert o.ratio == pytest.approx(a.max() / np.median(a))
+    assert o.ratio > 100
+    q = dq.quantize_int8(x)  # the reference rule, per tensor of one row
+    assert o.zeroed == pytest.approx(float(np.mean(q.data == 0)), abs=1 / x.size)
+    assert o.zeroed > 0.5
+
+
+@needs_quantized_linear
+def test_worst_sentence_note_names_the_argmin(model: MiniLM) -> None:
+    sentences = ["Wow!", "The cat is sleeping on the sofa.", "Stock markets fell sharply today."]
+    _, embeddings = compare_configs(model, sentences, CONFIGS[1:3], batch_size=4)
+    cos = np.sum(embeddings["W8A8 per-token"] * embeddings["fp32"], axis=1)
+    note = worst_sentence_note(model, sentences, embeddings)
+    assert note.startswith(f"Worst sentence for W8A8 per-token: {sentences[int(np.argmin(cos))]!r}")
+    assert "with SmoothQuant" in note
+    assert worst_sentence_note(model, sentences, {"fp32": embeddings["fp32"]}) == ""
 
 
 # --- no model needed ------------------------------------------------------------------

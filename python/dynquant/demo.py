@@ -329,6 +329,57 @@ def torch_note(rows: Sequence[Row]) -> str:
     return line + "."
 
 
+@dataclass(frozen=True)
+class Outlier:
+    """The token row with the widest per-token int8 step relative to its
+    values, among one sentence's Linear inputs."""
+
+    layer: str
+    token: int
+    channel: int
+    ratio: float  # max |x| / median |x| of the row
+    zeroed: float  # share of the row's values that round to 0 at max|x| / 127
+
+
+def worst_outlier(model: MiniLM, sentence: str) -> Outlier:
+    """Where per-token quantization hurts ``sentence`` most: the Linear input
+    row (over every layer and token) whose largest value dwarfs the rest."""
+    best: Outlier | None = None
+    for name, x in model.collect_linear_inputs([sentence]).items():
+        a = np.abs(x.astype(np.float64))
+        peak = a.max(axis=1)
+        ratio = peak / np.maximum(np.median(a, axis=1), np.finfo(np.float64).tiny)
+        t = int(np.argmax(ratio))
+        if best is None or ratio[t] > best.ratio:
+            zeroed = float(np.mean(a[t] < peak[t] / 127 / 2))
+            best = Outlier(name, t, int(np.argmax(a[t])), float(ratio[t]), zeroed)
+    assert best is not None, "a sentence has at least one Linear input"
+    return best
+
+
+def worst_sentence_note(
+    model: MiniLM, sentences: Sequence[str], embeddings: Mapping[str, F32]
+) -> str:
+    """Names the sentence W8A8 per-token encodes worst and measures why."""
+    name, smooth = "W8A8 per-token", "W8A8 per-token + SmoothQuant 0.5"
+    if name not in embeddings:
+        return ""
+    ref = embeddings["fp32"].astype(np.float64)
+    cos = np.sum(embeddings[name] * ref, axis=1)
+    i = int(np.argmin(cos))
+    tokens = int(model.tokenize([sentences[i]]).lengths.sum())
+    o = worst_outlier(model, sentences[i])
+    line = f"Worst sentence for {name}: {sentences[i]!r} ({tokens} tokens), cos {cos[i]:.4f}"
+    if smooth in embeddings:
+        line += f" ({float(np.sum(embeddings[smooth][i] * ref[i])):.4f} with SmoothQuant)"
+    return (
+        line + f".\n  Token {o.token} of its {o.layer} input has max|x| = {o.ratio:.0f} x "
+        f"median|x| (channel {o.channel}): per-token int8 rounds {o.zeroed:.0%} of that row "
+        "to 0.\n  Short sentences weigh such rows most in the mean pooling; SmoothQuant "
+        "moves the outlier channel into the weights."
+    )
+
+
 def format_table(rows: Sequence[Row], n_sentences: int) -> str:
     """The results as an aligned text table."""
     width = max([34, *(len(r.name) for r in rows)])
@@ -594,6 +645,9 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
             torch_line = torch_note(rows)
     print(format_table(rows, n))
     print(f"\n{torch_line}")
+    note = worst_sentence_note(model, sentences, embeddings)
+    if note:
+        print(f"\n{note}")
     para = _pair_similarity(embeddings["fp32"], sentences, PARAPHRASE_PAIRS)
     unrelated = _pair_similarity(embeddings["fp32"], sentences, UNRELATED_PAIRS)
     if para is not None and unrelated is not None:
