@@ -467,6 +467,7 @@ unsafe fn chunk_scales(ws: &[f32], g0: usize, n: usize, mask: __m256i) -> __m256
 /// AVX2 available; `16 * (h0 + nh) <= w.len()`, `32 * (h0 + nh) <= a[t].len()`,
 /// `nh` even and at most 8.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // t is also passed to `each`
 unsafe fn for_segment<const T: usize>(
     w: &[u8],
     a: &[&[i8]; T],
