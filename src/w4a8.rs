@@ -37,6 +37,10 @@ impl Int4Layout {
 /// and used for this many tokens.
 const TOKENS: usize = 4;
 
+/// Bytes of weight rows (packed values and scales) a row block may take, so
+/// that it stays in L2 while the tokens stream past.
+const L2_BYTES: usize = 320 << 10;
+
 /// Weight rows `rows` against tokens `m0 .. m0 + T`, four rows a tile (a
 /// last one to three rows are padded with copies of the last row, whose
 /// extra results are dropped).
@@ -83,17 +87,25 @@ fn w4a8_block(
     rows: Range<usize>,
     emit: &impl Fn(usize, usize, f32),
 ) {
-    let mut m0 = 0;
-    while m0 + TOKENS <= m {
-        w4a8_rows::<TOKENS>(packed, scales, layout, q, q_sums, m0, rows.clone(), emit);
-        m0 += TOKENS;
-    }
-    let rows = rows.clone();
-    match m - m0 {
-        3 => w4a8_rows::<3>(packed, scales, layout, q, q_sums, m0, rows, emit),
-        2 => w4a8_rows::<2>(packed, scales, layout, q, q_sums, m0, rows, emit),
-        1 => w4a8_rows::<1>(packed, scales, layout, q, q_sums, m0, rows, emit),
-        _ => {}
+    // Sub-blocks of rows whose packed bytes and scales fit in L2 (on one
+    // thread the caller hands over every row at once).
+    let row_bytes = layout.row_bytes() + 4 * layout.groups();
+    let step = ((L2_BYTES / row_bytes.max(1)) / 4 * 4).max(4);
+    let mut start = rows.start;
+    while start < rows.end {
+        let sub = start..(start + step).min(rows.end);
+        let mut m0 = 0;
+        while m0 + TOKENS <= m {
+            w4a8_rows::<TOKENS>(packed, scales, layout, q, q_sums, m0, sub.clone(), emit);
+            m0 += TOKENS;
+        }
+        match m - m0 {
+            3 => w4a8_rows::<3>(packed, scales, layout, q, q_sums, m0, sub.clone(), emit),
+            2 => w4a8_rows::<2>(packed, scales, layout, q, q_sums, m0, sub.clone(), emit),
+            1 => w4a8_rows::<1>(packed, scales, layout, q, q_sums, m0, sub.clone(), emit),
+            _ => {}
+        }
+        start = sub.end;
     }
 }
 

@@ -514,7 +514,6 @@ unsafe fn for_segment<const T: usize>(
 /// AVX2 available; `w[r].len() >= k / 2`, `ws[r].len() >= k / group`,
 /// `a_sums[t].len() >= k / group`, every token row `k` long (the dispatcher
 /// asserts all of these).
-#[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
 #[target_feature(enable = "avx2")]
 pub unsafe fn w4a8_tile<const T: usize>(
     w: &[&[u8]; 4],
@@ -523,124 +522,174 @@ pub unsafe fn w4a8_tile<const T: usize>(
     a_sums: &[&[i32]; T],
     group: usize,
 ) -> [[f32; T]; 4] {
+    // One code path per group form, so each loop holds only its own work.
+    // (Plain loops, not closures: the helpers must inline into this
+    // AVX2-enabled body.)
+    let mut out = [[0.0f32; T]; 4];
+    for r in 0..4 {
+        let y = match group {
+            32 => w4a8_row::<T, 32>(w[r], ws[r], a, a_sums, group),
+            64 => w4a8_row::<T, 64>(w[r], ws[r], a, a_sums, group),
+            128 => w4a8_row::<T, 128>(w[r], ws[r], a, a_sums, group),
+            _ => w4a8_row::<T, 0>(w[r], ws[r], a, a_sums, group),
+        };
+        for t in 0..T {
+            out[r][t] = lane_sum_ps(y[t]);
+        }
+    }
+    out
+}
+
+/// One weight row of [`w4a8_tile`] against `T` tokens: the eight f32 lanes
+/// of the definition per token. `FORM` is the group size for 32, 64 and
+/// 128, else 0 (larger groups, `group` columns each).
+///
+/// # Safety
+/// As [`w4a8_tile`], for this row.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn w4a8_row<const T: usize, const FORM: usize>(
+    w: &[u8],
+    ws: &[f32],
+    a: &[&[i8]; T],
+    a_sums: &[&[i32]; T],
+    group: usize,
+) -> [__m256; T] {
     let k = a[0].len();
-    let halves = k / 32;
     let groups = k / group;
-    let ones = _mm256_set1_epi16(1);
-    let zero = _mm256_setzero_si256();
     // -0.0 + p == p for every p, so starting at -0.0 is the same as starting
     // with the first group's product (the definition), without a branch.
-    let mut y = [[_mm256_set1_ps(-0.0); T]; 4];
+    let mut y = [_mm256_set1_ps(-0.0); T];
     let mut g0 = 0;
+    // Whole chunks of eight groups, then at most one partial chunk.
+    while g0 + 8 <= groups {
+        w4a8_chunk::<T, FORM>(w, ws, a, a_sums, group, g0, 8, &mut y);
+        g0 += 8;
+    }
+    if g0 < groups {
+        w4a8_chunk::<T, FORM>(w, ws, a, a_sums, group, g0, groups - g0, &mut y);
+    }
+    y
+}
+
+/// Groups `g0 .. g0 + n` (`n <= 8`) of one weight row against `T` tokens,
+/// added into the lanes `y` (lane `l` gets group `g0 + l`).
+///
+/// # Safety
+/// As [`w4a8_tile`], for this row, with `g0 + n <= k / group`.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // i: group, half-blocks
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn w4a8_chunk<const T: usize, const FORM: usize>(
+    w: &[u8],
+    ws: &[f32],
+    a: &[&[i8]; T],
+    a_sums: &[&[i32]; T],
+    group: usize,
+    g0: usize,
+    n: usize,
+    y: &mut [__m256; T],
+) {
+    let halves = a[0].len() / 32;
+    let ones = _mm256_set1_epi16(1);
+    let zero = _mm256_setzero_si256();
+    let mask = first_lanes(n);
+    let scales = chunk_scales(ws, g0, n, mask);
+    let mut finish = |t: usize, sums: __m256i| {
+        y[t] = scale_chunk(y[t], sums, a_sums[t], scales, g0, n, mask);
+    };
     // Every segment below reads half-blocks h0 .. h0 + nh with h0 + nh <=
     // halves = k / 32: packed bytes up to 16 * (h0 + nh) <= k / 2 <= the row,
     // activations up to 32 * (h0 + nh) <= k. Offsets and scales are read at
     // groups g0 .. g0 + n <= groups.
-    while g0 < groups {
-        let n = (groups - g0).min(8);
-        let mask = first_lanes(n);
-        for r in 0..4 {
-            let scales = chunk_scales(ws[r], g0, n, mask);
-            let yr = &mut y[r];
-            let mut finish = |t: usize, sums: __m256i| {
-                yr[t] = scale_chunk(yr[t], sums, a_sums[t], scales, g0, n, mask);
+    match FORM {
+        32 => {
+            // Half-block i is group g0 + i; a group's i16 lane sum in
+            // `quad_sums` is at most 8 * 3840 < 2^15.
+            for_segment(w, a, g0, n, |t, p| {
+                let lo = quad_sums([p[0], p[1], p[2], p[3]], ones);
+                let hi = quad_sums([p[4], p[5], p[6], p[7]], ones);
+                finish(t, join_quads(lo, hi));
+            });
+        }
+        64 => {
+            // Two half-blocks a group, added in i16 (<= 2 * 3840); a group's
+            // i16 lane sum in `quad_sums` is at most 8 * 3840 < 2^15.
+            let pairs = |p: [__m256i; 8]| -> [__m256i; 4] {
+                core::array::from_fn(|i| _mm256_add_epi16(p[2 * i], p[2 * i + 1]))
             };
-            match group {
-                32 => {
-                    // Half-block i is group g0 + i; a group's i16 lane sum
-                    // in `quad_sums` is at most 8 * 3840 < 2^15.
-                    for_segment(w[r], a, g0, n, |t, p| {
-                        let lo = quad_sums([p[0], p[1], p[2], p[3]], ones);
-                        let hi = quad_sums([p[4], p[5], p[6], p[7]], ones);
-                        finish(t, join_quads(lo, hi));
-                    });
-                }
-                64 => {
-                    // Two half-blocks a group, added in i16 (<= 2 * 3840); a
-                    // group's i16 lane sum in `quad_sums` is at most
-                    // 8 * 3840 < 2^15.
-                    let pairs = |p: [__m256i; 8]| -> [__m256i; 4] {
-                        core::array::from_fn(|i| _mm256_add_epi16(p[2 * i], p[2 * i + 1]))
-                    };
-                    let mut first = [zero; T];
-                    let h0 = 2 * g0;
-                    for_segment(w[r], a, h0, (halves - h0).min(8), |t, p| {
-                        first[t] = quad_sums(pairs(p), ones);
-                    });
-                    let h1 = h0 + 8;
-                    if h1 < halves {
-                        for_segment(w[r], a, h1, (halves - h1).min(8), |t, p| {
-                            finish(t, join_quads(first[t], quad_sums(pairs(p), ones)));
-                        });
-                    } else {
-                        for t in 0..T {
-                            finish(t, join_quads(first[t], zero));
-                        }
-                    }
-                }
-                _ => {
-                    // Per group of the chunk, its sum in eight i32 lanes.
-                    let mut per_group = [[zero; 8]; T];
-                    if group == 128 {
-                        // Two groups a segment, four half-blocks each,
-                        // added in i16 (<= 4 * 3840).
-                        let mut i = 0;
-                        while i < n {
-                            let h0 = 4 * (g0 + i);
-                            for_segment(w[r], a, h0, (halves - h0).min(8), |t, p| {
-                                let even = _mm256_add_epi16(
-                                    _mm256_add_epi16(p[0], p[1]),
-                                    _mm256_add_epi16(p[2], p[3]),
-                                );
-                                let odd = _mm256_add_epi16(
-                                    _mm256_add_epi16(p[4], p[5]),
-                                    _mm256_add_epi16(p[6], p[7]),
-                                );
-                                per_group[t][i] = _mm256_madd_epi16(even, ones);
-                                per_group[t][i + 1] = _mm256_madd_epi16(odd, ones);
-                            });
-                            i += 2;
-                        }
-                    } else {
-                        // Groups of 192 columns or more, each in segments.
-                        for i in 0..n {
-                            let end = (g0 + i + 1) * group / 32;
-                            let mut h0 = (g0 + i) * group / 32;
-                            while h0 < end {
-                                let nh = (end - h0).min(8);
-                                for_segment(w[r], a, h0, nh, |t, p| {
-                                    let s16 = _mm256_add_epi16(
-                                        _mm256_add_epi16(
-                                            _mm256_add_epi16(p[0], p[1]),
-                                            _mm256_add_epi16(p[2], p[3]),
-                                        ),
-                                        _mm256_add_epi16(
-                                            _mm256_add_epi16(p[4], p[5]),
-                                            _mm256_add_epi16(p[6], p[7]),
-                                        ),
-                                    );
-                                    let acc = &mut per_group[t][i];
-                                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(s16, ones));
-                                });
-                                h0 += nh;
-                            }
-                        }
-                    }
-                    for t in 0..T {
-                        finish(t, sums8_i32(&per_group[t]));
-                    }
+            let mut first = [zero; T];
+            let h0 = 2 * g0;
+            for_segment(w, a, h0, (halves - h0).min(8), |t, p| {
+                first[t] = quad_sums(pairs(p), ones);
+            });
+            let h1 = h0 + 8;
+            if h1 < halves {
+                for_segment(w, a, h1, (halves - h1).min(8), |t, p| {
+                    finish(t, join_quads(first[t], quad_sums(pairs(p), ones)));
+                });
+            } else {
+                for (t, &first) in first.iter().enumerate() {
+                    finish(t, join_quads(first, zero));
                 }
             }
         }
-        g0 += 8;
-    }
-    let mut out = [[0.0f32; T]; 4];
-    for t in 0..T {
-        for r in 0..4 {
-            out[r][t] = lane_sum_ps(y[r][t]);
+        _ => {
+            // Per group of the chunk, its sum in eight i32 lanes.
+            let mut per_group = [[zero; 8]; T];
+            if FORM == 128 {
+                // Two groups a segment, four half-blocks each, added in i16
+                // (<= 4 * 3840).
+                let mut i = 0;
+                while i < n {
+                    let h0 = 4 * (g0 + i);
+                    for_segment(w, a, h0, (halves - h0).min(8), |t, p| {
+                        let even = _mm256_add_epi16(
+                            _mm256_add_epi16(p[0], p[1]),
+                            _mm256_add_epi16(p[2], p[3]),
+                        );
+                        let odd = _mm256_add_epi16(
+                            _mm256_add_epi16(p[4], p[5]),
+                            _mm256_add_epi16(p[6], p[7]),
+                        );
+                        per_group[t][i] = _mm256_madd_epi16(even, ones);
+                        per_group[t][i + 1] = _mm256_madd_epi16(odd, ones);
+                    });
+                    i += 2;
+                }
+            } else {
+                // Groups of 192 columns or more, each in segments.
+                for i in 0..n {
+                    let end = (g0 + i + 1) * group / 32;
+                    let mut h0 = (g0 + i) * group / 32;
+                    let mut acc = [zero; T];
+                    while h0 < end {
+                        let nh = (end - h0).min(8);
+                        for_segment(w, a, h0, nh, |t, p| {
+                            let s16 = _mm256_add_epi16(
+                                _mm256_add_epi16(
+                                    _mm256_add_epi16(p[0], p[1]),
+                                    _mm256_add_epi16(p[2], p[3]),
+                                ),
+                                _mm256_add_epi16(
+                                    _mm256_add_epi16(p[4], p[5]),
+                                    _mm256_add_epi16(p[6], p[7]),
+                                ),
+                            );
+                            acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(s16, ones));
+                        });
+                        h0 += nh;
+                    }
+                    for (t, &acc) in acc.iter().enumerate() {
+                        per_group[t][i] = acc;
+                    }
+                }
+            }
+            for (t, per_group) in per_group.iter().enumerate() {
+                finish(t, sums8_i32(per_group));
+            }
         }
     }
-    out
 }
 
 /// The fixed-order sum of eight f32 lanes that [`super::scalar::lane_sum`]
