@@ -167,9 +167,14 @@ pub fn w4a8_matmul_into(
         // SAFETY: each (i, j) is emitted once, by the task owning row j.
         unsafe { sink.write(i * n + j, v) }
     };
-    parallel::weight_row_blocks(m, n, k / 2, |rows| {
-        w4a8_block(packed, scales, layout, &q, &q_sums, m, rows, &emit)
-    });
+    let block = |rows| w4a8_block(packed, scales, layout, &q, &q_sums, m, rows, &emit);
+    if m == 1 {
+        // One token is compute-bound here: fewer, larger tasks than
+        // `weight_row_blocks` makes for streaming kernels.
+        parallel::one_token_row_blocks(n, k / 2, 16, 16, block);
+    } else {
+        parallel::weight_row_blocks(m, n, k / 2, block);
+    }
     Ok(())
 }
 
