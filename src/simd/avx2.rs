@@ -563,24 +563,25 @@ unsafe fn w4a8_row<const T: usize, const FORM: usize>(
     let mut g0 = 0;
     // Whole chunks of eight groups, then at most one partial chunk.
     while g0 + 8 <= groups {
-        w4a8_chunk::<T, FORM>(w, ws, a, a_sums, group, g0, 8, &mut y);
+        w4a8_chunk::<T, FORM, true>(w, ws, a, a_sums, group, g0, 8, &mut y);
         g0 += 8;
     }
     if g0 < groups {
-        w4a8_chunk::<T, FORM>(w, ws, a, a_sums, group, g0, groups - g0, &mut y);
+        w4a8_chunk::<T, FORM, false>(w, ws, a, a_sums, group, g0, groups - g0, &mut y);
     }
     y
 }
 
-/// Groups `g0 .. g0 + n` (`n <= 8`) of one weight row against `T` tokens,
-/// added into the lanes `y` (lane `l` gets group `g0 + l`).
+/// Groups `g0 .. g0 + n` (`n <= 8`; `n == 8` when `WHOLE`) of one weight
+/// row against `T` tokens, added into the lanes `y` (lane `l` gets group
+/// `g0 + l`).
 ///
 /// # Safety
 /// As [`w4a8_tile`], for this row, with `g0 + n <= k / group`.
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // i: group, half-blocks
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn w4a8_chunk<const T: usize, const FORM: usize>(
+unsafe fn w4a8_chunk<const T: usize, const FORM: usize, const WHOLE: bool>(
     w: &[u8],
     ws: &[f32],
     a: &[&[i8]; T],
@@ -590,6 +591,9 @@ unsafe fn w4a8_chunk<const T: usize, const FORM: usize>(
     n: usize,
     y: &mut [__m256; T],
 ) {
+    // A whole chunk has its length known at compile time (no per-chunk
+    // checks for partial segments or masks).
+    let n = if WHOLE { 8 } else { n };
     let halves = a[0].len() / 32;
     let ones = _mm256_set1_epi16(1);
     let zero = _mm256_setzero_si256();
