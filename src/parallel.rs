@@ -196,3 +196,33 @@ pub(crate) fn weight_row_blocks(
         }
     });
 }
+
+/// Runs `f` over blocks of rows of a one-token product (`n` rows of `k`
+/// bytes each), in parallel when the product is big enough: the same
+/// threshold as [`weight_row_blocks`], but fewer, larger blocks (about
+/// `tasks_per_thread` per thread, at least `min_rows` rows, a multiple of
+/// 4) for kernels that are compute-bound, where rayon's per-task cost shows.
+pub(crate) fn one_token_row_blocks(
+    n: usize,
+    k: usize,
+    tasks_per_thread: usize,
+    min_rows: usize,
+    f: impl Fn(core::ops::Range<usize>) + Sync + Send,
+) {
+    let threads = num_threads();
+    let rows_per_block = n
+        .div_ceil(tasks_per_thread.max(1) * threads)
+        .max(min_rows)
+        .next_multiple_of(4);
+    run(n.saturating_mul(k.max(1)) / 4, |split| {
+        if split {
+            (0..n.div_ceil(rows_per_block))
+                .into_par_iter()
+                .for_each(|b| {
+                    f(b * rows_per_block..((b + 1) * rows_per_block).min(n));
+                });
+        } else {
+            f(0..n);
+        }
+    });
+}

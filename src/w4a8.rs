@@ -33,7 +33,49 @@ impl Int4Layout {
     }
 }
 
-/// Weight rows `rows` against all `m` tokens, 4 rows x up to 2 tokens a tile.
+/// Tokens per tile: each weight row's nibbles are unpacked once per segment
+/// and used for this many tokens.
+const TOKENS: usize = 4;
+
+/// Bytes of weight rows (packed values and scales) a row block may take, so
+/// that it stays in L2 while the tokens stream past.
+const L2_BYTES: usize = 320 << 10;
+
+/// Weight rows `rows` against tokens `m0 .. m0 + T`, four rows a tile (a
+/// last one to three rows are padded with copies of the last row, whose
+/// extra results are dropped).
+#[allow(clippy::too_many_arguments)]
+fn w4a8_rows<const T: usize>(
+    packed: &[u8],
+    scales: &[f32],
+    layout: Int4Layout,
+    q: &[i8],
+    q_sums: &[i32],
+    m0: usize,
+    rows: Range<usize>,
+    emit: &impl Fn(usize, usize, f32),
+) {
+    let (k, rb, g) = (layout.in_features, layout.row_bytes(), layout.groups());
+    let tokens: [&[i8]; T] = core::array::from_fn(|t| &q[(m0 + t) * k..(m0 + t + 1) * k]);
+    let sums: [&[i32]; T] = core::array::from_fn(|t| &q_sums[(m0 + t) * g..(m0 + t + 1) * g]);
+    let mut j = rows.start;
+    while j < rows.end {
+        let live = (rows.end - j).min(4);
+        let row = |r: usize| j + r.min(live - 1);
+        let w: [&[u8]; 4] = core::array::from_fn(|r| &packed[row(r) * rb..(row(r) + 1) * rb]);
+        let s: [&[f32]; 4] = core::array::from_fn(|r| &scales[row(r) * g..(row(r) + 1) * g]);
+        let y = simd::w4a8_tile(&w, &s, &tokens, &sums, layout.group_size);
+        for (r, y) in y.iter().enumerate().take(live) {
+            for (t, &v) in y.iter().enumerate() {
+                emit(m0 + t, j + r, v);
+            }
+        }
+        j += 4;
+    }
+}
+
+/// Weight rows `rows` against all `m` tokens: tokens [`TOKENS`] at a time,
+/// so the block of weight rows stays in cache while the tokens stream past.
 #[allow(clippy::too_many_arguments)]
 fn w4a8_block(
     packed: &[u8],
@@ -45,58 +87,33 @@ fn w4a8_block(
     rows: Range<usize>,
     emit: &impl Fn(usize, usize, f32),
 ) {
-    let (k, rb, g) = (layout.in_features, layout.row_bytes(), layout.groups());
-    let token = |i: usize| &q[i * k..(i + 1) * k];
-    let sums = |i: usize| &q_sums[i * 8 * g..(i + 1) * 8 * g];
-    let wrow = |j: usize| &packed[j * rb..(j + 1) * rb];
-    let srow = |j: usize| &scales[j * g..(j + 1) * g];
-    let mut j = rows.start;
-    while j < rows.end {
-        if j + 4 <= rows.end {
-            let w: [&[u8]; 4] = core::array::from_fn(|r| wrow(j + r));
-            let s: [&[f32]; 4] = core::array::from_fn(|r| srow(j + r));
-            let mut i = 0;
-            while i + 2 <= m {
-                let y = simd::w4a8_tile(
-                    &w,
-                    &s,
-                    &[token(i), token(i + 1)],
-                    &[sums(i), sums(i + 1)],
-                    layout.group_size,
-                );
-                for (r, y) in y.iter().enumerate() {
-                    emit(i, j + r, y[0]);
-                    emit(i + 1, j + r, y[1]);
-                }
-                i += 2;
-            }
-            if i < m {
-                let y = simd::w4a8_tile(&w, &s, &[token(i)], &[sums(i)], layout.group_size);
-                for (r, y) in y.iter().enumerate() {
-                    emit(i, j + r, y[0]);
-                }
-            }
-            j += 4;
-        } else {
-            for i in 0..m {
-                let y = simd::w4a8_tile(
-                    &[wrow(j)],
-                    &[srow(j)],
-                    &[token(i)],
-                    &[sums(i)],
-                    layout.group_size,
-                );
-                emit(i, j, y[0][0]);
-            }
-            j += 1;
+    // Sub-blocks of rows whose packed bytes and scales fit in L2 (on one
+    // thread the caller hands over every row at once).
+    let row_bytes = layout.row_bytes() + 4 * layout.groups();
+    let step = ((L2_BYTES / row_bytes.max(1)) / 4 * 4).max(4);
+    let mut start = rows.start;
+    while start < rows.end {
+        let sub = start..(start + step).min(rows.end);
+        let mut m0 = 0;
+        while m0 + TOKENS <= m {
+            w4a8_rows::<TOKENS>(packed, scales, layout, q, q_sums, m0, sub.clone(), emit);
+            m0 += TOKENS;
         }
+        match m - m0 {
+            3 => w4a8_rows::<3>(packed, scales, layout, q, q_sums, m0, sub.clone(), emit),
+            2 => w4a8_rows::<2>(packed, scales, layout, q, q_sums, m0, sub.clone(), emit),
+            1 => w4a8_rows::<1>(packed, scales, layout, q, q_sums, m0, sub.clone(), emit),
+            _ => {}
+        }
+        start = sub.end;
     }
 }
 
-/// Batched W4A8: `out[i, j] = y_ij * s_i (+ bias[j])` where `y_ij` sums,
-/// group by group in f32, the exact integer dot product of the group times
-/// the group's scale (see [`simd::w4a8_tile`]). With one group per row this
-/// equals W8A8 on the unpacked weights, bit for bit.
+/// Batched W4A8: `out[i, j] = y_ij * s_i (+ bias[j])` where `y_ij` adds up
+/// in f32, in eight lanes by group index mod 8 and then a fixed-order lane
+/// sum, each group's exact integer dot product times the group's scale (see
+/// [`simd::w4a8_tile`]). With one group per row this equals W8A8 on the
+/// unpacked weights, bit for bit.
 #[allow(clippy::too_many_arguments)]
 pub fn w4a8_matmul_into(
     x: &[f32],
@@ -141,7 +158,7 @@ pub fn w4a8_matmul_into(
     // stored offset by 8).
     let q_sums: Vec<i32> = q
         .chunks(k)
-        .flat_map(|t| simd::int4_lane_sums(t, layout.group_size))
+        .flat_map(|t| simd::int4_group_sums(t, layout.group_size))
         .collect();
     let sink = DisjointOut::new(out);
     let emit = |i: usize, j: usize, y: f32| {
@@ -150,9 +167,14 @@ pub fn w4a8_matmul_into(
         // SAFETY: each (i, j) is emitted once, by the task owning row j.
         unsafe { sink.write(i * n + j, v) }
     };
-    parallel::weight_row_blocks(m, n, k / 2, |rows| {
-        w4a8_block(packed, scales, layout, &q, &q_sums, m, rows, &emit)
-    });
+    let block = |rows| w4a8_block(packed, scales, layout, &q, &q_sums, m, rows, &emit);
+    if m == 1 {
+        // One token is compute-bound here: fewer, larger tasks than
+        // `weight_row_blocks` makes for streaming kernels.
+        parallel::one_token_row_blocks(n, k / 2, 16, 16, block);
+    } else {
+        parallel::weight_row_blocks(m, n, k / 2, block);
+    }
     Ok(())
 }
 
@@ -191,6 +213,46 @@ mod tests {
             w4a8_matmul_into(&x, m, &packed, &scales, layout, None, act, &mut y4).unwrap();
             w8a8_matmul_into(&x, m, &values, &scales, None, act, &mut y8).unwrap();
             assert_eq!(y4, y8);
+        }
+    }
+
+    /// Every group form of the AVX2 kernel (32, 64, larger, one per row),
+    /// with partial chunks of groups, token and row remainders, against the
+    /// scalar definition.
+    #[test]
+    fn paths_agree_on_every_group_form() {
+        for (k, groups) in [
+            (384, vec![32, 64, 128, 192, 384]),
+            (320, vec![32, 64, 320]),
+            (1024, vec![32, 64, 128, 256, 512, 1024]),
+            (64, vec![32, 64]),
+        ] {
+            for group in groups {
+                for (m, n) in [(1, 4), (6, 7), (9, 5)] {
+                    let x = data(m * k, k + group);
+                    let w = data(n * k, 3 * k + group);
+                    let (packed, scales) = quantize_weights_int4(&w, n, k, Some(group)).unwrap();
+                    let layout = Int4Layout {
+                        out_features: n,
+                        in_features: k,
+                        group_size: group,
+                    };
+                    let mut results = Vec::new();
+                    for isa in simd::supported() {
+                        simd::set_isa(isa).unwrap();
+                        let mut y = vec![0.0; m * n];
+                        let act = ActQuant::PER_TOKEN;
+                        w4a8_matmul_into(&x, m, &packed, &scales, layout, None, act, &mut y)
+                            .unwrap();
+                        results.push(y.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+                    }
+                    simd::set_isa(simd::best_supported()).unwrap();
+                    assert!(
+                        results.windows(2).all(|p| p[0] == p[1]),
+                        "k {k} group {group} m {m} n {n}"
+                    );
+                }
+            }
         }
     }
 

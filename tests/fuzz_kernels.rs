@@ -715,8 +715,8 @@ fn all_functions(c: &Case) -> Outcomes {
                 return Ok(vec![]);
             }
             let (s1, s2) = (
-                simd::int4_lane_sums(&a8[..kk], group),
-                simd::int4_lane_sums(&a8b[..kk], group),
+                simd::int4_group_sums(&a8[..kk], group),
+                simd::int4_group_sums(&a8b[..kk], group),
             );
             let y = simd::w4a8_tile(&wp, &sc, &[&a8[..kk], &a8b[..kk]], &[&s1, &s2], group);
             let y1 = simd::w4a8_tile(&[wp[0]], &[sc[0]], &[&a8[..kk]], &[&s1], group);
@@ -958,8 +958,8 @@ fn simd_kernels_on_every_length_and_offset() {
                     let ws: [&[f32]; 4] = core::array::from_fn(|r| &sbuf[r..r + groups]);
                     if len > 0 {
                         let sums = [
-                            simd::int4_lane_sums(a, group),
-                            simd::int4_lane_sums(a2, group),
+                            simd::int4_group_sums(a, group),
+                            simd::int4_group_sums(a2, group),
                         ];
                         let y = simd::w4a8_tile(&wp, &ws, &[a, a2], &[&sums[0], &sums[1]], group);
                         v.extend(f32s(&y.concat()));
@@ -1080,13 +1080,13 @@ fn kernel_preconditions_panic_on_every_path() {
                 }),
             ),
             (
-                "w4a8_tile short lane sums",
+                "w4a8_tile short group sums",
                 Box::new(|| {
                     simd::w4a8_tile(
                         &[&[0u8; 32][..]; 4],
                         &[&[1.0f32; 2][..]; 4],
                         &[&[0i8; 64][..]],
-                        &[&[0i32; 8][..]],
+                        &[&[0i32; 1][..]],
                         32,
                     );
                 }),

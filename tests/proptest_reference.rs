@@ -537,24 +537,19 @@ proptest! {
         for i in 0..m {
             for j in 0..n {
                 let dot = |c: usize| values[j * k + c] as i64 * q[i * k + c] as i64;
-                let y = if groups == 1 {
+                // Exact group sums, in eight lanes by group % 8 (groups in
+                // order), then a fixed-order lane sum.
+                let mut lane = [-0.0f32; 8];
+                for gi in 0..groups {
+                    let acc: i64 = (gi * g..((gi + 1) * g).min(k)).map(dot).sum();
+                    lane[gi % 8] += acc as f32 * scales[j * groups + gi];
+                }
+                let y = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+                if groups == 1 {
                     // One group: the W8A8 formula.
-                    (0..k).map(dot).sum::<i64>() as f32 * scales[j * groups]
-                } else {
-                    // Eight lanes by column % 32 / 4, groups in order, then a
-                    // fixed-order lane sum.
-                    let mut lane = [-0.0f32; 8];
-                    for gi in 0..groups {
-                        let mut acc = [0i64; 8];
-                        for c in gi * g..((gi + 1) * g).min(k) {
-                            acc[c % 32 / 4] += dot(c);
-                        }
-                        for l in 0..8 {
-                            lane[l] += acc[l] as f32 * scales[j * groups + gi];
-                        }
-                    }
-                    ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]))
-                };
+                    let acc: i64 = (0..k).map(dot).sum();
+                    prop_assert_eq!(y.to_bits(), (acc as f32 * scales[j]).to_bits());
+                }
                 want[i * n + j] = y * s[i];
             }
         }
@@ -921,8 +916,8 @@ fn every_simd_path_gives_the_scalar_bits() {
                 let sc: Vec<f32> = (0..4 * groups).map(|i| 0.01 + i as f32 * 0.003).collect();
                 let ws: [&[f32]; 4] = core::array::from_fn(|r| &sc[r * groups..(r + 1) * groups]);
                 let sums = [
-                    simd::int4_lane_sums(&a[..k32], 32),
-                    simd::int4_lane_sums(&a2[..k32], 32),
+                    simd::int4_group_sums(&a[..k32], 32),
+                    simd::int4_group_sums(&a2[..k32], 32),
                 ];
                 let w4 = if k32 > 0 {
                     simd::w4a8_tile(

@@ -105,10 +105,12 @@ def w4a8_matmul(
     """Batched W4A8 on packed int4 weights (see ``dynquant.weights`` for the
     layout) with scales ``[out, groups]``: ``x [..., in]`` → ``[..., out]``.
 
-    Per weight row and token, each group's exact integer dot product is scaled
-    by its group scale and the groups are summed in order in float32; the
-    token scale multiplies last. With ``group_size=None`` (one scale per row)
-    this equals ``w8a8_matmul`` on the unpacked weights, bit for bit.
+    Per weight row and token, each group's exact integer dot product times its
+    group scale is added in float32, in group order, into one of eight lanes
+    (lane ``g % 8`` for group ``g``); the lanes are summed in a fixed order
+    (``((y0 + y4) + (y2 + y6)) + ((y1 + y5) + (y3 + y7))``) and the token
+    scale multiplies last. With ``group_size=None`` (one scale per row) this
+    equals ``w8a8_matmul`` on the unpacked weights, bit for bit.
     """
     x2, lead = _tokens(x)
     k = x2.shape[1]

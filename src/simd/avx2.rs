@@ -336,19 +336,184 @@ unsafe fn hsum4_i32(a: [__m256i; 4]) -> __m128i {
     _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
 }
 
-/// W4A8 of four packed weight rows with `T` token rows; see
-/// [`super::w4a8_tile`] for the arithmetic and `crate::weights` for the
-/// layout; this is the one-group (exact) form. The stored nibbles `u = w + 8`
-/// are unsigned, so `maddubs(u, a)` needs no sign fix-up and cannot saturate
-/// (|pair| <= 2 * 15 * 128); the exact `sum w a` is `sum u a - 8 * sum a`,
-/// with `8 * sum a` per group given (in 8 lanes) in `a_sums`. i16 lanes absorb up to 8 half-blocks (8 * 3840 < 2^15) before
-/// widening. Requires `k % 64 == 0`, `group % 32 == 0`, `k % group == 0`.
+// W4A8 works in segments of 256 columns: 8 half-blocks of 32, from 4
+// packed 32-byte loads per row. Within a segment the i16 sums of `maddubs`
+// cannot saturate: each pair is at most 2 * 15 * 128 = 3840 in magnitude,
+// eight of them 30720 < 2^15.
+
+/// The unsigned nibbles of half-blocks `h0 .. h0 + nh` (columns
+/// `32 * h0 ..`) of a packed row, as bytes; halves from `nh` on are zero.
+/// `h0` and `nh` are even (whole 64-column blocks) and `nh <= 8`.
+///
+/// # Safety
+/// AVX2 available; `16 * (h0 + nh) <= w.len()`.
+#[inline(always)]
+unsafe fn nibbles(w: &[u8], h0: usize, nh: usize) -> [__m256i; 8] {
+    let low = _mm256_set1_epi8(0x0f);
+    let mut nib = [_mm256_setzero_si256(); 8];
+    for b in 0..4 {
+        if 2 * b < nh {
+            // (h0 / 2 + b) * 32 + 32 <= 16 * (h0 + nh) <= w.len().
+            let bytes = _mm256_loadu_si256(w.as_ptr().add((h0 / 2 + b) * 32) as *const __m256i);
+            nib[2 * b] = _mm256_and_si256(bytes, low);
+            nib[2 * b + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
+        }
+    }
+    nib
+}
+
+/// `maddubs(nibble, a)` for the half-blocks of a segment starting at column
+/// `col`: i16 pair sums `u * a`; halves from `nh` on are zero.
+///
+/// # Safety
+/// AVX2 available; `col + 32 * nh <= a.len()`.
+#[inline(always)]
+unsafe fn segment_products(nib: &[__m256i; 8], a: &[i8], col: usize, nh: usize) -> [__m256i; 8] {
+    let mut p = [_mm256_setzero_si256(); 8];
+    for i in 0..8 {
+        if i < nh {
+            p[i] = _mm256_maddubs_epi16(nib[i], load32_i8(a, col + 32 * i));
+        }
+    }
+    p
+}
+
+/// Per 128-bit lane, the sums of four i16 vectors as i32:
+/// `[s(v0) s(v1) s(v2) s(v3) | ...]` with `s` the sum of the lane's eight
+/// i16. Each such sum must fit in i16 (the caller's bound).
+#[inline(always)]
+unsafe fn quad_sums(v: [__m256i; 4], ones: __m256i) -> __m256i {
+    let h = _mm256_hadd_epi16(_mm256_hadd_epi16(v[0], v[1]), _mm256_hadd_epi16(v[2], v[3]));
+    _mm256_madd_epi16(h, ones)
+}
+
+/// Joins two [`quad_sums`] results (groups 0–3 and 4–7) into the eight
+/// group totals `[t0 .. t7]`.
+#[inline(always)]
+unsafe fn join_quads(q0: __m256i, q1: __m256i) -> __m256i {
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(q0, q1),
+        _mm256_permute2x128_si256::<0x31>(q0, q1),
+    )
+}
+
+/// The totals of eight i32 vectors as one vector `[s(v0) .. s(v7)]`.
+#[inline(always)]
+unsafe fn sums8_i32(v: &[__m256i; 8]) -> __m256i {
+    let e = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let f = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    join_quads(e, f)
+}
+
+/// Lanes `0..n` set (all ones), the rest clear.
+#[inline(always)]
+unsafe fn first_lanes(n: usize) -> __m256i {
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// One chunk of eight groups of the W4A8 definition: lane `l` of `y` adds
+/// `(exact_l as f32) * scale_l` with `exact = u_sums - offsets` (lanes
+/// `0..n`; the others keep their value).
+///
+/// # Safety
+/// AVX2 available; `g0 + n <= offsets.len()` and `g0 + n <= scales.len()`
+/// (masked loads read only lanes `0..n`).
+#[inline(always)]
+unsafe fn scale_chunk(
+    y: __m256,
+    u_sums: __m256i,
+    offsets: &[i32],
+    scales: __m256,
+    g0: usize,
+    n: usize,
+    mask: __m256i,
+) -> __m256 {
+    let off = if n == 8 {
+        _mm256_loadu_si256(offsets.as_ptr().add(g0) as *const __m256i)
+    } else {
+        _mm256_maskload_epi32(offsets.as_ptr().add(g0), mask)
+    };
+    let exact = _mm256_sub_epi32(u_sums, off);
+    let sum = _mm256_add_ps(y, _mm256_mul_ps(_mm256_cvtepi32_ps(exact), scales));
+    if n == 8 {
+        sum
+    } else {
+        _mm256_blendv_ps(y, sum, _mm256_castsi256_ps(mask))
+    }
+}
+
+/// The eight scales of groups `g0 .. g0 + n` (masked beyond `n`).
+///
+/// # Safety
+/// AVX2 available; `g0 + n <= ws.len()`.
+#[inline(always)]
+unsafe fn chunk_scales(ws: &[f32], g0: usize, n: usize, mask: __m256i) -> __m256 {
+    if n == 8 {
+        load8(ws, g0)
+    } else {
+        _mm256_maskload_ps(ws.as_ptr().add(g0), mask)
+    }
+}
+
+/// Calls `each(t, products)` with the [`segment_products`] of every token
+/// for half-blocks `h0 .. h0 + nh` of packed row `w`, whose nibbles are
+/// unpacked once. A whole segment (`nh == 8`, the usual case) takes a path
+/// with the length known, without per-half checks.
+///
+/// # Safety
+/// AVX2 available; `16 * (h0 + nh) <= w.len()`, `32 * (h0 + nh) <= a[t].len()`,
+/// `nh` even and at most 8.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // t is also passed to `each`
+unsafe fn for_segment<const T: usize>(
+    w: &[u8],
+    a: &[&[i8]; T],
+    h0: usize,
+    nh: usize,
+    mut each: impl FnMut(usize, [__m256i; 8]),
+) {
+    if nh == 8 {
+        let nib = nibbles(w, h0, 8);
+        for t in 0..T {
+            each(t, segment_products(&nib, a[t], 32 * h0, 8));
+        }
+    } else {
+        let nib = nibbles(w, h0, nh);
+        for t in 0..T {
+            each(t, segment_products(&nib, a[t], 32 * h0, nh));
+        }
+    }
+}
+
+/// W4A8 of four packed weight rows with `T` token rows, bit for bit the
+/// definition in [`super::w4a8_tile`]; `crate::weights` has the layout.
+///
+/// The stored nibbles `u = w + 8` are unsigned, so `maddubs(u, a)` needs no
+/// sign fix-up; the exact group sum is `sum u a - 8 * sum a`, with
+/// `8 * sum a` per group in `a_sums`. Group sums are exact integers, so
+/// how they are added up is free: the kernel works in chunks of eight
+/// groups, gathers their eight sums into one vector (horizontal adds) and
+/// applies the f32 step of the definition to the eight lanes at once —
+/// lane `l` of the chunk starting at group `8c` is group `8c + l`, which
+/// the definition puts in lane `l`.
+///
+/// Columns go in segments of 256 (8 half-blocks, 4 packed loads per row),
+/// each unpacked once for all `T` tokens. Group 32: a chunk is one segment
+/// (one half-block per group). Group 64: two segments of four groups.
+/// Group 128: four segments of two groups. Larger groups (multiples of 64,
+/// and one group per row): each group in segments, summed in i32 lanes
+/// (which wrap, but the true group sum, at most 2^20 * 8 * 128 in
+/// magnitude, fits in i32, so the result is exact).
+///
+/// Requires `k % 64 == 0`, `k % group == 0`, `group == 32 || group % 64 == 0`.
 ///
 /// # Safety
 /// AVX2 available; `w[r].len() >= k / 2`, `ws[r].len() >= k / group`,
 /// `a_sums[t].len() >= k / group`, every token row `k` long (the dispatcher
 /// asserts all of these).
-#[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
 #[target_feature(enable = "avx2")]
 pub unsafe fn w4a8_tile<const T: usize>(
     w: &[&[u8]; 4],
@@ -357,76 +522,178 @@ pub unsafe fn w4a8_tile<const T: usize>(
     a_sums: &[&[i32]; T],
     group: usize,
 ) -> [[f32; T]; 4] {
-    let k = a[0].len();
-    let ones = _mm256_set1_epi16(1);
-    let low = _mm256_set1_epi8(0x0f);
-    let mut y = [_mm_setzero_ps(); T];
-    let mut acc16 = [[_mm256_setzero_si256(); 4]; T];
-    let mut acc32 = [[_mm256_setzero_si256(); 4]; T];
-    let mut pending = 0; // half-blocks in acc16
-    let mut g = 0;
-    let mut group_end = group;
-    let mut block = 0;
-    // block * 64 + 64 <= k: the 32 weight bytes at block * 32 and the
-    // activations at block * 64 .. + 64 are in bounds.
-    while block * 64 < k {
-        let bytes: [__m256i; 4] = core::array::from_fn(|r| {
-            _mm256_loadu_si256(w[r].as_ptr().add(block * 32) as *const __m256i)
-        });
-        for half in 0..2 {
-            let col = block * 64 + half * 32;
-            let nib: [__m256i; 4] = core::array::from_fn(|r| {
-                if half == 0 {
-                    _mm256_and_si256(bytes[r], low)
-                } else {
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(bytes[r]), low)
-                }
-            });
-            for t in 0..T {
-                let av = load32_i8(a[t], col);
-                for r in 0..4 {
-                    acc16[t][r] = _mm256_add_epi16(acc16[t][r], _mm256_maddubs_epi16(nib[r], av));
-                }
-            }
-            pending += 1;
-            let group_done = col + 32 == group_end;
-            if pending == 8 || group_done {
-                for t in 0..T {
-                    for r in 0..4 {
-                        let wide = _mm256_madd_epi16(acc16[t][r], ones);
-                        acc32[t][r] = _mm256_add_epi32(acc32[t][r], wide);
-                        acc16[t][r] = _mm256_setzero_si256();
-                    }
-                }
-                pending = 0;
-            }
-            if group_done {
-                let scales = _mm_setr_ps(ws[0][g], ws[1][g], ws[2][g], ws[3][g]);
-                for t in 0..T {
-                    // a_sums holds 8 lanes of 8 * sum(a) per group; their total
-                    // is the group's offset.
-                    let lanes = &a_sums[t][8 * g..8 * g + 8];
-                    let offset = _mm_set1_epi32(lanes.iter().sum::<i32>());
-                    let exact = _mm_sub_epi32(hsum4_i32(acc32[t]), offset);
-                    let p = _mm_mul_ps(_mm_cvtepi32_ps(exact), scales);
-                    y[t] = if g == 0 { p } else { _mm_add_ps(y[t], p) };
-                    acc32[t] = [_mm256_setzero_si256(); 4];
-                }
-                g += 1;
-                group_end += group;
-            }
-        }
-        block += 1;
-    }
+    // One code path per group form, so each loop holds only its own work.
+    // (Plain loops, not closures: the helpers must inline into this
+    // AVX2-enabled body.)
     let mut out = [[0.0f32; T]; 4];
-    for t in 0..T {
-        let mut lanes = [0.0f32; 4];
-        _mm_storeu_ps(lanes.as_mut_ptr(), y[t]);
-        for r in 0..4 {
-            out[r][t] = lanes[r];
+    for r in 0..4 {
+        let y = match group {
+            32 => w4a8_row::<T, 32>(w[r], ws[r], a, a_sums, group),
+            64 => w4a8_row::<T, 64>(w[r], ws[r], a, a_sums, group),
+            128 => w4a8_row::<T, 128>(w[r], ws[r], a, a_sums, group),
+            _ => w4a8_row::<T, 0>(w[r], ws[r], a, a_sums, group),
+        };
+        for t in 0..T {
+            out[r][t] = lane_sum_ps(y[t]);
         }
     }
     out
+}
+
+/// One weight row of [`w4a8_tile`] against `T` tokens: the eight f32 lanes
+/// of the definition per token. `FORM` is the group size for 32, 64 and
+/// 128, else 0 (larger groups, `group` columns each).
+///
+/// # Safety
+/// As [`w4a8_tile`], for this row.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn w4a8_row<const T: usize, const FORM: usize>(
+    w: &[u8],
+    ws: &[f32],
+    a: &[&[i8]; T],
+    a_sums: &[&[i32]; T],
+    group: usize,
+) -> [__m256; T] {
+    let k = a[0].len();
+    let groups = k / group;
+    // -0.0 + p == p for every p, so starting at -0.0 is the same as starting
+    // with the first group's product (the definition), without a branch.
+    let mut y = [_mm256_set1_ps(-0.0); T];
+    let mut g0 = 0;
+    // Whole chunks of eight groups, then at most one partial chunk.
+    while g0 + 8 <= groups {
+        w4a8_chunk::<T, FORM, true>(w, ws, a, a_sums, group, g0, 8, &mut y);
+        g0 += 8;
+    }
+    if g0 < groups {
+        w4a8_chunk::<T, FORM, false>(w, ws, a, a_sums, group, g0, groups - g0, &mut y);
+    }
+    y
+}
+
+/// Groups `g0 .. g0 + n` (`n <= 8`; `n == 8` when `WHOLE`) of one weight
+/// row against `T` tokens, added into the lanes `y` (lane `l` gets group
+/// `g0 + l`).
+///
+/// # Safety
+/// As [`w4a8_tile`], for this row, with `g0 + n <= k / group`.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // i: group, half-blocks
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn w4a8_chunk<const T: usize, const FORM: usize, const WHOLE: bool>(
+    w: &[u8],
+    ws: &[f32],
+    a: &[&[i8]; T],
+    a_sums: &[&[i32]; T],
+    group: usize,
+    g0: usize,
+    n: usize,
+    y: &mut [__m256; T],
+) {
+    // A whole chunk has its length known at compile time (no per-chunk
+    // checks for partial segments or masks).
+    let n = if WHOLE { 8 } else { n };
+    let halves = a[0].len() / 32;
+    let ones = _mm256_set1_epi16(1);
+    let zero = _mm256_setzero_si256();
+    let mask = first_lanes(n);
+    let scales = chunk_scales(ws, g0, n, mask);
+    let mut finish = |t: usize, sums: __m256i| {
+        y[t] = scale_chunk(y[t], sums, a_sums[t], scales, g0, n, mask);
+    };
+    // Every segment below reads half-blocks h0 .. h0 + nh with h0 + nh <=
+    // halves = k / 32: packed bytes up to 16 * (h0 + nh) <= k / 2 <= the row,
+    // activations up to 32 * (h0 + nh) <= k. Offsets and scales are read at
+    // groups g0 .. g0 + n <= groups.
+    match FORM {
+        32 => {
+            // Half-block i is group g0 + i; a group's i16 lane sum in
+            // `quad_sums` is at most 8 * 3840 < 2^15.
+            for_segment(w, a, g0, n, |t, p| {
+                let lo = quad_sums([p[0], p[1], p[2], p[3]], ones);
+                let hi = quad_sums([p[4], p[5], p[6], p[7]], ones);
+                finish(t, join_quads(lo, hi));
+            });
+        }
+        64 => {
+            // Two half-blocks a group, added in i16 (<= 2 * 3840); a group's
+            // i16 lane sum in `quad_sums` is at most 8 * 3840 < 2^15.
+            let pairs = |p: [__m256i; 8]| -> [__m256i; 4] {
+                core::array::from_fn(|i| _mm256_add_epi16(p[2 * i], p[2 * i + 1]))
+            };
+            let mut first = [zero; T];
+            let h0 = 2 * g0;
+            for_segment(w, a, h0, (halves - h0).min(8), |t, p| {
+                first[t] = quad_sums(pairs(p), ones);
+            });
+            let h1 = h0 + 8;
+            if h1 < halves {
+                for_segment(w, a, h1, (halves - h1).min(8), |t, p| {
+                    finish(t, join_quads(first[t], quad_sums(pairs(p), ones)));
+                });
+            } else {
+                for (t, &first) in first.iter().enumerate() {
+                    finish(t, join_quads(first, zero));
+                }
+            }
+        }
+        _ => {
+            // Per group of the chunk, its sum in eight i32 lanes.
+            let mut per_group = [[zero; 8]; T];
+            if FORM == 128 {
+                // Two groups a segment, four half-blocks each, added in i16
+                // (<= 4 * 3840).
+                let mut i = 0;
+                while i < n {
+                    let h0 = 4 * (g0 + i);
+                    for_segment(w, a, h0, (halves - h0).min(8), |t, p| {
+                        let even = _mm256_add_epi16(
+                            _mm256_add_epi16(p[0], p[1]),
+                            _mm256_add_epi16(p[2], p[3]),
+                        );
+                        let odd = _mm256_add_epi16(
+                            _mm256_add_epi16(p[4], p[5]),
+                            _mm256_add_epi16(p[6], p[7]),
+                        );
+                        per_group[t][i] = _mm256_madd_epi16(even, ones);
+                        per_group[t][i + 1] = _mm256_madd_epi16(odd, ones);
+                    });
+                    i += 2;
+                }
+            } else {
+                // Groups of 192 columns or more, each in segments.
+                for i in 0..n {
+                    let end = (g0 + i + 1) * group / 32;
+                    let mut h0 = (g0 + i) * group / 32;
+                    let mut acc = [zero; T];
+                    while h0 < end {
+                        let nh = (end - h0).min(8);
+                        for_segment(w, a, h0, nh, |t, p| {
+                            let s16 = _mm256_add_epi16(
+                                _mm256_add_epi16(
+                                    _mm256_add_epi16(p[0], p[1]),
+                                    _mm256_add_epi16(p[2], p[3]),
+                                ),
+                                _mm256_add_epi16(
+                                    _mm256_add_epi16(p[4], p[5]),
+                                    _mm256_add_epi16(p[6], p[7]),
+                                ),
+                            );
+                            acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(s16, ones));
+                        });
+                        h0 += nh;
+                    }
+                    for (t, &acc) in acc.iter().enumerate() {
+                        per_group[t][i] = acc;
+                    }
+                }
+            }
+            for (t, per_group) in per_group.iter().enumerate() {
+                finish(t, sums8_i32(per_group));
+            }
+        }
+    }
 }
 
 /// The fixed-order sum of eight f32 lanes that [`super::scalar::lane_sum`]
@@ -436,140 +703,4 @@ unsafe fn lane_sum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
-}
-
-/// W4A8 with several scale groups per row, four rows by `T` tokens; see
-/// [`super::w4a8_tile`] for the arithmetic (per-lane group partials). i32
-/// lane `l` of `madd(maddubs(u, a), 1)` holds columns `4l..4l + 4` of a
-/// 32-column half-block, which is the lane the definition names.
-/// `a_lane_sums[t]` holds, per group, 8 lanes of `8 * sum a` over the same
-/// columns, so `madd(..) - it` is the exact signed lane partial.
-/// Requires `k % 64 == 0`, `group % 32 == 0`, `k % group == 0`.
-///
-/// # Safety
-/// AVX2 available; `w[r].len() >= k / 2`, `ws[r].len() >= k / group`,
-/// `a_lane_sums[t].len() >= 8 * k / group`, every token row `k` long (the
-/// dispatcher asserts all of these).
-#[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
-#[target_feature(enable = "avx2")]
-pub unsafe fn w4a8_tile_lanes<const T: usize>(
-    w: &[&[u8]; 4],
-    ws: &[&[f32]; 4],
-    a: &[&[i8]; T],
-    a_lane_sums: &[&[i32]; T],
-    group: usize,
-) -> [[f32; T]; 4] {
-    let k = a[0].len();
-    let ones = _mm256_set1_epi16(1);
-    let low = _mm256_set1_epi8(0x0f);
-    // -0.0 + p == p for every p, so starting at -0.0 is the same as starting
-    // with the first group's product (the definition), without a branch.
-    let mut y = [[_mm256_set1_ps(-0.0); 4]; T];
-    // Scale pointers; g < k / group <= ws[r].len() (asserted by the dispatcher).
-    let scale_at: [*const f32; 4] = core::array::from_fn(|r| ws[r].as_ptr());
-    if group == 32 {
-        // One group per half-block: scale every partial as it is made.
-        let mut block = 0;
-        // As below: every load is in bounds while block * 64 < k.
-        while block * 64 < k {
-            let bytes: [__m256i; 4] = core::array::from_fn(|r| {
-                _mm256_loadu_si256(w[r].as_ptr().add(block * 32) as *const __m256i)
-            });
-            for half in 0..2 {
-                let g = 2 * block + half;
-                let col = 32 * g;
-                let av: [__m256i; T] = core::array::from_fn(|t| load32_i8(a[t], col));
-                let offset: [__m256i; T] = core::array::from_fn(|t| {
-                    _mm256_loadu_si256(a_lane_sums[t].as_ptr().add(8 * g) as *const __m256i)
-                });
-                for r in 0..4 {
-                    let nib = if half == 0 {
-                        _mm256_and_si256(bytes[r], low)
-                    } else {
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(bytes[r]), low)
-                    };
-                    let scale = _mm256_set1_ps(*scale_at[r].add(g));
-                    for t in 0..T {
-                        let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, av[t]), ones);
-                        let exact = _mm256_sub_epi32(lanes, offset[t]);
-                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(exact), scale);
-                        y[t][r] = _mm256_add_ps(y[t][r], p);
-                    }
-                }
-            }
-            block += 1;
-        }
-        let mut out = [[0.0f32; T]; 4];
-        for t in 0..T {
-            for r in 0..4 {
-                out[r][t] = lane_sum_ps(y[t][r]);
-            }
-        }
-        return out;
-    }
-    let mut acc16 = [[_mm256_setzero_si256(); 4]; T];
-    let mut acc32 = [[_mm256_setzero_si256(); 4]; T];
-    let mut pending = 0; // half-blocks in acc16
-    let mut g = 0;
-    let mut group_end = group;
-    let mut block = 0;
-    // block * 64 + 64 <= k: the 32 weight bytes at block * 32 and the
-    // activations at block * 64 .. + 64 are in bounds.
-    while block * 64 < k {
-        let bytes: [__m256i; 4] = core::array::from_fn(|r| {
-            _mm256_loadu_si256(w[r].as_ptr().add(block * 32) as *const __m256i)
-        });
-        for half in 0..2 {
-            let col = block * 64 + half * 32;
-            let nib: [__m256i; 4] = core::array::from_fn(|r| {
-                if half == 0 {
-                    _mm256_and_si256(bytes[r], low)
-                } else {
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(bytes[r]), low)
-                }
-            });
-            for t in 0..T {
-                let av = load32_i8(a[t], col);
-                for r in 0..4 {
-                    acc16[t][r] = _mm256_add_epi16(acc16[t][r], _mm256_maddubs_epi16(nib[r], av));
-                }
-            }
-            pending += 1;
-            let group_done = col + 32 == group_end;
-            if pending == 8 || group_done {
-                for t in 0..T {
-                    for r in 0..4 {
-                        let wide = _mm256_madd_epi16(acc16[t][r], ones);
-                        acc32[t][r] = _mm256_add_epi32(acc32[t][r], wide);
-                        acc16[t][r] = _mm256_setzero_si256();
-                    }
-                }
-                pending = 0;
-            }
-            if group_done {
-                for t in 0..T {
-                    // 8 lanes of 8 * sum(a) for this group: in bounds as asserted.
-                    let offset =
-                        _mm256_loadu_si256(a_lane_sums[t].as_ptr().add(8 * g) as *const __m256i);
-                    for r in 0..4 {
-                        let exact = _mm256_sub_epi32(acc32[t][r], offset);
-                        let scale = _mm256_set1_ps(*scale_at[r].add(g));
-                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(exact), scale);
-                        y[t][r] = _mm256_add_ps(y[t][r], p);
-                        acc32[t][r] = _mm256_setzero_si256();
-                    }
-                }
-                g += 1;
-                group_end += group;
-            }
-        }
-        block += 1;
-    }
-    let mut out = [[0.0f32; T]; 4];
-    for t in 0..T {
-        for r in 0..4 {
-            out[r][t] = lane_sum_ps(y[t][r]);
-        }
-    }
-    out
 }

@@ -250,23 +250,23 @@ pub fn dot_tile<const R: usize, const T: usize>(w: &[&[i8]; R], a: &[&[i8]; T]) 
 /// W4A8 of `R` packed int4 weight rows (layout in [`crate::weights`]) with
 /// `T` int8 token rows, with `ws[r]` holding one scale per `group` columns.
 ///
-/// One group (per-row scales): `acc as f32 * ws[r][0]` with `acc` the exact
-/// integer dot product — the W8A8 formula, so W4A8 then equals W8A8 on the
+/// The definition, which every path computes bit for bit: for each group
+/// `g`, `P_g` is the exact integer dot product over the group's columns;
+/// eight f32 lanes start at -0.0, and for `g = 0, 1, ...` in order, lane
+/// `g % 8` adds `(P_g as f32) * ws[r][g]` (the product rounded, then the
+/// sum); the result is the lane sum
+/// `((y0 + y4) + (y2 + y6)) + ((y1 + y5) + (y3 + y7))`.
+///
+/// With one group (per-row scales) only lane 0 is used and the other lanes
+/// stay -0.0, which the lane sum leaves unchanged: the result is
+/// `P as f32 * ws[r][0]`, the W8A8 formula, so W4A8 then equals W8A8 on the
 /// unpacked weights bit for bit.
 ///
 /// No columns (`k == 0`): every result is +0.0, with no scale read.
 ///
-/// Several groups: the group scales are applied inside the accumulation, in
-/// eight lanes (the layout of an AVX2 register): lane `l` takes the columns
-/// `c` with `c % 32` in `4l..4l + 4`; for each group `g` in order, the lane's
-/// exact integer partial over the group times `ws[r][g]` is added in f32
-/// (the first group's product starts the lane); the lanes are then summed
-/// as `((y0 + y4) + (y2 + y6)) + ((y1 + y5) + (y3 + y7))`. Every path
-/// computes exactly this.
-///
-/// `a_sums[t]` must hold, per group, eight lanes of `8 * sum(a)` over each
-/// lane's columns (see [`int4_lane_sums`]); the SIMD path needs them, the
-/// scalar path does not.
+/// `a_sums[t]` must hold, per group, `8 * sum(a)` over the group's columns
+/// (see [`int4_group_sums`]): the SIMD path multiplies the stored nibbles
+/// `w + 8` and subtracts it; the scalar path does not need it.
 #[inline]
 pub fn w4a8_tile<const R: usize, const T: usize>(
     w: &[&[u8]; R],
@@ -285,41 +285,37 @@ pub fn w4a8_tile<const R: usize, const T: usize>(
         w.iter().all(|row| row.len() >= k.div_ceil(2))
             && ws.iter().all(|row| row.len() >= groups)
             && a.iter().all(|row| row.len() == k)
-            && a_sums.iter().all(|row| row.len() >= 8 * groups),
+            && a_sums.iter().all(|row| row.len() >= groups),
         "w4a8_tile: operand lengths"
     );
     if k == 0 {
         // No columns, no groups: an empty sum on every path (the scalar
-        // one-group formula would read a scale that need not exist).
+        // loop would give -0.0).
         return [[0.0; T]; R];
     }
     #[cfg(target_arch = "x86_64")]
-    if R == 4 && T > 0 && k % 64 == 0 && group % 32 == 0 && k % group == 0 && active() == Isa::Avx2
+    if R == 4
+        && T > 0
+        && k % 64 == 0
+        && k % group == 0
+        && (group == 32 || group % 64 == 0)
+        && active() == Isa::Avx2
     {
         let w4: &[&[u8]; 4] = w.as_slice().try_into().expect("R == 4");
         let ws4: &[&[f32]; 4] = ws.as_slice().try_into().expect("R == 4");
         // SAFETY: AVX2 confirmed by active(); shapes checked above.
-        let y = unsafe {
-            if groups == 1 {
-                avx2::w4a8_tile(w4, ws4, a, a_sums, group)
-            } else {
-                avx2::w4a8_tile_lanes(w4, ws4, a, a_sums, group)
-            }
-        };
+        let y = unsafe { avx2::w4a8_tile(w4, ws4, a, a_sums, group) };
         return core::array::from_fn(|r| y[r]);
     }
     scalar::w4a8_tile(w, ws, a, group)
 }
 
-/// Per group of `group` columns of `a`, eight lanes of `8 * sum(a)` over the
-/// columns `c` with `c % 32` in `4l..4l + 4` (the W4A8 kernels' offset
-/// correction; the lanes add up to `8 * sum` over the group).
-pub fn int4_lane_sums(a: &[i8], group: usize) -> Vec<i32> {
-    let mut sums = vec![0i32; 8 * a.len().div_ceil(group.max(1))];
-    for (c, &v) in a.iter().enumerate() {
-        sums[8 * (c / group) + c % 32 / 4] += 8 * v as i32;
-    }
-    sums
+/// Per group of `group` columns of `a`, `8 * sum(a)` over the group (the
+/// W4A8 kernels' offset correction: the weights are stored as `w + 8`).
+pub fn int4_group_sums(a: &[i8], group: usize) -> Vec<i32> {
+    a.chunks(group.max(1))
+        .map(|g| 8 * g.iter().map(|&v| v as i32).sum::<i32>())
+        .collect()
 }
 
 #[cfg(test)]

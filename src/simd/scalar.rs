@@ -65,7 +65,7 @@ pub fn int4_at(packed: &[u8], cols: usize, col: usize) -> i8 {
     ((packed[byte] >> shift) & 0x0f) as i8 - 8
 }
 
-/// The fixed-order sum of eight lanes used by multi-group W4A8:
+/// The fixed-order sum of the eight W4A8 lanes:
 /// `((y0 + y4) + (y2 + y6)) + ((y1 + y5) + (y3 + y7))`.
 #[inline]
 pub fn lane_sum(y: &[f32; 8]) -> f32 {
@@ -84,23 +84,13 @@ pub fn w4a8_tile<const R: usize, const T: usize>(
     let groups = k.div_ceil(group);
     core::array::from_fn(|r| {
         core::array::from_fn(|t| {
-            let dot = |cols: core::ops::Range<usize>| -> i64 {
-                cols.map(|c| int4_at(w[r], k, c) as i64 * a[t][c] as i64)
-                    .sum()
-            };
-            if groups <= 1 {
-                return dot(0..k) as f32 * ws[r][0];
-            }
-            // -0.0 + p == p: the same as starting with the first product.
+            // -0.0 + p == p: the same as starting a lane with its first product.
             let mut y = [-0.0f32; 8];
             for g in 0..groups {
-                let mut lanes = [0i64; 8];
-                for c in g * group..((g + 1) * group).min(k) {
-                    lanes[c % 32 / 4] += int4_at(w[r], k, c) as i64 * a[t][c] as i64;
-                }
-                for (y, &p) in y.iter_mut().zip(&lanes) {
-                    *y += p as f32 * ws[r][g];
-                }
+                let exact: i64 = (g * group..((g + 1) * group).min(k))
+                    .map(|c| int4_at(w[r], k, c) as i64 * a[t][c] as i64)
+                    .sum();
+                y[g % 8] += exact as f32 * ws[r][g];
             }
             lane_sum(&y)
         })
