@@ -197,6 +197,9 @@ pub fn quantize_to(x: &[f32], scale: f32, clip: f32, out: &mut [i8], stream: boo
         (0.0..=127.0).contains(&clip),
         "quantize: clip {clip} not in [0, 127]"
     );
+    // Only the AVX2 path has streaming stores.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = stream;
     match active() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 confirmed by active(); lengths checked above.
