@@ -165,6 +165,25 @@ impl<'a> DisjointOut<'a> {
         // SAFETY: in bounds (asserted); exclusive per the caller's contract.
         unsafe { *self.ptr.add(index) = value };
     }
+
+    /// Writes `values` at `index` and `index + 1`.
+    ///
+    /// # Safety
+    /// No other thread writes those indices while this call runs.
+    pub(crate) unsafe fn write_pair(&self, index: usize, values: [f32; 2]) {
+        assert!(
+            index < self.len && self.len - index >= 2,
+            "DisjointOut: pair at {index} of {}",
+            self.len
+        );
+        // SAFETY: both in bounds (asserted); exclusive per the caller's contract.
+        unsafe {
+            self.ptr
+                .add(index)
+                .cast::<[f32; 2]>()
+                .write_unaligned(values)
+        };
+    }
 }
 
 /// Runs `f` over blocks of the `n` weight rows of an `[m, k] x [n, k]^T`
