@@ -93,10 +93,10 @@ impl<'a> Tokens<'a> {
     }
 }
 
-/// The row stride that keeps `tokens` of `k` int8 values from sharing L1
-/// cache sets: rows a multiple of 512 bytes apart (4096 for typical model
-/// widths) would all map to the same few sets, and the four rows of a tile
-/// plus the weight rows would evict each other.
+/// The row stride that keeps token rows of `k` int8 values from sharing L1
+/// cache sets: rows a multiple of 2048 bytes apart (4096 for typical model
+/// widths) map to the same one or two sets of the 4 KiB-periodic L1, and the
+/// four token rows of a tile plus the weight rows would evict each other.
 fn token_stride(k: usize) -> usize {
     if k >= 2048 && k % 2048 == 0 {
         k + 64
