@@ -65,6 +65,46 @@ impl Dequant<'_> {
     }
 }
 
+/// The quantized tokens: row `i` is `q[i * stride..i * stride + k]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Tokens<'a> {
+    pub q: &'a [i8],
+    pub k: usize,
+    pub stride: usize,
+}
+
+impl<'a> Tokens<'a> {
+    /// Tokens stored one after the other.
+    pub(crate) fn dense(q: &'a [i8], k: usize) -> Self {
+        Tokens { q, k, stride: k }
+    }
+
+    #[inline(always)]
+    fn row(&self, i: usize) -> &'a [i8] {
+        &self.q[i * self.stride..i * self.stride + self.k]
+    }
+
+    fn count(&self) -> usize {
+        if self.q.is_empty() || self.q.len() < self.k {
+            0
+        } else {
+            (self.q.len() - self.k) / self.stride.max(1) + 1
+        }
+    }
+}
+
+/// The row stride that keeps token rows of `k` int8 values from sharing L1
+/// cache sets: rows a multiple of 2048 bytes apart (4096 for typical model
+/// widths) map to the same one or two sets of the 4 KiB-periodic L1, and the
+/// four token rows of a tile plus the weight rows would evict each other.
+fn token_stride(k: usize) -> usize {
+    if k >= 2048 && k % 2048 == 0 {
+        k + 64
+    } else {
+        k
+    }
+}
+
 /// Where a task writes: the shared output and the row length `n`.
 struct Sink<'a> {
     out: &'a DisjointOut<'a>,
@@ -91,6 +131,53 @@ impl Sink<'_> {
             }
         }
     }
+
+    /// Dot products and dequantization of weight rows `j0`, `j0 + 1` with
+    /// tokens `m0..m0 + T`, written.
+    ///
+    /// # Safety
+    /// The caller's task owns weight rows `j0` and `j0 + 1`.
+    #[inline(always)]
+    unsafe fn pair<const T: usize>(&self, w: &[i8], q: Tokens<'_>, m0: usize, j0: usize) {
+        let k = q.k;
+        let weights = [&w[j0 * k..(j0 + 1) * k], &w[(j0 + 1) * k..(j0 + 2) * k]];
+        let tokens: [&[i8]; T] = core::array::from_fn(|t| q.row(m0 + t));
+        let d = &self.dequant;
+        let ws = [d.weight_scales[j0], d.weight_scales[j0 + 1]];
+        let ts: [f32; T] = core::array::from_fn(|t| d.token_scales[m0 + t]);
+        let bias = d.bias.map(|b| [b[j0], b[j0 + 1]]);
+        let y = simd::w8a8_tile(&weights, &tokens, ws, ts, bias);
+        for (t, pair) in y.iter().enumerate() {
+            // SAFETY: the caller owns columns j0 and j0 + 1 (bounds checked
+            // inside `write_pair`).
+            unsafe { self.out.write_pair((m0 + t) * self.n + j0, *pair) };
+        }
+    }
+}
+
+/// Weight rows `rows` against tokens `m0..m0 + T`: two rows at a time with
+/// a vectorized dequantization, then a last odd row.
+///
+/// # Safety
+/// The caller's task owns weight rows `rows`.
+unsafe fn pair_rows<const T: usize>(
+    w: &[i8],
+    q: Tokens<'_>,
+    rows: Range<usize>,
+    m0: usize,
+    sink: &Sink<'_>,
+) {
+    let mut j = rows.start;
+    // SAFETY (all calls): rows j.. belong to this task.
+    unsafe {
+        while j + 2 <= rows.end {
+            sink.pair::<T>(w, q, m0, j);
+            j += 2;
+        }
+        if j < rows.end {
+            tile_rows::<1, T>(w, q, j..rows.end, m0, sink);
+        }
+    }
 }
 
 /// Dot products of weight rows `rows` with tokens `m0..m0 + T`, `R` rows at
@@ -100,13 +187,13 @@ impl Sink<'_> {
 /// The caller's task owns weight rows `rows`.
 unsafe fn tile_rows<const R: usize, const T: usize>(
     w: &[i8],
-    q: &[i8],
-    k: usize,
+    q: Tokens<'_>,
     rows: Range<usize>,
     m0: usize,
     sink: &Sink<'_>,
 ) {
-    let tokens: [&[i8]; T] = core::array::from_fn(|t| &q[(m0 + t) * k..(m0 + t + 1) * k]);
+    let k = q.k;
+    let tokens: [&[i8]; T] = core::array::from_fn(|t| q.row(m0 + t));
     let mut n = rows.start;
     while n + R <= rows.end {
         let weights: [&[i8]; R] = core::array::from_fn(|r| &w[(n + r) * k..(n + r + 1) * k]);
@@ -125,18 +212,22 @@ unsafe fn tile_rows<const R: usize, const T: usize>(
 ///
 /// # Safety
 /// The caller's task owns weight rows `rows`.
-unsafe fn gemm_block(w: &[i8], q: &[i8], k: usize, m: usize, rows: Range<usize>, sink: &Sink<'_>) {
+unsafe fn gemm_block(w: &[i8], q: Tokens<'_>, m: usize, rows: Range<usize>, sink: &Sink<'_>) {
     let mut m0 = 0;
     // SAFETY (all calls): the rows are the caller's.
     unsafe {
+        if m == 1 {
+            // One token (a matrix-vector product): four rows at a time.
+            return tile_rows::<4, 1>(w, q, rows, m0, sink);
+        }
         while m0 + 4 <= m {
-            tile_rows::<2, 4>(w, q, k, rows.clone(), m0, sink);
+            pair_rows::<4>(w, q, rows.clone(), m0, sink);
             m0 += 4;
         }
         match m - m0 {
-            3 => tile_rows::<2, 3>(w, q, k, rows, m0, sink),
-            2 => tile_rows::<2, 2>(w, q, k, rows, m0, sink),
-            1 => tile_rows::<4, 1>(w, q, k, rows, m0, sink),
+            3 => pair_rows::<3>(w, q, rows, m0, sink),
+            2 => pair_rows::<2>(w, q, rows, m0, sink),
+            1 => pair_rows::<1>(w, q, rows, m0, sink),
             _ => {}
         }
     }
@@ -147,15 +238,15 @@ unsafe fn gemm_block(w: &[i8], q: &[i8], k: usize, m: usize, rows: Range<usize>,
 /// (`[n, k]`, any int8). Weight rows are split across threads.
 pub(crate) fn int8_gemm(
     w: &[i8],
-    q: &[i8],
+    q: Tokens<'_>,
     m: usize,
     n: usize,
-    k: usize,
     dequant: Dequant<'_>,
     out: &mut [f32],
 ) {
+    let k = q.k;
     assert!(
-        w.len() == n * k && q.len() == m * k && out.len() == m * n,
+        w.len() == n * k && q.count() == m && q.stride >= k && out.len() == m * n,
         "int8_gemm: shapes"
     );
     assert!(
@@ -174,9 +265,7 @@ pub(crate) fn int8_gemm(
         dequant,
     };
     // SAFETY: weight_row_blocks hands each task a distinct block of rows.
-    parallel::weight_row_blocks(m, n, k, |rows| unsafe {
-        gemm_block(w, q, k, m, rows, &sink)
-    });
+    parallel::weight_row_blocks(m, n, k, |rows| unsafe { gemm_block(w, q, m, rows, &sink) });
 }
 
 /// `out[o] = (dot(w[o], q) as f32 * w_scales[o]) * q_scale` — the
@@ -193,7 +282,14 @@ pub(crate) fn int8_rows_times_vector(
         token_scales: &[q_scale],
         bias: None,
     };
-    int8_gemm(weight_i8, q, 1, out.len(), q.len(), dequant, out);
+    int8_gemm(
+        weight_i8,
+        Tokens::dense(q, q.len()),
+        1,
+        out.len(),
+        dequant,
+        out,
+    );
 }
 
 /// W8A8 matrix-vector product into `out` (`out_size` long): quantize the
@@ -374,7 +470,21 @@ pub fn w8a8_matmul_into(
         token_scales: &scales,
         bias,
     };
-    int8_gemm(weight_i8, &q, m, n, k, dequant, out);
+    let stride = token_stride(k);
+    if stride == k {
+        int8_gemm(weight_i8, Tokens::dense(&q, k), m, n, dequant, out);
+    } else {
+        let mut padded = try_vec((m - 1) * stride + k, 0i8)?;
+        for (i, row) in q.chunks_exact(k).enumerate() {
+            padded[i * stride..i * stride + k].copy_from_slice(row);
+        }
+        let tokens = Tokens {
+            q: &padded,
+            k,
+            stride,
+        };
+        int8_gemm(weight_i8, tokens, m, n, dequant, out);
+    }
     Ok(())
 }
 
@@ -437,6 +547,36 @@ mod tests {
             let row = w8a8_matvec(&w, &s, &x[i * k..(i + 1) * k], n, k).unwrap();
             assert_eq!(&y[i * n..(i + 1) * n], row.as_slice());
         }
+    }
+
+    /// Wide rows (padded token stride), every tile shape (4 tokens, then
+    /// 1; row pairs, then an odd row), -128 weights and a bias: each token's
+    /// row is `w8a8_matvec` plus the bias, on every kernel path.
+    #[test]
+    fn wide_matmul_rows_equal_matvec_on_every_path() {
+        let (m, n, k) = (9, 7, 4096 + 2048);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 0.013)
+            .collect();
+        let mut w: Vec<i8> = (0..n * k).map(|i| (i * 131 % 256) as u8 as i8).collect();
+        w[..k].fill(-128);
+        let s: Vec<f32> = (0..n).map(|j| 0.002 + j as f32 * 0.001).collect();
+        let b: Vec<f32> = (0..n).map(|j| j as f32 - 2.5).collect();
+        assert_ne!(token_stride(k), k);
+        let mut results = Vec::new();
+        for isa in simd::supported() {
+            simd::set_isa(isa).unwrap();
+            let mut y = vec![0.0; m * n];
+            w8a8_matmul_into(&x, m, &w, &s, Some(&b), ActQuant::PER_TOKEN, &mut y).unwrap();
+            for i in 0..m {
+                let row = w8a8_matvec(&w, &s, &x[i * k..(i + 1) * k], n, k).unwrap();
+                let want: Vec<f32> = row.iter().zip(&b).map(|(v, b)| v + b).collect();
+                assert_eq!(&y[i * n..(i + 1) * n], want.as_slice(), "{isa:?} token {i}");
+            }
+            results.push(y);
+        }
+        simd::set_isa(simd::best_supported()).unwrap();
+        assert!(results.windows(2).all(|p| p[0] == p[1]));
     }
 
     #[test]

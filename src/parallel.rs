@@ -6,6 +6,7 @@
 //! else the number of CPUs. Work below a grain runs on the caller's thread,
 //! because handing a job to the pool costs microseconds.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use rayon::prelude::*;
@@ -165,6 +166,25 @@ impl<'a> DisjointOut<'a> {
         // SAFETY: in bounds (asserted); exclusive per the caller's contract.
         unsafe { *self.ptr.add(index) = value };
     }
+
+    /// Writes `values` at `index` and `index + 1`.
+    ///
+    /// # Safety
+    /// No other thread writes those indices while this call runs.
+    pub(crate) unsafe fn write_pair(&self, index: usize, values: [f32; 2]) {
+        assert!(
+            index < self.len && self.len - index >= 2,
+            "DisjointOut: pair at {index} of {}",
+            self.len
+        );
+        // SAFETY: both in bounds (asserted); exclusive per the caller's contract.
+        unsafe {
+            self.ptr
+                .add(index)
+                .cast::<[f32; 2]>()
+                .write_unaligned(values)
+        };
+    }
 }
 
 /// Runs `f` over blocks of the `n` weight rows of an `[m, k] x [n, k]^T`
@@ -184,16 +204,28 @@ pub(crate) fn weight_row_blocks(
         ((256 << 10) / k1).max(4)
     };
     let rows_per_block = rows_per_block.min(n.div_ceil(4 * threads).max(4));
-    run(m.saturating_mul(n).saturating_mul(k1) / 4, |split| {
-        if split {
-            (0..n.div_ceil(rows_per_block))
-                .into_par_iter()
-                .for_each(|b| {
-                    f(b * rows_per_block..((b + 1) * rows_per_block).min(n));
-                });
-        } else {
-            f(0..n);
+    let work = m.saturating_mul(n).saturating_mul(k1) / 4;
+    if work < 2 * GRAIN || threads < 2 {
+        return f(0..n);
+    }
+    // The calling thread takes blocks too, from a shared counter, beside
+    // `threads - 1` pool tasks: it starts at once instead of waiting for a
+    // pool thread to wake, and a helper that wakes late finds the blocks
+    // already taken. Each block is computed the same way by any thread.
+    let blocks = n.div_ceil(rows_per_block);
+    let next = AtomicUsize::new(0);
+    let take_blocks = || loop {
+        let b = next.fetch_add(1, Ordering::Relaxed);
+        if b >= blocks {
+            break;
         }
+        f(b * rows_per_block..((b + 1) * rows_per_block).min(n));
+    };
+    pool().in_place_scope(|scope| {
+        for _ in 1..threads.min(blocks) {
+            scope.spawn(|_| take_blocks());
+        }
+        take_blocks();
     });
 }
 

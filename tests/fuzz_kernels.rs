@@ -950,6 +950,31 @@ fn simd_kernels_on_every_length_and_offset() {
                         .flatten()
                         .map(|&d| d as u64),
                 );
+                // Dequantized tiles: every token count, with and without bias.
+                let ws = [sbuf[off] * 1e-3, sbuf[off + 9] * 1e-2];
+                let ts = [0.5f32, 1.25e-3, 3.0, 7.5e-2];
+                for bias in [None, Some([0.25f32, -3.5])] {
+                    let bits = |y: &[[f32; 2]]| -> Vec<u64> {
+                        y.iter().flatten().map(|v| v.to_bits() as u64).collect()
+                    };
+                    v.extend(bits(&simd::w8a8_tile(
+                        &[w, a2],
+                        &[a, a2, a, a2],
+                        ws,
+                        ts,
+                        bias,
+                    )));
+                    let t3 = [ts[1], ts[2], ts[3]];
+                    v.extend(bits(&simd::w8a8_tile(&[a2, w], &[a2, a, a2], ws, t3, bias)));
+                    v.extend(bits(&simd::w8a8_tile(
+                        &[w, w],
+                        &[a, a2],
+                        ws,
+                        [ts[3], ts[0]],
+                        bias,
+                    )));
+                    v.extend(bits(&simd::w8a8_tile(&[w, a], &[a2], ws, [ts[2]], bias)));
+                }
                 for group in [32usize, 64, 2, 5] {
                     let rb = len.div_ceil(2);
                     let groups = len.div_ceil(group);

@@ -886,6 +886,7 @@ fn every_simd_path_gives_the_scalar_bits() {
         [[i64; 4]; 2],
         [[i64; 1]; 4],
         [[f32; 2]; 4],
+        Vec<u32>,
     );
     let run = |isa: Isa| -> Vec<Row> {
         simd::set_isa(isa).unwrap();
@@ -907,6 +908,22 @@ fn every_simd_path_gives_the_scalar_bits() {
                 let a2 = &abuf[off + 1..off + 1 + len];
                 let tile = simd::dot_tile(&[w, a2], &[a, a2, a, a2]);
                 let tile1 = simd::dot_tile(&[w, a, a2, w], &[a]);
+                // Dequantized W8A8 tiles (T = 4 and 3) against the oracle.
+                let (ws, ts) = ([0.011f32, 3.7e-3], [0.5f32, 1.0 / 127.0, 2.5e-2, 9.0]);
+                let mut w8 = Vec::new();
+                for bias in [None, Some([1.5f32, -0.25])] {
+                    let y4 = simd::w8a8_tile(&[w, a2], &[a, a2, a, a2], ws, ts, bias);
+                    let y3 =
+                        simd::w8a8_tile(&[a2, w], &[a2, a, a2], ws, [ts[3], ts[1], ts[0]], bias);
+                    for (t, tok) in [a, a2, a, a2].iter().enumerate() {
+                        for (r, row) in [w, a2].iter().enumerate() {
+                            let v = (oracle::dot(row, tok) as f32 * ws[r]) * ts[t];
+                            let v = bias.map_or(v, |b| v + b[r]);
+                            assert_eq!(y4[t][r].to_bits(), v.to_bits(), "w8a8_tile len {len}");
+                        }
+                    }
+                    w8.extend(y4.iter().chain(&y3).flatten().map(|v| v.to_bits()));
+                }
                 // W4A8 tile: 4 packed rows of `len` columns, one group per 32 columns.
                 let k32 = len / 32 * 32;
                 let rb = k32.div_ceil(2);
@@ -939,6 +956,7 @@ fn every_simd_path_gives_the_scalar_bits() {
                     tile,
                     tile1,
                     w4,
+                    w8,
                 ));
             }
         }
@@ -980,6 +998,7 @@ fn every_simd_path_gives_the_scalar_bits() {
             let sb: Vec<u32> = s.7.iter().flatten().map(|v| v.to_bits()).collect();
             let ob: Vec<u32> = o.7.iter().flatten().map(|v| v.to_bits()).collect();
             assert_eq!(sb, ob, "{isa:?} w4a8_tile, len {len} off {off}");
+            assert_eq!(s.8, o.8, "{isa:?} w8a8_tile, len {len} off {off}");
         }
         // dot_i8 across the AVX2 block boundary (2^14 steps of 32): exact i64.
         simd::set_isa(isa).unwrap();

@@ -222,7 +222,7 @@ const STEPS_PER_BLOCK: usize = 1 << 14;
 
 /// Below this many columns a whole dot product fits in i32
 /// (|sum| <= k * 128 * 127 < 2^31), so lanes may be summed in i32.
-const EXACT_I32_TOTAL: usize = (i32::MAX as usize) / (128 * 127);
+pub(super) const EXACT_I32_TOTAL: usize = (i32::MAX as usize) / (128 * 127);
 
 #[target_feature(enable = "avx2")]
 pub unsafe fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
@@ -323,6 +323,71 @@ pub unsafe fn dot_tile<const R: usize, const T: usize>(
         for t in 0..T {
             out[r][t] += scalar::dot_i8(&w[r][body..], &a[t][body..]);
         }
+    }
+    out
+}
+
+/// [`super::w8a8_tile`] on AVX2: two weight rows by `T` tokens, exact
+/// integer dot products, dequantized in vectors. Four sums at a time —
+/// rows 0 and 1 of tokens `t` and `t + 1` — are reduced into one vector,
+/// which is also the layout of `out[t]`, `out[t + 1]`.
+///
+/// # Safety
+/// AVX2 available; every row `k` long with `k < EXACT_I32_TOTAL`, so each
+/// sum fits in i32 (the dispatcher checks both).
+#[allow(clippy::needless_range_loop)] // t indexes several parallel arrays
+#[target_feature(enable = "avx2")]
+pub unsafe fn w8a8_tile<const T: usize>(
+    w: &[&[i8]; 2],
+    a: &[&[i8]; T],
+    ws: [f32; 2],
+    ts: [f32; T],
+    bias: Option<[f32; 2]>,
+) -> [[f32; 2]; T] {
+    debug_assert!(a[0].len() < EXACT_I32_TOTAL);
+    let k = a[0].len();
+    let ones = _mm256_set1_epi16(1);
+    let body = k / 32 * 32;
+    let mut acc = [[_mm256_setzero_si256(); T]; 2];
+    let mut i = 0;
+    // i + 32 <= body <= k == every row's length: loads in bounds.
+    while i < body {
+        let av: [__m256i; T] = core::array::from_fn(|t| load32_i8(a[t], i));
+        for r in 0..2 {
+            let wv = load32_i8(w[r], i);
+            let w_abs = _mm256_abs_epi8(wv);
+            for t in 0..T {
+                let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(av[t], wv));
+                acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(p, ones));
+            }
+        }
+        i += 32;
+    }
+    let w_scale = _mm_setr_ps(ws[0], ws[1], ws[0], ws[1]);
+    let b = bias.map(|b| _mm_setr_ps(b[0], b[1], b[0], b[1]));
+    let mut out = [[0.0f32; 2]; T];
+    let mut t = 0;
+    while t < T {
+        let u = (t + 1).min(T - 1); // the second token (or t again, unused)
+        let mut sums = hsum4_i32([acc[0][t], acc[1][t], acc[0][u], acc[1][u]]);
+        if body < k {
+            // The last k % 32 columns, exactly, in scalar.
+            let tail = |r: usize, t: usize| scalar::dot_i8(&w[r][body..], &a[t][body..]) as i32;
+            let extra = _mm_setr_epi32(tail(0, t), tail(1, t), tail(0, u), tail(1, u));
+            sums = _mm_add_epi32(sums, extra);
+        }
+        let token_scale = _mm_setr_ps(ts[t], ts[t], ts[u], ts[u]);
+        let mut y = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(sums), w_scale), token_scale);
+        if let Some(b) = b {
+            y = _mm_add_ps(y, b);
+        }
+        let mut lanes = [0.0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), y);
+        out[t] = [lanes[0], lanes[1]];
+        if t + 1 < T {
+            out[t + 1] = [lanes[2], lanes[3]];
+        }
+        t += 2;
     }
     out
 }

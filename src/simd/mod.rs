@@ -250,6 +250,33 @@ pub fn dot_tile<const R: usize, const T: usize>(w: &[&[i8]; R], a: &[&[i8]; T]) 
     }
 }
 
+/// Dequantized W8A8 outputs of two int8 weight rows by `T` token rows (all
+/// of one length `k`): `out[t][r] = (acc as f32 * ws[r]) * ts[t] (+ bias[r])`
+/// with `acc = sum_i w[r][i] * a[t][i]` exact — the W8A8 formula, so every
+/// value equals `w8a8_matvec`'s for that row and token. Activations must not
+/// hold -128; weights may hold any int8.
+#[inline]
+pub fn w8a8_tile<const T: usize>(
+    w: &[&[i8]; 2],
+    a: &[&[i8]; T],
+    ws: [f32; 2],
+    ts: [f32; T],
+    bias: Option<[f32; 2]>,
+) -> [[f32; 2]; T] {
+    let k = a.first().map_or(0, |row| row.len());
+    assert!(
+        w.iter().all(|row| row.len() == k) && a.iter().all(|row| row.len() == k),
+        "w8a8_tile: rows of unequal length"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if T > 0 && k < avx2::EXACT_I32_TOTAL && active() == Isa::Avx2 {
+        // SAFETY: AVX2 confirmed by active(); equal row lengths checked
+        // above, and k is small enough for i32 sums.
+        return unsafe { avx2::w8a8_tile(w, a, ws, ts, bias) };
+    }
+    scalar::w8a8_tile(&dot_tile(w, a), ws, ts, bias)
+}
+
 /// W4A8 of `R` packed int4 weight rows (layout in [`crate::weights`]) with
 /// `T` int8 token rows, with `ws[r]` holding one scale per `group` columns.
 ///

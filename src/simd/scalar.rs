@@ -57,6 +57,24 @@ pub fn dot_tile<const R: usize, const T: usize>(w: &[&[i8]; R], a: &[&[i8]; T]) 
     core::array::from_fn(|r| core::array::from_fn(|t| dot_i8(w[r], a[t])))
 }
 
+/// The dequantization of [`super::w8a8_tile`] from exact sums `acc[r][t]`.
+pub fn w8a8_tile<const T: usize>(
+    acc: &[[i64; T]; 2],
+    ws: [f32; 2],
+    ts: [f32; T],
+    bias: Option<[f32; 2]>,
+) -> [[f32; 2]; T] {
+    core::array::from_fn(|t| {
+        core::array::from_fn(|r| {
+            let v = (acc[r][t] as f32 * ws[r]) * ts[t];
+            match bias {
+                Some(b) => v + b[r],
+                None => v,
+            }
+        })
+    })
+}
+
 /// Signed value of int4 column `col` of a packed row of `cols` columns
 /// (layout in [`crate::weights`]).
 #[inline]
