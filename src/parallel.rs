@@ -205,6 +205,18 @@ pub(crate) fn weight_row_blocks(
     };
     let rows_per_block = rows_per_block.min(n.div_ceil(4 * threads).max(4));
     let work = m.saturating_mul(n).saturating_mul(k1) / 4;
+    row_blocks_on_all_threads(work, n, rows_per_block, f);
+}
+
+/// Runs `f` over `0..n` in blocks of `rows_per_block`, on every thread when
+/// `work` is worth it, else on the calling thread in one call.
+fn row_blocks_on_all_threads(
+    work: usize,
+    n: usize,
+    rows_per_block: usize,
+    f: impl Fn(core::ops::Range<usize>) + Sync + Send,
+) {
+    let threads = num_threads();
     if work < 2 * GRAIN || threads < 2 {
         return f(0..n);
     }
@@ -212,6 +224,7 @@ pub(crate) fn weight_row_blocks(
     // `threads - 1` pool tasks: it starts at once instead of waiting for a
     // pool thread to wake, and a helper that wakes late finds the blocks
     // already taken. Each block is computed the same way by any thread.
+    let rows_per_block = rows_per_block.max(1);
     let blocks = n.div_ceil(rows_per_block);
     let next = AtomicUsize::new(0);
     let take_blocks = || loop {
@@ -246,15 +259,5 @@ pub(crate) fn one_token_row_blocks(
         .div_ceil(tasks_per_thread.max(1) * threads)
         .max(min_rows)
         .next_multiple_of(4);
-    run(n.saturating_mul(k.max(1)) / 4, |split| {
-        if split {
-            (0..n.div_ceil(rows_per_block))
-                .into_par_iter()
-                .for_each(|b| {
-                    f(b * rows_per_block..((b + 1) * rows_per_block).min(n));
-                });
-        } else {
-            f(0..n);
-        }
-    });
+    row_blocks_on_all_threads(n.saturating_mul(k.max(1)) / 4, n, rows_per_block, f);
 }
