@@ -254,6 +254,41 @@ pub unsafe fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
     total + scalar::dot_i8(&w[body..], &a[body..])
 }
 
+/// i32 lane sums of `w[r][i] * a[t][i]` over `i` in `start..end` (32-byte
+/// steps, sign trick as in [`dot32`]) for every row `r` and token `t`: each
+/// weight vector is loaded and made absolute once for all `T` tokens, each
+/// token vector once for all `R` rows.
+///
+/// # Safety
+/// AVX2 available; `start` and `end` multiples of 32 with `end` at most
+/// every row's length (so every load is in bounds); `a` holds no -128; at
+/// most [`STEPS_PER_BLOCK`] steps, so no lane overflows.
+#[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
+#[inline(always)]
+unsafe fn tile_sums<const R: usize, const T: usize>(
+    w: &[&[i8]; R],
+    a: &[&[i8]; T],
+    start: usize,
+    end: usize,
+) -> [[__m256i; T]; R] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); T]; R];
+    let mut i = start;
+    while i < end {
+        let av: [__m256i; T] = core::array::from_fn(|t| load32_i8(a[t], i));
+        for r in 0..R {
+            let wv = load32_i8(w[r], i);
+            let w_abs = _mm256_abs_epi8(wv);
+            for t in 0..T {
+                let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(av[t], wv));
+                acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(p, ones));
+            }
+        }
+        i += 32;
+    }
+    acc
+}
+
 /// Exact dot products of `R` weight rows with `T` activation rows:
 /// `out[r][t] = sum_i w[r][i] * a[t][i]`. Each weight vector is loaded and
 /// made absolute once and used for all `T` activations, each activation
@@ -267,27 +302,13 @@ pub unsafe fn dot_tile<const R: usize, const T: usize>(
     a: &[&[i8]; T],
 ) -> [[i64; T]; R] {
     let k = a[0].len();
-    let ones = _mm256_set1_epi16(1);
     let body = k / 32 * 32;
     let mut out = [[0i64; T]; R];
     let mut start = 0;
     while start < body {
         let end = (start + STEPS_PER_BLOCK * 32).min(body);
-        let mut acc = [[_mm256_setzero_si256(); T]; R];
-        let mut i = start;
-        // i + 32 <= end <= body <= k == every row's length: loads in bounds.
-        while i < end {
-            let av: [__m256i; T] = core::array::from_fn(|t| load32_i8(a[t], i));
-            for r in 0..R {
-                let wv = load32_i8(w[r], i);
-                let w_abs = _mm256_abs_epi8(wv);
-                for t in 0..T {
-                    let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(av[t], wv));
-                    acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(p, ones));
-                }
-            }
-            i += 32;
-        }
+        // end <= body <= k == every row's length.
+        let acc = tile_sums(w, a, start, end);
         if k < EXACT_I32_TOTAL {
             // Every total fits in i32: reduce four accumulators at a time.
             let mut first = 0;
@@ -346,23 +367,9 @@ pub unsafe fn w8a8_tile<const T: usize>(
 ) -> [[f32; 2]; T] {
     debug_assert!(a[0].len() < EXACT_I32_TOTAL);
     let k = a[0].len();
-    let ones = _mm256_set1_epi16(1);
     let body = k / 32 * 32;
-    let mut acc = [[_mm256_setzero_si256(); T]; 2];
-    let mut i = 0;
-    // i + 32 <= body <= k == every row's length: loads in bounds.
-    while i < body {
-        let av: [__m256i; T] = core::array::from_fn(|t| load32_i8(a[t], i));
-        for r in 0..2 {
-            let wv = load32_i8(w[r], i);
-            let w_abs = _mm256_abs_epi8(wv);
-            for t in 0..T {
-                let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(av[t], wv));
-                acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(p, ones));
-            }
-        }
-        i += 32;
-    }
+    // body <= k == every row's length.
+    let acc = tile_sums(w, a, 0, body);
     let w_scale = _mm_setr_ps(ws[0], ws[1], ws[0], ws[1]);
     let b = bias.map(|b| _mm_setr_ps(b[0], b[1], b[0], b[1]));
     let mut out = [[0.0f32; 2]; T];
