@@ -3,8 +3,10 @@
 use core::ops::Range;
 
 use crate::error::{checked_size, try_vec};
-use crate::parallel::{self, DisjointOut};
-use crate::quantize::{quantize_per_row_into, quantize_per_tensor_into, INT8_CLIP};
+use crate::parallel::{DisjointOut, RowBlocks};
+use crate::quantize::{
+    quantize_per_row_into, quantize_per_row_strided_into, quantize_per_tensor_into, INT8_CLIP,
+};
 use crate::scale::{DynamicScaleMode, NanPolicy};
 use crate::simd;
 use crate::DynQuantError;
@@ -264,8 +266,8 @@ pub(crate) fn int8_gemm(
         n,
         dequant,
     };
-    // SAFETY: weight_row_blocks hands each task a distinct block of rows.
-    parallel::weight_row_blocks(m, n, k, |rows| unsafe { gemm_block(w, q, m, rows, &sink) });
+    // SAFETY: RowBlocks hands each task a distinct block of rows.
+    RowBlocks::weight_rows(m, n, k).run(|rows| unsafe { gemm_block(w, q, m, rows, &sink) });
 }
 
 /// `out[o] = (dot(w[o], q) as f32 * w_scales[o]) * q_scale` — the
@@ -463,29 +465,97 @@ pub fn w8a8_matmul_into(
     if m == 0 {
         return Ok(());
     }
-    let mut q = try_vec(m * k, 0i8)?;
-    let scales = act.quantize(x, k, &mut q)?;
-    let dequant = Dequant {
-        weight_scales,
-        token_scales: &scales,
-        bias,
+    let out = DisjointOut::new(out);
+    let gemm = |acts: &QuantizedActs, rows: Range<usize>| {
+        let sink = Sink {
+            out: &out,
+            n,
+            dequant: Dequant {
+                weight_scales,
+                token_scales: &acts.scales,
+                bias,
+            },
+        };
+        // SAFETY: RowBlocks hands each task a distinct block of rows.
+        unsafe { gemm_block(weight_i8, acts.tokens(), m, rows, &sink) }
     };
+    let blocks = RowBlocks::weight_rows(m, n, k);
     let stride = token_stride(k);
-    if stride == k {
-        int8_gemm(weight_i8, Tokens::dense(&q, k), m, n, dequant, out);
+    if act.per_token {
+        // Quantized while the helper threads wake up.
+        blocks.run_prepared(|| QuantizedActs::per_token(x, m, k, act, stride), gemm)
     } else {
-        let mut padded = try_vec((m - 1) * stride + k, 0i8)?;
-        for (i, row) in q.chunks_exact(k).enumerate() {
-            padded[i * stride..i * stride + k].copy_from_slice(row);
-        }
-        let tokens = Tokens {
-            q: &padded,
+        let acts = QuantizedActs::per_tensor(x, m, k, act, stride)?;
+        blocks.run(|rows| gemm(&acts, rows));
+        Ok(())
+    }
+}
+
+/// A product's quantized activations: token `i` is
+/// `q[i * stride..i * stride + k]`, with scale `scales[i]`.
+pub(crate) struct QuantizedActs {
+    pub q: Vec<i8>,
+    pub scales: Vec<f32>,
+    pub k: usize,
+    pub stride: usize,
+}
+
+impl QuantizedActs {
+    /// `m` tokens of `k` values, one scale per token, on the calling thread.
+    pub(crate) fn per_token(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        act: ActQuant,
+        stride: usize,
+    ) -> Result<Self, DynQuantError> {
+        let mode = act.mode.validate()?;
+        let mut q = try_vec((m - 1) * stride + k, 0i8)?;
+        let mut scales = try_vec(m, 0.0f32)?;
+        quantize_per_row_strided_into(x, k, mode, act.policy, &mut q, stride, &mut scales)?;
+        Ok(QuantizedActs {
+            q,
+            scales,
             k,
             stride,
-        };
-        int8_gemm(weight_i8, tokens, m, n, dequant, out);
+        })
     }
-    Ok(())
+
+    /// `m` tokens of `k` values quantized by `act` (here: one scale for all
+    /// tokens, repeated per token), in parallel when large.
+    pub(crate) fn per_tensor(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        act: ActQuant,
+        stride: usize,
+    ) -> Result<Self, DynQuantError> {
+        let mut dense = try_vec(m * k, 0i8)?;
+        let scales = act.quantize(x, k, &mut dense)?;
+        let q = if stride == k {
+            dense
+        } else {
+            let mut padded = try_vec((m - 1) * stride + k, 0i8)?;
+            for (i, row) in dense.chunks_exact(k).enumerate() {
+                padded[i * stride..i * stride + k].copy_from_slice(row);
+            }
+            padded
+        };
+        Ok(QuantizedActs {
+            q,
+            scales,
+            k,
+            stride,
+        })
+    }
+
+    pub(crate) fn tokens(&self) -> Tokens<'_> {
+        Tokens {
+            q: &self.q,
+            k: self.k,
+            stride: self.stride,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! else the number of CPUs. Work below a grain runs on the caller's thread,
 //! because handing a job to the pool costs microseconds.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use rayon::prelude::*;
@@ -187,77 +187,219 @@ impl<'a> DisjointOut<'a> {
     }
 }
 
-/// Runs `f` over blocks of the `n` weight rows of an `[m, k] x [n, k]^T`
-/// product, in parallel when it is big enough. A block is sized for L2
-/// (or, for one token, a grain of streaming work), with a few per thread.
-pub(crate) fn weight_row_blocks(
-    m: usize,
-    n: usize,
-    k: usize,
-    f: impl Fn(core::ops::Range<usize>) + Sync + Send,
-) {
-    let k1 = k.max(1);
-    let threads = num_threads();
-    let rows_per_block = if m == 1 {
-        (GRAIN / k1).max(4)
-    } else {
-        ((256 << 10) / k1).max(4)
-    };
-    let rows_per_block = rows_per_block.min(n.div_ceil(4 * threads).max(4));
-    let work = m.saturating_mul(n).saturating_mul(k1) / 4;
-    row_blocks_on_all_threads(work, n, rows_per_block, f);
-}
-
-/// Runs `f` over `0..n` in blocks of `rows_per_block`, on every thread when
-/// `work` is worth it, else on the calling thread in one call.
-fn row_blocks_on_all_threads(
+/// How a product's `n` weight rows are split into blocks for the threads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowBlocks {
+    /// Whether the product is worth splitting (in units of [`GRAIN`]).
     work: usize,
     n: usize,
     rows_per_block: usize,
-    f: impl Fn(core::ops::Range<usize>) + Sync + Send,
-) {
-    let threads = num_threads();
-    if work < 2 * GRAIN || threads < 2 {
-        return f(0..n);
-    }
-    // The calling thread takes blocks too, from a shared counter, beside
-    // `threads - 1` pool tasks: it starts at once instead of waiting for a
-    // pool thread to wake, and a helper that wakes late finds the blocks
-    // already taken. Each block is computed the same way by any thread.
-    let rows_per_block = rows_per_block.max(1);
-    let blocks = n.div_ceil(rows_per_block);
-    let next = AtomicUsize::new(0);
-    let take_blocks = || loop {
-        let b = next.fetch_add(1, Ordering::Relaxed);
-        if b >= blocks {
-            break;
-        }
-        f(b * rows_per_block..((b + 1) * rows_per_block).min(n));
-    };
-    pool().in_place_scope(|scope| {
-        for _ in 1..threads.min(blocks) {
-            scope.spawn(|_| take_blocks());
-        }
-        take_blocks();
-    });
 }
 
-/// Runs `f` over blocks of rows of a one-token product (`n` rows of `k`
-/// bytes each), in parallel when the product is big enough: the same
-/// threshold as [`weight_row_blocks`], but fewer, larger blocks (about
-/// `tasks_per_thread` per thread, at least `min_rows` rows, a multiple of
-/// 4) for kernels that are compute-bound, where rayon's per-task cost shows.
-pub(crate) fn one_token_row_blocks(
-    n: usize,
-    k: usize,
-    tasks_per_thread: usize,
-    min_rows: usize,
-    f: impl Fn(core::ops::Range<usize>) + Sync + Send,
-) {
-    let threads = num_threads();
-    let rows_per_block = n
-        .div_ceil(tasks_per_thread.max(1) * threads)
-        .max(min_rows)
-        .next_multiple_of(4);
-    row_blocks_on_all_threads(n.saturating_mul(k.max(1)) / 4, n, rows_per_block, f);
+/// [`Prepared`]'s states.
+const PENDING: u8 = 0;
+const READY: u8 = 1;
+const FAILED: u8 = 2;
+
+/// A value the calling thread computes while helper threads wait for it.
+struct Prepared<P> {
+    value: OnceLock<P>,
+    state: AtomicU8,
+}
+
+impl<P> Prepared<P> {
+    /// Spins until the value is published (`Some`) or will never be (`None`).
+    /// The wait is short: the caller publishes as soon as `prepare` returns,
+    /// and marks failure even when `prepare` panics (see [`FailUnlessDone`]).
+    fn wait(&self) -> Option<&P> {
+        let mut spins = 0u32;
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                READY => return self.value.get(),
+                FAILED => return None,
+                _ => {
+                    spins = spins.wrapping_add(1);
+                    if spins % 64 == 0 {
+                        // More threads than cores: let the preparing thread run.
+                        std::thread::yield_now();
+                    } else {
+                        core::hint::spin_loop();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Marks a [`Prepared`] failed when dropped still pending: if `prepare`
+/// panics, the waiting helpers stop instead of spinning forever (and the
+/// scope then rethrows the panic).
+struct FailUnlessDone<'a>(&'a AtomicU8);
+
+impl Drop for FailUnlessDone<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .compare_exchange(PENDING, FAILED, Ordering::Release, Ordering::Relaxed);
+    }
+}
+
+impl RowBlocks {
+    /// Blocks of an `[m, k] x [n, k]^T` product: sized for L2 (or, for one
+    /// token, a grain of streaming work), with a few per thread.
+    pub(crate) fn weight_rows(m: usize, n: usize, k: usize) -> Self {
+        let k1 = k.max(1);
+        let rows_per_block = if m == 1 {
+            (GRAIN / k1).max(4)
+        } else {
+            ((256 << 10) / k1).max(4)
+        };
+        RowBlocks {
+            work: m.saturating_mul(n).saturating_mul(k1) / 4,
+            n,
+            rows_per_block: rows_per_block.min(n.div_ceil(4 * num_threads()).max(4)),
+        }
+    }
+
+    /// Blocks of a one-token product (`n` rows of `k` bytes each): the same
+    /// threshold as [`RowBlocks::weight_rows`], but fewer, larger blocks
+    /// (about `tasks_per_thread` per thread, at least `min_rows` rows, a
+    /// multiple of 4) for kernels that are compute-bound, where the per-task
+    /// cost shows.
+    pub(crate) fn one_token(n: usize, k: usize, tasks_per_thread: usize, min_rows: usize) -> Self {
+        RowBlocks {
+            work: n.saturating_mul(k.max(1)) / 4,
+            n,
+            rows_per_block: n
+                .div_ceil(tasks_per_thread.max(1) * num_threads())
+                .max(min_rows)
+                .next_multiple_of(4)
+                .max(1),
+        }
+    }
+
+    /// Runs `f` over the blocks, on every thread when the product is worth
+    /// it, else on the calling thread in one call.
+    pub(crate) fn run(&self, f: impl Fn(core::ops::Range<usize>) + Sync + Send) {
+        let ready: Result<(), core::convert::Infallible> =
+            self.run_prepared(|| Ok(()), |(), rows| f(rows));
+        let Ok(()) = ready;
+    }
+
+    /// Runs `prepare` on the calling thread, then `f(&prepared, block)` over
+    /// the blocks as [`RowBlocks::run`] does. The helper threads are woken
+    /// *before* `prepare` runs, so their wake-up (tens of microseconds, more
+    /// in a VM) overlaps it instead of delaying the blocks; they wait for its
+    /// value, and take no block if it fails. The calling thread takes blocks
+    /// too, from a shared counter: a helper that wakes late finds them taken.
+    /// Each block is computed the same way by any thread.
+    pub(crate) fn run_prepared<P: Send + Sync, E: Send>(
+        &self,
+        prepare: impl FnOnce() -> Result<P, E> + Send,
+        f: impl Fn(&P, core::ops::Range<usize>) + Sync + Send,
+    ) -> Result<(), E> {
+        let RowBlocks {
+            work,
+            n,
+            rows_per_block,
+        } = *self;
+        let pool = pool();
+        let threads = pool.current_num_threads();
+        let blocks = n.div_ceil(rows_per_block);
+        if work < 2 * GRAIN || threads < 2 || blocks < 2 {
+            return prepare().map(|p| f(&p, 0..n));
+        }
+        let next = AtomicUsize::new(0);
+        let take_blocks = |p: &P| loop {
+            let b = next.fetch_add(1, Ordering::Relaxed);
+            if b >= blocks {
+                break;
+            }
+            f(p, b * rows_per_block..((b + 1) * rows_per_block).min(n));
+        };
+        let prepared = Prepared {
+            value: OnceLock::new(),
+            state: AtomicU8::new(PENDING),
+        };
+        pool.in_place_scope(|scope| {
+            for _ in 1..threads.min(blocks) {
+                scope.spawn(|_| {
+                    if let Some(p) = prepared.wait() {
+                        take_blocks(p);
+                    }
+                });
+            }
+            let guard = FailUnlessDone(&prepared.state);
+            let outcome = prepare().map(|p| {
+                let _ = prepared.value.set(p);
+            });
+            let state = if outcome.is_ok() { READY } else { FAILED };
+            prepared.state.store(state, Ordering::Release);
+            drop(guard);
+            if let Some(p) = prepared.value.get() {
+                take_blocks(p);
+            }
+            outcome
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A product big enough to split (`work` past two grains) into `n` rows.
+    fn split_rows(n: usize) -> RowBlocks {
+        RowBlocks {
+            work: 4 * GRAIN,
+            n,
+            rows_per_block: 3,
+        }
+    }
+
+    #[test]
+    fn prepared_blocks_cover_every_row_once_and_see_the_value() {
+        let _ = set_num_threads(2);
+        for n in [1, 2, 3, 7, 64, 301] {
+            let seen = Mutex::new(vec![0u32; n]);
+            let result: Result<(), ()> = split_rows(n).run_prepared(
+                || Ok(vec![5u32; n]),
+                |value, rows| {
+                    let mut seen = seen.lock().unwrap();
+                    for r in rows {
+                        seen[r] += value[r];
+                    }
+                },
+            );
+            assert_eq!(result, Ok(()));
+            assert_eq!(seen.into_inner().unwrap(), vec![5u32; n], "n = {n}");
+        }
+    }
+
+    #[test]
+    fn a_failed_prepare_runs_no_block_and_returns_its_error() {
+        let _ = set_num_threads(2);
+        let blocks_run = AtomicUsize::new(0);
+        let result = split_rows(100).run_prepared(
+            || Err::<u8, _>("bad input"),
+            |_, _| {
+                blocks_run.fetch_add(1, Ordering::Relaxed);
+            },
+        );
+        assert_eq!(result, Err("bad input"));
+        assert_eq!(blocks_run.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_panicking_prepare_releases_the_waiting_helpers() {
+        // Without the failure mark the helpers would spin forever and the
+        // scope would never return the panic.
+        let _ = set_num_threads(2);
+        let outcome = std::panic::catch_unwind(|| {
+            let _: Result<(), ()> = split_rows(100)
+                .run_prepared(|| -> Result<u8, ()> { panic!("prepare failed") }, |_, _| {});
+        });
+        assert!(outcome.is_err());
+    }
 }

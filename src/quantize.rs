@@ -75,6 +75,46 @@ fn quantize_rows(
     Ok(())
 }
 
+/// [`quantize_per_row_into`] on the calling thread, row `i` written at
+/// `out[i * stride..i * stride + cols]` (products pad token rows apart; the
+/// bytes between rows are left as they are). Products call it while their
+/// helper threads wake up: only a row longer than two grains uses the pool.
+pub(crate) fn quantize_per_row_strided_into(
+    data: &[f32],
+    cols: usize,
+    mode: DynamicScaleMode,
+    policy: NanPolicy,
+    out: &mut [i8],
+    stride: usize,
+    scales: &mut [f32],
+) -> Result<(), DynQuantError> {
+    let rows = scales.len();
+    assert!(
+        cols > 0
+            && stride >= cols
+            && data.len() == rows * cols
+            && (rows == 0 || out.len() >= (rows - 1) * stride + cols),
+        "quantize_per_row_strided_into: shapes"
+    );
+    for (i, (row, s)) in data.chunks_exact(cols).zip(scales.iter_mut()).enumerate() {
+        let q = &mut out[i * stride..i * stride + cols];
+        quantize_rows(
+            row,
+            cols,
+            INT8_CLIP,
+            mode,
+            policy,
+            q,
+            core::slice::from_mut(s),
+        )
+        .map_err(|e| match e {
+            DynQuantError::NonFinite { .. } => first_non_finite(data),
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
 /// Per-row int8 quantization of a row-major `[rows, cols]` array into `out`
 /// (same length) and `scales` (`rows` long). Rows run in parallel.
 pub fn quantize_per_row_into(

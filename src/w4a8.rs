@@ -4,9 +4,9 @@
 
 use core::ops::Range;
 
-use crate::error::{checked_size, try_vec};
-use crate::matmul::ActQuant;
-use crate::parallel::{self, DisjointOut};
+use crate::error::checked_size;
+use crate::matmul::{ActQuant, QuantizedActs};
+use crate::parallel::{DisjointOut, RowBlocks};
 use crate::simd;
 use crate::DynQuantError;
 
@@ -152,30 +152,44 @@ pub fn w4a8_matmul_into(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let mut q = try_vec(m * k, 0i8)?;
-    let token_scales = act.quantize(x, k, &mut q)?;
     // Per token, the offset corrections of the int4 kernels (weights are
     // stored offset by 8).
-    let q_sums: Vec<i32> = q
-        .chunks(k)
-        .flat_map(|t| simd::int4_group_sums(t, layout.group_size))
-        .collect();
-    let sink = DisjointOut::new(out);
-    let emit = |i: usize, j: usize, y: f32| {
-        let v = y * token_scales[i];
-        let v = bias.map_or(v, |b| v + b[j]);
-        // SAFETY: each (i, j) is emitted once, by the task owning row j.
-        unsafe { sink.write(i * n + j, v) }
+    let with_sums = |acts: QuantizedActs| {
+        let sums: Vec<i32> = acts
+            .q
+            .chunks(k)
+            .flat_map(|t| simd::int4_group_sums(t, layout.group_size))
+            .collect();
+        (acts, sums)
     };
-    let block = |rows| w4a8_block(packed, scales, layout, &q, &q_sums, m, rows, &emit);
-    if m == 1 {
+    let sink = DisjointOut::new(out);
+    let block = |(acts, q_sums): &(QuantizedActs, Vec<i32>), rows| {
+        let emit = |i: usize, j: usize, y: f32| {
+            let v = y * acts.scales[i];
+            let v = bias.map_or(v, |b| v + b[j]);
+            // SAFETY: each (i, j) is emitted once, by the task owning row j.
+            unsafe { sink.write(i * n + j, v) }
+        };
+        w4a8_block(packed, scales, layout, &acts.q, q_sums, m, rows, &emit)
+    };
+    let blocks = if m == 1 {
         // One token is compute-bound here: fewer, larger tasks than
-        // `weight_row_blocks` makes for streaming kernels.
-        parallel::one_token_row_blocks(n, k / 2, 16, 16, block);
+        // `RowBlocks::weight_rows` makes for streaming kernels.
+        RowBlocks::one_token(n, k / 2, 16, 16)
     } else {
-        parallel::weight_row_blocks(m, n, k / 2, block);
+        RowBlocks::weight_rows(m, n, k / 2)
+    };
+    if act.per_token {
+        // Quantized while the helper threads wake up.
+        blocks.run_prepared(
+            || QuantizedActs::per_token(x, m, k, act, k).map(with_sums),
+            block,
+        )
+    } else {
+        let prepared = with_sums(QuantizedActs::per_tensor(x, m, k, act, k)?);
+        blocks.run(|rows| block(&prepared, rows));
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
