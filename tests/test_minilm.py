@@ -112,6 +112,23 @@ def test_gelu_is_berts_exact_gelu(ref: dict[str, Any]) -> None:
     np.testing.assert_allclose(gelu(x), exact, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize(
+    "shape", [(97, 1536), (3, 40_000), (2, 50, 384), (1, 7), (5000,), (0, 1536)]
+)
+def test_gelu_in_blocks_equals_gelu_at_once(shape: tuple[int, ...]) -> None:
+    # gelu works block by block on large arrays; every value must come out
+    # exactly as the one-pass formula gives it, in the input's shape.
+    from dynquant.models.minilm import _gelu_block
+
+    rng = np.random.default_rng(len(shape))
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    y = gelu(x)
+    assert y.shape == x.shape and y.dtype == np.float32
+    np.testing.assert_array_equal(y, _gelu_block(x))
+    if x.ndim == 2 and x.shape[0] > 1:  # a strided view
+        np.testing.assert_array_equal(gelu(x[::2]), _gelu_block(x[::2]))
+
+
 def test_tokenization_matches(model: MiniLM, ref: dict[str, Any], ref_sentences: list[str]) -> None:
     batch = model.tokenize(ref_sentences)
     np.testing.assert_array_equal(batch.ids, ref["token_ids"])

@@ -221,6 +221,9 @@ def compare_configs(
     return rows, embeddings
 
 
+_QUIESCE_SECONDS = 0.25
+
+
 class _Encode(Protocol):
     def __call__(
         self,
@@ -239,6 +242,10 @@ def _timed_encode(
     show_progress: bool,
 ) -> tuple[F32, float]:
     """The embeddings and the fastest of ``repeat`` timed encodes, after a warm-up."""
+    # The previous config's BLAS threads spin for ~0.1 s after their last call
+    # (OpenBLAS does); on a 2-core machine they would slow this config's
+    # threads down (measured: W8A8 right after fp32 ~20% slower). Let them idle.
+    time.sleep(_QUIESCE_SECONDS)
     encode(sentences[:1])  # warm up (thread pools, caches) before timing
     seconds = float("inf")
     emb: F32 | None = None
