@@ -134,25 +134,46 @@ impl Sink<'_> {
         }
     }
 
-    /// Dot products and dequantization of weight rows `j0`, `j0 + 1` with
-    /// tokens `m0..m0 + T`, written.
+    /// Dot products and dequantization of the weight row pairs starting at
+    /// `j0` (`pairs` of them) with tokens `m0..m0 + T`, written.
     ///
     /// # Safety
-    /// The caller's task owns weight rows `j0` and `j0 + 1`.
+    /// The caller's task owns weight rows `j0..j0 + 2 * pairs`.
     #[inline(always)]
-    unsafe fn pair<const T: usize>(&self, w: &[i8], q: Tokens<'_>, m0: usize, j0: usize) {
+    unsafe fn row_pairs<const T: usize>(
+        &self,
+        w: &[i8],
+        q: Tokens<'_>,
+        m0: usize,
+        j0: usize,
+        pairs: usize,
+    ) {
+        const CHUNK: usize = 16;
         let k = q.k;
-        let weights = [&w[j0 * k..(j0 + 1) * k], &w[(j0 + 1) * k..(j0 + 2) * k]];
         let tokens: [&[i8]; T] = core::array::from_fn(|t| q.row(m0 + t));
         let d = &self.dequant;
-        let ws = [d.weight_scales[j0], d.weight_scales[j0 + 1]];
         let ts: [f32; T] = core::array::from_fn(|t| d.token_scales[m0 + t]);
-        let bias = d.bias.map(|b| [b[j0], b[j0 + 1]]);
-        let y = simd::w8a8_tile(&weights, &tokens, ws, ts, bias);
-        for (t, pair) in y.iter().enumerate() {
-            // SAFETY: the caller owns columns j0 and j0 + 1 (bounds checked
-            // inside `write_pair`).
-            unsafe { self.out.write_pair((m0 + t) * self.n + j0, *pair) };
+        let mut y = [[[0.0f32; 2]; T]; CHUNK];
+        let mut p0 = 0;
+        while p0 < pairs {
+            let count = CHUNK.min(pairs - p0);
+            let (j, j_end) = (j0 + 2 * p0, j0 + 2 * (p0 + count));
+            simd::w8a8_row_pairs(
+                &w[j * k..j_end * k],
+                &tokens,
+                &d.weight_scales[j..j_end],
+                ts,
+                d.bias.map(|b| &b[j..j_end]),
+                &mut y[..count],
+            );
+            for (p, pair) in y[..count].iter().enumerate() {
+                for (t, values) in pair.iter().enumerate() {
+                    // SAFETY: the caller owns these columns (bounds checked
+                    // inside `write_pair`).
+                    unsafe { self.out.write_pair((m0 + t) * self.n + j + 2 * p, *values) };
+                }
+            }
+            p0 += count;
         }
     }
 }
@@ -169,15 +190,13 @@ unsafe fn pair_rows<const T: usize>(
     m0: usize,
     sink: &Sink<'_>,
 ) {
-    let mut j = rows.start;
-    // SAFETY (all calls): rows j.. belong to this task.
+    let pairs = rows.len() / 2;
+    let odd = rows.start + 2 * pairs;
+    // SAFETY (both calls): rows in `rows` belong to this task.
     unsafe {
-        while j + 2 <= rows.end {
-            sink.pair::<T>(w, q, m0, j);
-            j += 2;
-        }
-        if j < rows.end {
-            tile_rows::<1, T>(w, q, j..rows.end, m0, sink);
+        sink.row_pairs::<T>(w, q, m0, rows.start, pairs);
+        if odd < rows.end {
+            tile_rows::<1, T>(w, q, odd..rows.end, m0, sink);
         }
     }
 }
@@ -617,6 +636,32 @@ mod tests {
             let row = w8a8_matvec(&w, &s, &x[i * k..(i + 1) * k], n, k).unwrap();
             assert_eq!(&y[i * n..(i + 1) * n], row.as_slice());
         }
+    }
+
+    /// A product small enough for one block: 67 weight rows are 33 pairs
+    /// (two full chunks of 16 pairs, one more, then an odd row) for 4 + 2
+    /// tokens with a k % 32 tail; each token's row is `w8a8_matvec` plus
+    /// the bias, on every kernel path.
+    #[test]
+    fn row_pair_chunks_equal_matvec_on_every_path() {
+        let (m, n, k) = (6, 67, 100);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 613 % 419) as f32 - 209.0) * 0.021)
+            .collect();
+        let w: Vec<i8> = (0..n * k).map(|i| (i * 73 % 256) as u8 as i8).collect();
+        let s: Vec<f32> = (0..n).map(|j| 0.003 + j as f32 * 0.0007).collect();
+        let b: Vec<f32> = (0..n).map(|j| 1.5 - j as f32 * 0.25).collect();
+        for isa in simd::supported() {
+            simd::set_isa(isa).unwrap();
+            let mut y = vec![0.0; m * n];
+            w8a8_matmul_into(&x, m, &w, &s, Some(&b), ActQuant::PER_TOKEN, &mut y).unwrap();
+            for i in 0..m {
+                let row = w8a8_matvec(&w, &s, &x[i * k..(i + 1) * k], n, k).unwrap();
+                let want: Vec<f32> = row.iter().zip(&b).map(|(v, b)| v + b).collect();
+                assert_eq!(&y[i * n..(i + 1) * n], want.as_slice(), "{isa:?} token {i}");
+            }
+        }
+        simd::set_isa(simd::best_supported()).unwrap();
     }
 
     /// Wide rows (padded token stride), every tile shape (4 tokens, then

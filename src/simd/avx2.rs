@@ -356,9 +356,47 @@ pub unsafe fn dot_tile<const R: usize, const T: usize>(
 /// # Safety
 /// AVX2 available; every row `k` long with `k < EXACT_I32_TOTAL`, so each
 /// sum fits in i32 (the dispatcher checks both).
-#[allow(clippy::needless_range_loop)] // t indexes several parallel arrays
 #[target_feature(enable = "avx2")]
 pub unsafe fn w8a8_tile<const T: usize>(
+    w: &[&[i8]; 2],
+    a: &[&[i8]; T],
+    ws: [f32; 2],
+    ts: [f32; T],
+    bias: Option<[f32; 2]>,
+) -> [[f32; 2]; T] {
+    w8a8_tile_inline(w, a, ws, ts, bias)
+}
+
+/// [`super::w8a8_row_pairs`] on AVX2: [`w8a8_tile`] for consecutive pairs of
+/// weight rows in one call, so the per-tile call and checks are paid once.
+///
+/// # Safety
+/// AVX2 available; `w` holds `2 * out.len()` rows of `k` values, `ws` (and
+/// `bias`) `2 * out.len()` values, every token row is `k` long, and
+/// `k < EXACT_I32_TOTAL` (the dispatcher checks all of it).
+#[target_feature(enable = "avx2")]
+pub unsafe fn w8a8_row_pairs<const T: usize>(
+    w: &[i8],
+    a: &[&[i8]; T],
+    ws: &[f32],
+    ts: [f32; T],
+    bias: Option<&[f32]>,
+    out: &mut [[[f32; 2]; T]],
+) {
+    let k = a[0].len();
+    for (p, y) in out.iter_mut().enumerate() {
+        let j = 2 * p;
+        let rows = [&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]];
+        let b = bias.map(|b| [b[j], b[j + 1]]);
+        // SAFETY: as this function's contract (AVX2; equal lengths; small k).
+        *y = unsafe { w8a8_tile_inline(&rows, a, [ws[j], ws[j + 1]], ts, b) };
+    }
+}
+
+/// The body of [`w8a8_tile`], inlined into its AVX2 callers.
+#[allow(clippy::needless_range_loop)] // t indexes several parallel arrays
+#[inline(always)]
+unsafe fn w8a8_tile_inline<const T: usize>(
     w: &[&[i8]; 2],
     a: &[&[i8]; T],
     ws: [f32; 2],

@@ -277,6 +277,47 @@ pub fn w8a8_tile<const T: usize>(
     scalar::w8a8_tile(&dot_tile(w, a), ws, ts, bias)
 }
 
+/// [`w8a8_tile`] for `out.len()` consecutive pairs of weight rows: `w` holds
+/// `2 * out.len()` rows of `k` values (row-major), `ws` and `bias` one value
+/// per row; `out[p]` gets rows `2p` and `2p + 1`. Every value equals
+/// [`w8a8_tile`]'s, on every path.
+#[inline]
+pub fn w8a8_row_pairs<const T: usize>(
+    w: &[i8],
+    a: &[&[i8]; T],
+    ws: &[f32],
+    ts: [f32; T],
+    bias: Option<&[f32]>,
+    out: &mut [[[f32; 2]; T]],
+) {
+    let k = a.first().map_or(0, |row| row.len());
+    let rows = 2 * out.len();
+    assert!(
+        a.iter().all(|row| row.len() == k)
+            && w.len() == rows * k
+            && ws.len() == rows
+            && bias.is_none_or(|b| b.len() == rows),
+        "w8a8_row_pairs: shapes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if T > 0 && k < avx2::EXACT_I32_TOTAL && active() == Isa::Avx2 {
+        // SAFETY: AVX2 confirmed by active(); shapes checked above, and k is
+        // small enough for i32 sums.
+        return unsafe { avx2::w8a8_row_pairs(w, a, ws, ts, bias, out) };
+    }
+    for (p, y) in out.iter_mut().enumerate() {
+        let j = 2 * p;
+        let pair = [&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]];
+        *y = w8a8_tile(
+            &pair,
+            a,
+            [ws[j], ws[j + 1]],
+            ts,
+            bias.map(|b| [b[j], b[j + 1]]),
+        );
+    }
+}
+
 /// W4A8 of `R` packed int4 weight rows (layout in [`crate::weights`]) with
 /// `T` int8 token rows, with `ws[r]` holding one scale per `group` columns.
 ///
