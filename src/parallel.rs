@@ -14,6 +14,8 @@ use rayon::ThreadPool;
 
 use crate::DynQuantError;
 
+mod hot;
+
 /// Elements of streaming work (one read, one write) worth one task.
 pub const GRAIN: usize = 1 << 16;
 
@@ -321,14 +323,27 @@ impl RowBlocks {
             value: OnceLock::new(),
             state: AtomicU8::new(PENDING),
         };
-        pool.in_place_scope(|scope| {
-            for _ in 1..threads.min(blocks) {
-                scope.spawn(|_| {
-                    if let Some(p) = prepared.wait() {
-                        take_blocks(p);
-                    }
-                });
+        let helper_part = || {
+            if let Some(p) = prepared.wait() {
+                take_blocks(p);
             }
+        };
+        pool.in_place_scope(|scope| {
+            // One helper is the always-awake thread when it is free (see
+            // `hot`), the others pool tasks.
+            let job = hot::Job::new(&helper_part);
+            let ticket = if hot::enabled() {
+                hot::offer(&job)
+            } else {
+                None
+            };
+            let pool_tasks =
+                (threads.min(blocks) - 1).saturating_sub(usize::from(ticket.is_some()));
+            for _ in 0..pool_tasks {
+                scope.spawn(|_| helper_part());
+            }
+            // Declared after the ticket, so dropped first when `prepare`
+            // panics: the helpers stop waiting before the ticket waits for them.
             let guard = FailUnlessDone(&prepared.state);
             let outcome = prepare().map(|p| {
                 let _ = prepared.value.set(p);
@@ -338,6 +353,9 @@ impl RowBlocks {
             drop(guard);
             if let Some(p) = prepared.value.get() {
                 take_blocks(p);
+            }
+            if let Some(ticket) = ticket {
+                ticket.finish();
             }
             outcome
         })
@@ -375,6 +393,71 @@ mod tests {
             assert_eq!(result, Ok(()));
             assert_eq!(seen.into_inner().unwrap(), vec![5u32; n], "n = {n}");
         }
+    }
+
+    #[test]
+    fn a_panicking_block_reaches_the_caller_and_the_helpers_survive() {
+        let _ = set_num_threads(2);
+        for round in 0..20 {
+            // Whichever thread runs block 5 (the caller, the always-awake
+            // helper or a pool task), its panic must surface here.
+            let outcome = std::panic::catch_unwind(|| {
+                let _: Result<(), ()> = split_rows(60).run_prepared(
+                    || Ok(()),
+                    |(), rows| {
+                        if rows.contains(&15) {
+                            panic!("block panicked (round {round})");
+                        }
+                    },
+                );
+            });
+            assert!(outcome.is_err(), "round {round}");
+        }
+        // Still working afterwards.
+        let count = AtomicUsize::new(0);
+        let r: Result<(), ()> = split_rows(60).run_prepared(
+            || Ok(()),
+            |(), rows| {
+                count.fetch_add(rows.len(), Ordering::Relaxed);
+            },
+        );
+        assert_eq!((r, count.load(Ordering::Relaxed)), (Ok(()), 60));
+    }
+
+    #[test]
+    fn concurrent_products_with_and_without_the_awake_helper() {
+        // Several callers at once compete for the one always-awake helper
+        // (the losers use the pool alone); every product must still cover
+        // its rows exactly once and return.
+        let _ = set_num_threads(2);
+        for hot_on in [true, false, true] {
+            hot::set_enabled(hot_on);
+            std::thread::scope(|s| {
+                for caller in 0..4usize {
+                    s.spawn(move || {
+                        for i in 0..200usize {
+                            let n = 1 + (caller * 31 + i * 17) % 90;
+                            let seen = Mutex::new(vec![0u8; n]);
+                            let r: Result<(), ()> = split_rows(n).run_prepared(
+                                || Ok(i),
+                                |&v, rows| {
+                                    assert_eq!(v, i);
+                                    let mut seen = seen.lock().unwrap();
+                                    rows.for_each(|r| seen[r] += 1);
+                                },
+                            );
+                            assert_eq!(r, Ok(()));
+                            assert!(seen.into_inner().unwrap().iter().all(|&c| c == 1));
+                            if i % 50 == 0 {
+                                // Let the helper park now and then.
+                                std::thread::sleep(std::time::Duration::from_millis(3));
+                            }
+                        }
+                    });
+                }
+            });
+        }
+        hot::set_enabled(true);
     }
 
     #[test]
