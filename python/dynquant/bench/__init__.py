@@ -22,7 +22,16 @@ from typing import Any
 import dynquant as dq
 
 from ._cases import Case, Config, iter_cases
-from ._harness import Row, format_table, machine_info, measure, memory_bandwidth, write_json
+from ._harness import (
+    Row,
+    Timing,
+    format_table,
+    machine_info,
+    measure,
+    measure_interleaved,
+    memory_bandwidth,
+    write_json,
+)
 from ._peers import PEER_NAMES, Peers
 
 __all__ = ["main"]
@@ -54,7 +63,9 @@ MiniLM encode: all-MiniLM-L6-v2 end to end (tokenize, forward, pool) over the
   each embedding's cosine to the NumPy float32 forward's. torch rows: the same
   weights in torch.nn (padded batches, as sentence-transformers runs them);
   quantize_dynamic: per-tensor activations (reduced range), per-tensor int8
-  weights. Skipped when the model package is not installed."""
+  weights. Skipped when the model package is not installed. Its samples are
+  taken in turn (one encode of each, --repeat rounds, 0.1 s idle before each)
+  so that the machine's drift over the seconds of a run hits all alike."""
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -158,6 +169,12 @@ def _run_case(
                 failed = True
                 continue
             ref: float | None = None
+            timings: dict[int, Timing | Exception] = {}
+            if case.interleaved and not args.quick:
+                timings = measure_interleaved(
+                    {i: impl.fn for i, impl in enumerate(impls) if impl.fn is not None},
+                    repeat=args.repeat,
+                )
             for i, impl in enumerate(impls):
                 row = Row(case.label, group, n, impl.name, None, note=impl.note)
                 row.reference, row.dynquant = i == 0, impl.dynquant
@@ -165,7 +182,9 @@ def _run_case(
                 if impl.fn is None:
                     continue
                 try:
-                    t = measure(impl.fn, repeat=args.repeat, quick=args.quick)
+                    t = timings.get(i) or measure(impl.fn, repeat=args.repeat, quick=args.quick)
+                    if isinstance(t, Exception):
+                        raise t
                 except Exception as e:
                     row.error = True
                     row.note = f"error: {type(e).__name__}: {str(e)[:100]}"

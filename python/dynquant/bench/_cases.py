@@ -51,6 +51,8 @@ class Case:
     build: Callable[[], Builder]
     nbytes: int | None = None
     ops: int | None = None
+    # Sample the implementations in turn (see ``measure_interleaved``).
+    interleaved: bool = False
 
     def matches(self, patterns: list[str]) -> bool:
         names = (self.label.lower(), *self.tags)
@@ -723,7 +725,10 @@ def _minilm_cases(cfg: Config) -> Iterator[Case]:
         return impls
 
     yield Case(
-        f"MiniLM encode {n_sent} sentences (batch {batch})", ("minilm", "model", "e2e"), build
+        f"MiniLM encode {n_sent} sentences (batch {batch})",
+        ("minilm", "model", "e2e"),
+        build,
+        interleaved=True,
     )
 
 

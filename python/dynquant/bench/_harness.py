@@ -88,6 +88,42 @@ class Impl:
     dynquant: bool = False  # one of dynquant's own functions (its errors fail the run)
 
 
+def measure_interleaved(
+    fns: dict[int, Callable[[], object]], *, repeat: int, idle: float = 0.1
+) -> dict[int, Timing | Exception]:
+    """Median time of one call of each of ``fns``, taking the samples in turn
+    (one call of each, ``repeat`` rounds) instead of one function after the
+    other: for long calls (a model's encode) on a shared machine, whose speed
+    drifts over seconds, every function then sees the same drift. Before
+    each call the machine idles ``idle`` seconds, so the previous library's
+    spinning threads (OpenBLAS, OpenMP, dynquant's) do not run beside it.
+    A function that raises gets its exception instead of a timing."""
+    samples: dict[int, list[float]] = {k: [] for k in fns}
+    failed: dict[int, Exception] = {}
+    for k, fn in fns.items():
+        try:
+            fn()  # warm-up
+        except Exception as e:
+            failed[k] = e
+    for _ in range(max(1, repeat)):
+        for k, fn in fns.items():
+            if k in failed:
+                continue
+            time.sleep(idle)
+            t0 = time.perf_counter()
+            try:
+                fn()
+            except Exception as e:
+                failed[k] = e
+                continue
+            samples[k].append(time.perf_counter() - t0)
+    out: dict[int, Timing | Exception] = dict(failed)
+    for k, ts in samples.items():
+        if k not in failed:
+            out[k] = Timing(statistics.median(ts), min(ts), 1, len(ts))
+    return out
+
+
 @dataclass(slots=True)
 class Row:
     """One line of the table (and of ``--json``)."""
