@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -188,7 +189,7 @@ def compare_configs(
     """Encode ``sentences`` with ``model`` (a float32 :class:`MiniLM`) and each
     config; return the table rows (fp32 first) and the embeddings by name.
     ``progress`` shows a bar per config when stderr is a terminal. Each
-    config's encode time is the fastest of ``repeat`` runs.
+    config's encode time is the median of ``repeat`` runs, taken in turn.
 
     SmoothQuant configs calibrate on ``calibration``, by default the Linear
     inputs collected from ``sentences`` themselves.
@@ -210,18 +211,24 @@ def compare_configs(
 
     if show_progress:
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr, flush=True)
-    rows: list[Row] = []
-    embeddings: dict[str, F32] = {}
-    for name, variant, weight_bytes, build_seconds in variants:
-        emb, seconds = _timed_encode(
-            name, variant.encode, sentences, batch_size, repeat, show_progress
+    timed = _timed_encodes(
+        [(name, variant.encode) for name, variant, _, _ in variants],
+        sentences,
+        batch_size,
+        repeat,
+        show_progress,
+    )
+    embeddings = {name: emb for name, (emb, _) in timed.items()}
+    rows = [
+        _row(name, emb, embeddings["fp32"], seconds, weight_bytes, build_seconds)
+        for (name, _, weight_bytes, build_seconds), (emb, seconds) in zip(
+            variants, timed.values(), strict=True
         )
-        embeddings[name] = emb
-        rows.append(_row(name, emb, embeddings["fp32"], seconds, weight_bytes, build_seconds))
+    ]
     return rows, embeddings
 
 
-_QUIESCE_SECONDS = 0.25
+_QUIESCE_SECONDS = 0.15
 
 
 class _Encode(Protocol):
@@ -233,31 +240,43 @@ class _Encode(Protocol):
     ) -> F32: ...
 
 
-def _timed_encode(
-    name: str,
-    encode: _Encode,
+def _timed_encodes(
+    encodes: Sequence[tuple[str, _Encode]],
     sentences: Sequence[str],
     batch_size: int,
     repeat: int,
     show_progress: bool,
-) -> tuple[F32, float]:
-    """The embeddings and the fastest of ``repeat`` timed encodes, after a warm-up."""
-    # The previous config's BLAS threads spin for ~0.1 s after their last call
-    # (OpenBLAS does); on a 2-core machine they would slow this config's
-    # threads down (measured: W8A8 right after fp32 ~20% slower). Let them idle.
-    time.sleep(_QUIESCE_SECONDS)
-    encode(sentences[:1])  # warm up (thread pools, caches) before timing
-    seconds = float("inf")
-    emb: F32 | None = None
-    for run in range(repeat):  # the fastest run: the least disturbed by other processes
-        start = time.perf_counter()
-        desc = name if repeat == 1 else f"{name} ({run + 1}/{repeat})"
-        emb = encode(
-            sentences, batch_size, progress=_text_progress(desc) if show_progress else None
+) -> dict[str, tuple[F32, float]]:
+    """Each encode's embeddings (its first, untimed run, which also warms it
+    up) and the median time of ``repeat`` more runs. The timed runs go in
+    turn — one of each config per round — so that the machine's drift over
+    the seconds of a demo hits every config alike."""
+    embeddings: dict[str, F32] = {}
+    for name, encode in encodes:
+        _quiesce()
+        embeddings[name] = encode(
+            sentences, batch_size, progress=_text_progress(name) if show_progress else None
         )
-        seconds = min(seconds, time.perf_counter() - start)
-    assert emb is not None
-    return emb, seconds
+    samples: dict[str, list[float]] = {name: [] for name, _ in encodes}
+    for run in range(repeat):
+        for name, encode in encodes:
+            if show_progress:
+                print(f"\rtiming round {run + 1}/{repeat}: {name:<40}", end="", file=sys.stderr)
+            _quiesce()
+            start = time.perf_counter()
+            encode(sentences, batch_size)
+            samples[name].append(time.perf_counter() - start)
+    if show_progress:
+        print("\r" + " " * 70 + "\r", end="", file=sys.stderr, flush=True)
+    return {name: (embeddings[name], statistics.median(samples[name])) for name, _ in encodes}
+
+
+def _quiesce() -> None:
+    """Lets other libraries' worker threads stop spinning before a timing: the
+    previous config's BLAS threads spin for ~0.1 s after their last call
+    (OpenBLAS does) and would slow the next config's threads on a 2-core
+    machine (measured: W8A8 right after fp32 ~20% slower)."""
+    time.sleep(_QUIESCE_SECONDS)
 
 
 def _row(
@@ -305,13 +324,16 @@ def compare_torch(
         start = time.perf_counter()
         dynamic = fp32.quantize_dynamic()
         quantize_seconds = time.perf_counter() - start
-        for name, variant, q_seconds in (
-            (TORCH_FP32, fp32, None),
-            (TORCH_DYNAMIC, dynamic, quantize_seconds),
-        ):
-            emb, seconds = _timed_encode(
-                name, variant.encode, sentences, batch_size, repeat, show_progress
-            )
+        variants = ((TORCH_FP32, fp32, None), (TORCH_DYNAMIC, dynamic, quantize_seconds))
+        timed = _timed_encodes(
+            [(name, variant.encode) for name, variant, _ in variants],
+            sentences,
+            batch_size,
+            repeat,
+            show_progress,
+        )
+        for name, variant, q_seconds in variants:
+            emb, seconds = timed[name]
             embeddings[name] = emb
             rows.append(_row(name, emb, reference, seconds, variant.weight_bytes(), q_seconds))
     return rows, embeddings
@@ -546,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--synthetic", action="store_true", help="synthetic activations; needs no model"
     )
     parser.add_argument(
-        "--repeat", type=int, default=3, help="time the fastest of this many encodes (3)"
+        "--repeat", type=int, default=3, help="time the median of this many encodes (3)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -614,8 +636,8 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
         "SmoothQuant calibrates on the same sentences; cos = cosine similarity of each "
         "sentence's embedding to fp32's;\nSpearman = rank correlation of all pairwise "
         "similarities with fp32's; weights = the Linear layers' weights, scales and biases;\n"
-        f"encode s = the fastest of {args.repeat} runs; quantize s = time to build the quantized "
-        "layers (not part of encode).\n"
+        f"encode s = the median of {args.repeat} runs (configs in turn); "
+        "quantize s = time to build the quantized layers (not part of encode).\n"
     )
     calibration = model.collect_linear_inputs(sentences, args.batch_size)
     rows, embeddings = compare_configs(
