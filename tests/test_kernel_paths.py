@@ -253,17 +253,38 @@ def test_kernel_env_var_selects_the_path(path: str) -> None:
     assert r.stdout.split()[0] == path
 
 
-@pytest.mark.parametrize("value", ["bogus", "neon" if "avx2" in PATHS else "avx2"])
-def test_bad_kernel_env_var_is_a_clear_error(value: str) -> None:
-    code = (
-        "import dynquant as dq\n"
-        "for call in (dq.kernel_info, lambda: dq.quantize_int8([1.0])):\n"
-        "    try:\n"
-        "        call()\n"
-        "    except dq.InvalidArgumentError as e:\n"
-        "        assert 'DYNQUANT_KERNEL' in str(e), e\n"
-        "    else:\n"
-        "        raise SystemExit('no error')\n"
+# A bad DYNQUANT_KERNEL is one row of the hostile-input matrix
+# (tests/test_hostile_inputs.py, "kernel_info / every kernel").
+
+
+_HOT_THREADS = (
+    "import os, numpy as np, dynquant as dq\n"
+    "dq.set_num_threads(2)\n"
+    "x = np.ones((64, 512), np.float32)\n"
+    "w, s = dq.quantize_weights_int8(np.ones((512, 512), np.float32))\n"
+    "y = dq.w8a8_matmul(x, w, s)\n"
+    "names = []\n"
+    "for t in os.listdir('/proc/self/task'):\n"
+    "    try:  # a replaced pool's threads may be exiting meanwhile\n"
+    "        names.append(open(f'/proc/self/task/{t}/comm').read().strip())\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "print(names.count('dynquant-hot'), float(y[0, 0]))\n"
+)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+@pytest.mark.parametrize(("value", "helpers"), [(None, 1), ("0", 0), ("1", 1)])
+def test_spin_env_var_controls_the_always_awake_helper(value: str | None, helpers: int) -> None:
+    # A product on two threads starts the one always-awake helper thread,
+    # unless DYNQUANT_SPIN=0; the result is the same either way.
+    env = {k: v for k, v in os.environ.items() if k != "DYNQUANT_SPIN"}
+    if value is not None:
+        env["DYNQUANT_SPIN"] = value
+    r = subprocess.run(
+        [sys.executable, "-c", _HOT_THREADS], env=env, capture_output=True, text=True, timeout=60
     )
-    r = _run_with_kernel_env(value, code)
     assert r.returncode == 0, r.stderr[-500:]
+    count, y = r.stdout.split()
+    assert int(count) == helpers
+    assert float(y) == pytest.approx(512.0, rel=1e-6)
