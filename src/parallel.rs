@@ -7,9 +7,8 @@
 //! because handing a job to the pool costs microseconds.
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use rayon::prelude::*;
 use rayon::ThreadPool;
 
 use crate::DynQuantError;
@@ -72,7 +71,37 @@ pub fn run<R: Send>(work: usize, f: impl FnOnce(bool) -> R + Send) -> R {
     pool.install(|| f(true))
 }
 
-/// Maps `f` over chunks of `data` and folds the results with `reduce`.
+/// Whether `work` items are worth splitting across the pool.
+fn worth_splitting(work: usize) -> bool {
+    work >= 2 * GRAIN && num_threads() >= 2
+}
+
+/// Runs `f(b)` for every block `b < blocks`, on every thread (the caller,
+/// the always-awake helper, pool tasks) when `work` items are worth
+/// splitting, else on the calling thread in order. Unlike `pool.install`,
+/// the caller starts at once and never sleeps waiting for the pool.
+pub fn for_each_block(work: usize, blocks: usize, f: impl Fn(usize) + Sync + Send) {
+    RowBlocks {
+        work,
+        n: blocks,
+        rows_per_block: 1,
+    }
+    .run(|range| range.for_each(&f));
+}
+
+/// A lock per block: lets the one thread that takes block `b` have
+/// `&mut` access to its part without `unsafe` (never contended).
+fn locked<U: Send>(parts: impl Iterator<Item = U>) -> Vec<Mutex<U>> {
+    parts.map(Mutex::new).collect()
+}
+
+fn lock<U>(m: &Mutex<U>) -> std::sync::MutexGuard<'_, U> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Maps `map` over chunks of `grain` items of `data` and folds the results
+/// with `reduce`, in chunk order (so the result does not depend on which
+/// thread ran what). Small inputs: `reduce(identity, map(data))`.
 pub fn map_reduce<T: Sync, R: Send + Clone + Sync>(
     data: &[T],
     grain: usize,
@@ -80,15 +109,18 @@ pub fn map_reduce<T: Sync, R: Send + Clone + Sync>(
     map: impl Fn(&[T]) -> R + Sync + Send,
     reduce: impl Fn(R, R) -> R + Sync + Send,
 ) -> R {
-    run(data.len(), |split| {
-        if split {
-            data.par_chunks(grain.max(1))
-                .map(&map)
-                .reduce(|| identity.clone(), &reduce)
-        } else {
-            reduce(identity.clone(), map(data))
-        }
-    })
+    if !worth_splitting(data.len()) {
+        return reduce(identity, map(data));
+    }
+    let chunks: Vec<&[T]> = data.chunks(grain.max(1)).collect();
+    let results = locked(chunks.iter().map(|_| None));
+    for_each_block(data.len(), chunks.len(), |b| {
+        *lock(&results[b]) = Some(map(chunks[b]));
+    });
+    results
+        .into_iter()
+        .map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .fold(identity, |acc, r| reduce(acc, r.expect("every block ran")))
 }
 
 /// Calls `f(input_chunk, output_chunk)` over matching chunks of `input_len`
@@ -104,16 +136,15 @@ pub fn zip_chunks<T: Sync, U: Send>(
 ) {
     let (input_len, output_len) = (input_len.max(1), output_len.max(1));
     let items_per_task = items_per_task.max(1);
-    run(input.len().max(output.len()), |split| {
-        if split {
-            input
-                .par_chunks(input_len * items_per_task)
-                .zip(output.par_chunks_mut(output_len * items_per_task))
-                .for_each(|(i, o)| f(i, o));
-        } else {
-            f(input, output);
-        }
-    })
+    let work = input.len().max(output.len());
+    if !worth_splitting(work) {
+        return f(input, output);
+    }
+    let inputs: Vec<&[T]> = input.chunks(input_len * items_per_task).collect();
+    let outputs = locked(output.chunks_mut(output_len * items_per_task));
+    for_each_block(work, inputs.len().min(outputs.len()), |b| {
+        f(inputs[b], &mut lock(&outputs[b]))
+    });
 }
 
 /// Calls `f` on chunks of `items_per_task * item_len` items of `data`.
@@ -123,14 +154,12 @@ pub fn chunks_mut<U: Send>(
     items_per_task: usize,
     f: impl Fn(&mut [U]) + Sync + Send,
 ) {
-    let chunk = item_len.max(1) * items_per_task.max(1);
-    run(data.len(), |split| {
-        if split {
-            data.par_chunks_mut(chunk).for_each(&f);
-        } else {
-            f(data);
-        }
-    })
+    let work = data.len();
+    if !worth_splitting(work) {
+        return f(data);
+    }
+    let chunks = locked(data.chunks_mut(item_len.max(1) * items_per_task.max(1)));
+    for_each_block(work, chunks.len(), |b| f(&mut lock(&chunks[b])));
 }
 
 /// The output of a product, shared by tasks that each write their own

@@ -5,7 +5,7 @@
 //! percentile and the shape, and return errors instead. The `_into` forms
 //! write into caller-owned buffers, which is what the Python layer uses.
 
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 use crate::error::{checked_size, try_vec};
 use crate::parallel;
@@ -142,16 +142,28 @@ pub fn quantize_per_row_into(
         return Ok(());
     }
     let rows_per_task = (parallel::GRAIN / cols).max(1);
-    let result = parallel::run(total, |split| {
-        if split {
-            data.par_chunks(cols * rows_per_task)
-                .zip(out.par_chunks_mut(cols * rows_per_task))
-                .zip(scales.par_chunks_mut(rows_per_task))
-                .try_for_each(|((x, q), s)| quantize_rows(x, cols, INT8_CLIP, mode, policy, q, s))
-        } else {
-            quantize_rows(data, cols, INT8_CLIP, mode, policy, out, scales)
+    let inputs: Vec<&[f32]> = data.chunks(cols * rows_per_task).collect();
+    // Each block's own (q, scales) part, behind a lock only its one task takes.
+    let parts: Vec<Mutex<(&mut [i8], &mut [f32])>> = out
+        .chunks_mut(cols * rows_per_task)
+        .zip(scales.chunks_mut(rows_per_task))
+        .map(Mutex::new)
+        .collect();
+    let error = Mutex::new(None);
+    parallel::for_each_block(total, inputs.len(), |b| {
+        let mut part = parts[b].lock().unwrap_or_else(|e| e.into_inner());
+        let (q, s) = &mut *part;
+        if let Err(e) = quantize_rows(inputs[b], cols, INT8_CLIP, mode, policy, q, s) {
+            error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(e);
         }
     });
+    let result = match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    };
     // A task's error indexes its own rows; name the first bad value overall.
     result.map_err(|e| match e {
         DynQuantError::NonFinite { .. } => first_non_finite(data),
