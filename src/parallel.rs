@@ -72,7 +72,7 @@ pub fn run<R: Send>(work: usize, f: impl FnOnce(bool) -> R + Send) -> R {
 }
 
 /// Whether `work` items are worth splitting across the pool.
-fn worth_splitting(work: usize) -> bool {
+pub(crate) fn worth_splitting(work: usize) -> bool {
     work >= 2 * GRAIN && num_threads() >= 2
 }
 

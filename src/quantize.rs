@@ -141,6 +141,28 @@ pub fn quantize_per_row_into(
         scales.fill(0.0);
         return Ok(());
     }
+    let result = if parallel::worth_splitting(total) {
+        quantize_row_blocks(data, cols, mode, policy, out, scales)
+    } else {
+        quantize_rows(data, cols, INT8_CLIP, mode, policy, out, scales)
+    };
+    // A task's error indexes its own rows; name the first bad value overall.
+    result.map_err(|e| match e {
+        DynQuantError::NonFinite { .. } => first_non_finite(data),
+        other => other,
+    })
+}
+
+/// [`quantize_rows`] over blocks of rows on every thread; the first error
+/// any block met.
+fn quantize_row_blocks(
+    data: &[f32],
+    cols: usize,
+    mode: DynamicScaleMode,
+    policy: NanPolicy,
+    out: &mut [i8],
+    scales: &mut [f32],
+) -> Result<(), DynQuantError> {
     let rows_per_task = (parallel::GRAIN / cols).max(1);
     let inputs: Vec<&[f32]> = data.chunks(cols * rows_per_task).collect();
     // Each block's own (q, scales) part, behind a lock only its one task takes.
@@ -150,7 +172,7 @@ pub fn quantize_per_row_into(
         .map(Mutex::new)
         .collect();
     let error = Mutex::new(None);
-    parallel::for_each_block(total, inputs.len(), |b| {
+    parallel::for_each_block(data.len(), inputs.len(), |b| {
         let mut part = parts[b].lock().unwrap_or_else(|e| e.into_inner());
         let (q, s) = &mut *part;
         if let Err(e) = quantize_rows(inputs[b], cols, INT8_CLIP, mode, policy, q, s) {
@@ -160,15 +182,10 @@ pub fn quantize_per_row_into(
                 .get_or_insert(e);
         }
     });
-    let result = match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+    match error.into_inner().unwrap_or_else(|e| e.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
-    };
-    // A task's error indexes its own rows; name the first bad value overall.
-    result.map_err(|e| match e {
-        DynQuantError::NonFinite { .. } => first_non_finite(data),
-        other => other,
-    })
+    }
 }
 
 fn per_tensor(
