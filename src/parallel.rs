@@ -1,10 +1,16 @@
-//! The thread pool the kernels share, and the two ways they split work.
+//! The thread pool the kernels share, and how they split work.
 //!
 //! dynquant keeps its own rayon pool (not rayon's global one) so that
 //! [`set_num_threads`] can resize it at any time: calls already running keep
 //! the pool they started on. Its default size follows `RAYON_NUM_THREADS`,
 //! else the number of CPUs. Work below a grain runs on the caller's thread,
 //! because handing a job to the pool costs microseconds.
+//!
+//! Kernels split work into blocks taken from a shared counter by the calling
+//! thread, the always-awake helper (`hot`) and pool tasks
+//! (`RowBlocks`, [`for_each_block`] and the chunk helpers built on it): the
+//! caller starts at once and never sleeps waiting for the pool. Only
+//! [`run`] (offline weight quantization) still hands its work to the pool.
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
