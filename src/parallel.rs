@@ -24,12 +24,19 @@ mod hot;
 /// Elements of streaming work (one read, one write) worth one task.
 pub const GRAIN: usize = 1 << 16;
 
-fn slot() -> &'static RwLock<Arc<ThreadPool>> {
-    static POOL: OnceLock<RwLock<Arc<ThreadPool>>> = OnceLock::new();
+/// The pool, and the process it was built in.
+struct Slot {
+    pool: Arc<ThreadPool>,
+    pid: u32,
+}
+
+fn slot() -> &'static RwLock<Slot> {
+    static POOL: OnceLock<RwLock<Slot>> = OnceLock::new();
     POOL.get_or_init(|| {
-        RwLock::new(Arc::new(
-            build(0).expect("building the default thread pool"),
-        ))
+        RwLock::new(Slot {
+            pool: Arc::new(build(0).expect("building the default thread pool")),
+            pid: std::process::id(),
+        })
     })
 }
 
@@ -41,9 +48,36 @@ fn build(threads: usize) -> Result<ThreadPool, DynQuantError> {
         .map_err(|e| DynQuantError::InvalidArgument(format!("cannot start {threads} threads: {e}")))
 }
 
-/// The pool for a new call.
+/// Installs `fresh` as the pool. A pool built in another process (we are a
+/// `fork`ed child: its threads were not copied) is leaked, not dropped:
+/// dropping it would signal threads that do not exist here, through locks
+/// they may have held at the fork.
+fn replace(slot: &mut Slot, fresh: Arc<ThreadPool>, pid: u32) {
+    let old = core::mem::replace(&mut slot.pool, fresh);
+    if slot.pid != pid {
+        core::mem::forget(old);
+    }
+    slot.pid = pid;
+}
+
+/// The pool for a new call. In a `fork`ed child the parent's pool has no
+/// threads (every product would wait for them forever), so the first call
+/// there builds a pool of the same size.
 pub fn pool() -> Arc<ThreadPool> {
-    slot().read().unwrap_or_else(|e| e.into_inner()).clone()
+    let pid = std::process::id();
+    {
+        let slot = slot().read().unwrap_or_else(|e| e.into_inner());
+        if slot.pid == pid {
+            return slot.pool.clone();
+        }
+    }
+    let mut slot = slot().write().unwrap_or_else(|e| e.into_inner());
+    if slot.pid != pid {
+        let threads = slot.pool.current_num_threads();
+        let fresh = Arc::new(build(threads).expect("rebuilding the thread pool after fork"));
+        replace(&mut slot, fresh, pid);
+    }
+    slot.pool.clone()
 }
 
 /// Threads the kernels use.
@@ -60,7 +94,8 @@ pub fn set_num_threads(threads: usize) -> Result<(), DynQuantError> {
         )));
     }
     let fresh = Arc::new(build(threads)?);
-    *slot().write().unwrap_or_else(|e| e.into_inner()) = fresh;
+    let mut slot = slot().write().unwrap_or_else(|e| e.into_inner());
+    replace(&mut slot, fresh, std::process::id());
     Ok(())
 }
 

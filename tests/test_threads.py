@@ -166,3 +166,47 @@ def test_eight_threads_get_the_serial_results() -> None:
 
 def test_set_num_threads_and_set_kernel_during_concurrent_use() -> None:
     print(_in_child(ROUNDS, meddle=True))
+
+
+def fork_scenario() -> str:
+    """Runs in the child: every kernel, then ``os.fork()``; the forked
+    process (which has none of the parent's threads) runs every kernel again
+    and must get the same bits, on 1 and 2 threads, before an alarm fires."""
+    import signal
+
+    ks = kernels()
+    before = {name: digest(fn()) for name, fn in ks}
+    pid = os.fork()
+    if pid == 0:  # the forked child
+        signal.alarm(60)  # a hang ends the child with SIGALRM
+        ok = all(digest(fn()) == before[name] for name, fn in ks)
+        dq.set_num_threads(1)
+        ok = ok and all(digest(fn()) == before[name] for name, fn in ks)
+        dq.set_num_threads(2)
+        ok = ok and all(digest(fn()) == before[name] for name, fn in ks)
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        raise AssertionError(f"forked child killed by signal {os.WTERMSIG(status)} (a hang)")
+    assert os.WEXITSTATUS(status) == 0, "forked child got different results"
+    return f"fork: {len(ks)} kernels x 3 in the child"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_kernels_work_in_a_forked_child() -> None:
+    # multiprocessing forks on Linux: the child has none of the parent's
+    # pool threads, so dynquant must start its own instead of waiting for
+    # them forever.
+    code = (
+        "import sys, os\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import dynquant as dq\n"
+        "import test_threads as t\n"
+        "dq.set_num_threads(2)\n"
+        "print(t.fork_scenario())\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "fork:" in r.stdout

@@ -14,12 +14,16 @@
 //! takes the job back (the helper never started it, and now never will) or
 //! waits until the helper has finished with it, so the helper never touches
 //! it after the caller's frame is gone — also when the caller unwinds.
+//!
+//! Each process has its own helper: a `fork`ed child does not have the
+//! parent's thread, so the first offer there starts a new one (with its own
+//! slot and lock — the parent's may have been mid-use at the fork).
 
 use std::any::Any;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Whether products use the helper: on unless `DYNQUANT_SPIN=0` (for
@@ -65,55 +69,69 @@ impl<'a> Job<'a> {
     }
 }
 
-/// The job on offer (null: none). Its lifetime is erased; see [`Ticket`].
-static OFFERED: AtomicPtr<Job<'static>> = AtomicPtr::new(ptr::null_mut());
-
-/// The helper's parking place: `true` while it waits on the condvar.
-struct Parking {
+/// One process's helper: the job on offer (null: none; its lifetime is
+/// erased, see [`Ticket`]) and the helper's parking place (`parked` is true
+/// while it waits on the condvar).
+struct Helper {
+    pid: u32,
+    offered: AtomicPtr<Job<'static>>,
     parked: Mutex<bool>,
     wake: Condvar,
 }
 
-fn parking() -> &'static Parking {
-    static PARKING: OnceLock<Parking> = OnceLock::new();
-    PARKING.get_or_init(|| Parking {
+/// This process's helper, leaked (never freed), so `&'static` is sound.
+static CURRENT: AtomicPtr<Helper> = AtomicPtr::new(ptr::null_mut());
+
+/// The helper of this process, started on first use; `None` if another
+/// thread is starting one right now.
+fn current() -> Option<&'static Helper> {
+    let pid = std::process::id();
+    let seen = CURRENT.load(Ordering::Acquire);
+    // SAFETY: CURRENT only ever holds null or a leaked `Box<Helper>`.
+    if let Some(helper) = unsafe { seen.as_ref() } {
+        if helper.pid == pid {
+            return Some(helper);
+        }
+    }
+    // None yet, or the parent's (we are a forked child, without its thread).
+    let fresh: &'static Helper = Box::leak(Box::new(Helper {
+        pid,
+        offered: AtomicPtr::new(ptr::null_mut()),
         parked: Mutex::new(false),
         wake: Condvar::new(),
-    })
-}
-
-/// Starts the helper once; `false` if the OS refused a thread.
-fn started() -> bool {
-    static STARTED: OnceLock<bool> = OnceLock::new();
-    *STARTED.get_or_init(|| {
-        std::thread::Builder::new()
-            .name("dynquant-hot".into())
-            .spawn(helper)
-            .is_ok()
-    })
+    }));
+    let fresh_ptr = (fresh as *const Helper).cast_mut();
+    CURRENT
+        .compare_exchange(seen, fresh_ptr, Ordering::AcqRel, Ordering::Acquire)
+        .ok()?;
+    // If the OS refuses a thread, offers are still accepted but never
+    // claimed: every caller takes its job back and does the work itself.
+    let _ = std::thread::Builder::new()
+        .name("dynquant-hot".into())
+        .spawn(move || helper(fresh));
+    Some(fresh)
 }
 
 /// An accepted offer; dropping it ends the job's loan (see the module docs).
 pub(crate) struct Ticket<'j, 'a> {
+    helper: &'static Helper,
     job: &'j Job<'a>,
 }
 
 /// Offers `job` to the helper. `None` when the helper is taken by another
 /// caller (or cannot start): then nobody will run it.
 pub(crate) fn offer<'j, 'a>(job: &'j Job<'a>) -> Option<Ticket<'j, 'a>> {
-    if !started() {
-        return None;
-    }
+    let helper = current()?;
     let erased = (job as *const Job<'a>).cast_mut().cast::<Job<'static>>();
-    OFFERED
+    helper
+        .offered
         .compare_exchange(ptr::null_mut(), erased, Ordering::AcqRel, Ordering::Relaxed)
         .ok()?;
-    let parking = parking();
-    let parked = parking.parked.lock().unwrap_or_else(|e| e.into_inner());
+    let parked = helper.parked.lock().unwrap_or_else(|e| e.into_inner());
     if *parked {
-        parking.wake.notify_one();
+        helper.wake.notify_one();
     }
-    Some(Ticket { job })
+    Some(Ticket { helper, job })
 }
 
 impl Ticket<'_, '_> {
@@ -132,7 +150,9 @@ impl Ticket<'_, '_> {
         let mine = (self.job as *const Job<'_>)
             .cast_mut()
             .cast::<Job<'static>>();
-        if OFFERED
+        if self
+            .helper
+            .offered
             .compare_exchange(mine, ptr::null_mut(), Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
@@ -164,12 +184,13 @@ impl Drop for Ticket<'_, '_> {
 }
 
 /// Claims the job on offer, if any.
-fn claim() -> Option<&'static Job<'static>> {
-    let offered = OFFERED.load(Ordering::Acquire);
+fn claim(helper: &Helper) -> Option<&'static Job<'static>> {
+    let offered = helper.offered.load(Ordering::Acquire);
     if offered.is_null() {
         return None;
     }
-    OFFERED
+    helper
+        .offered
         .compare_exchange(
             offered,
             ptr::null_mut(),
@@ -178,8 +199,8 @@ fn claim() -> Option<&'static Job<'static>> {
         )
         .ok()?;
     // SAFETY: a claimed job stays alive until its `done` is set: its owner's
-    // Ticket cannot take it back any more (the pointer is gone from OFFERED)
-    // and waits for `done`, which `run` sets last.
+    // Ticket cannot take it back any more (the pointer is gone from the
+    // slot) and waits for `done`, which `run` sets last.
     Some(unsafe { &*offered })
 }
 
@@ -191,12 +212,11 @@ fn run(job: &Job<'_>) {
     job.done.store(true, Ordering::Release);
 }
 
-fn helper() {
-    let parking = parking();
+fn helper(helper: &'static Helper) {
     let mut last_job = Instant::now();
     let mut polls = 0u32;
     loop {
-        if let Some(job) = claim() {
+        if let Some(job) = claim(helper) {
             run(job);
             last_job = Instant::now();
             continue;
@@ -212,10 +232,10 @@ fn helper() {
         }
         // Park until a job is offered. The offer is published before the
         // offerer takes the lock, and checked here under it: no lost wake-up.
-        let mut parked = parking.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut parked = helper.parked.lock().unwrap_or_else(|e| e.into_inner());
         *parked = true;
-        while OFFERED.load(Ordering::Acquire).is_null() {
-            parked = parking.wake.wait(parked).unwrap_or_else(|e| e.into_inner());
+        while helper.offered.load(Ordering::Acquire).is_null() {
+            parked = helper.wake.wait(parked).unwrap_or_else(|e| e.into_inner());
         }
         *parked = false;
         drop(parked);
