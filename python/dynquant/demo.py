@@ -568,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--synthetic", action="store_true", help="synthetic activations; needs no model"
     )
     parser.add_argument(
-        "--repeat", type=int, default=3, help="time the median of this many encodes (3)"
+        "--repeat", type=int, default=5, help="time the median of this many encodes (5)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
