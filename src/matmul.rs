@@ -651,17 +651,7 @@ mod tests {
         let w: Vec<i8> = (0..n * k).map(|i| (i * 73 % 256) as u8 as i8).collect();
         let s: Vec<f32> = (0..n).map(|j| 0.003 + j as f32 * 0.0007).collect();
         let b: Vec<f32> = (0..n).map(|j| 1.5 - j as f32 * 0.25).collect();
-        for isa in simd::supported() {
-            simd::set_isa(isa).unwrap();
-            let mut y = vec![0.0; m * n];
-            w8a8_matmul_into(&x, m, &w, &s, Some(&b), ActQuant::PER_TOKEN, &mut y).unwrap();
-            for i in 0..m {
-                let row = w8a8_matvec(&w, &s, &x[i * k..(i + 1) * k], n, k).unwrap();
-                let want: Vec<f32> = row.iter().zip(&b).map(|(v, b)| v + b).collect();
-                assert_eq!(&y[i * n..(i + 1) * n], want.as_slice(), "{isa:?} token {i}");
-            }
-        }
-        simd::set_isa(simd::best_supported()).unwrap();
+        matmul_rows_equal_matvec_plus_bias_on_every_path(&x, &w, &s, &b);
     }
 
     /// Wide rows (padded token stride), every tile shape (4 tokens, then
@@ -678,14 +668,24 @@ mod tests {
         let s: Vec<f32> = (0..n).map(|j| 0.002 + j as f32 * 0.001).collect();
         let b: Vec<f32> = (0..n).map(|j| j as f32 - 2.5).collect();
         assert_ne!(token_stride(k), k);
+        matmul_rows_equal_matvec_plus_bias_on_every_path(&x, &w, &s, &b);
+    }
+
+    /// On every kernel path, each token's row of the per-token W8A8 GEMM of
+    /// `x` (`[m, k]`) with `w` (`[n, k]`) is `w8a8_matvec` on that token plus
+    /// the bias (so every path gives the same bits).
+    fn matmul_rows_equal_matvec_plus_bias_on_every_path(x: &[f32], w: &[i8], s: &[f32], b: &[f32]) {
+        let n = s.len();
+        let k = w.len() / n;
+        let m = x.len() / k;
         let mut results = Vec::new();
         for isa in simd::supported() {
             simd::set_isa(isa).unwrap();
             let mut y = vec![0.0; m * n];
-            w8a8_matmul_into(&x, m, &w, &s, Some(&b), ActQuant::PER_TOKEN, &mut y).unwrap();
+            w8a8_matmul_into(x, m, w, s, Some(b), ActQuant::PER_TOKEN, &mut y).unwrap();
             for i in 0..m {
-                let row = w8a8_matvec(&w, &s, &x[i * k..(i + 1) * k], n, k).unwrap();
-                let want: Vec<f32> = row.iter().zip(&b).map(|(v, b)| v + b).collect();
+                let row = w8a8_matvec(w, s, &x[i * k..(i + 1) * k], n, k).unwrap();
+                let want: Vec<f32> = row.iter().zip(b).map(|(v, b)| v + b).collect();
                 assert_eq!(&y[i * n..(i + 1) * n], want.as_slice(), "{isa:?} token {i}");
             }
             results.push(y);

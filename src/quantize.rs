@@ -107,10 +107,7 @@ pub(crate) fn quantize_per_row_strided_into(
             q,
             core::slice::from_mut(s),
         )
-        .map_err(|e| match e {
-            DynQuantError::NonFinite { .. } => first_non_finite(data),
-            other => other,
-        })?;
+        .map_err(|e| first_non_finite_overall(e, data))?;
     }
     Ok(())
 }
@@ -146,11 +143,16 @@ pub fn quantize_per_row_into(
     } else {
         quantize_rows(data, cols, INT8_CLIP, mode, policy, out, scales)
     };
-    // A task's error indexes its own rows; name the first bad value overall.
-    result.map_err(|e| match e {
+    result.map_err(|e| first_non_finite_overall(e, data))
+}
+
+/// A row's (or task's) non-finite error indexes its own values; this names
+/// the first bad value of all of `data` instead. Other errors pass through.
+fn first_non_finite_overall(e: DynQuantError, data: &[f32]) -> DynQuantError {
+    match e {
         DynQuantError::NonFinite { .. } => first_non_finite(data),
         other => other,
-    })
+    }
 }
 
 /// [`quantize_rows`] over blocks of rows on every thread; the first error
