@@ -379,7 +379,13 @@ impl RowBlocks {
         let threads = pool.current_num_threads();
         let blocks = n.div_ceil(rows_per_block);
         if work < 2 * GRAIN || threads < 2 || blocks < 2 {
-            return prepare().map(|p| f(&p, 0..n));
+            // Block by block all the same: the blocks are sized for the
+            // cache, which one call over all rows would overrun.
+            return prepare().map(|p| {
+                for b in 0..blocks {
+                    f(&p, b * rows_per_block..((b + 1) * rows_per_block).min(n));
+                }
+            });
         }
         let next = AtomicUsize::new(0);
         let take_blocks = |p: &P| loop {
@@ -462,6 +468,26 @@ mod tests {
             );
             assert_eq!(result, Ok(()));
             assert_eq!(seen.into_inner().unwrap(), vec![5u32; n], "n = {n}");
+        }
+    }
+
+    #[test]
+    fn small_products_still_go_block_by_block_in_order() {
+        // Below the splitting threshold the caller runs every block itself,
+        // in order, each no larger than `rows_per_block` (cache-sized).
+        for n in [0, 1, 3, 7, 301] {
+            let calls = Mutex::new(Vec::new());
+            RowBlocks {
+                work: 0,
+                n,
+                rows_per_block: 3,
+            }
+            .run(|rows| calls.lock().unwrap().push(rows));
+            let calls = calls.into_inner().unwrap();
+            let expected: Vec<_> = (0..n.div_ceil(3))
+                .map(|b| 3 * b..(3 * b + 3).min(n))
+                .collect();
+            assert_eq!(calls, expected, "n = {n}");
         }
     }
 
