@@ -351,7 +351,7 @@ impl RowBlocks {
     }
 
     /// Runs `f` over the blocks, on every thread when the product is worth
-    /// it, else on the calling thread in one call.
+    /// it, else on the calling thread, block by block.
     pub(crate) fn run(&self, f: impl Fn(core::ops::Range<usize>) + Sync + Send) {
         let ready: Result<(), core::convert::Infallible> =
             self.run_prepared(|| Ok(()), |(), rows| f(rows));

@@ -87,8 +87,8 @@ fn w4a8_block(
     rows: Range<usize>,
     emit: &impl Fn(usize, usize, f32),
 ) {
-    // Sub-blocks of rows whose packed bytes and scales fit in L2 (on one
-    // thread the caller hands over every row at once).
+    // Sub-blocks of rows whose packed bytes and scales fit in L2 (the
+    // caller's blocks count packed bytes only, not the scales).
     let row_bytes = layout.row_bytes() + 4 * layout.groups();
     let step = ((L2_BYTES / row_bytes.max(1)) / 4 * 4).max(4);
     let mut start = rows.start;

@@ -109,20 +109,30 @@ unsafe fn quantize32(
 ) -> [__m256i; 4] {
     let abs = _mm256_set1_ps(-0.0);
     let limit = _mm256_set1_ps(0.5 - 1.0 / 32768.0);
-    let q = x.map(|v| _mm256_mul_ps(v, recip));
-    let n = q.map(|v| _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v));
+    // Plain loops, not `array::map`: a generic std function might not be
+    // inlined into this AVX2 code (it is not, in cargo's default release
+    // profile), and calling it per vector made quantizing ten times slower.
+    let mut q = [_mm256_setzero_ps(); 4];
+    let mut n = [_mm256_setzero_ps(); 4];
     let mut near = _mm256_setzero_ps();
     for i in 0..4 {
+        q[i] = _mm256_mul_ps(x[i], recip);
+        n[i] = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(q[i]);
         let distance = _mm256_andnot_ps(abs, _mm256_sub_ps(q[i], n[i]));
         near = _mm256_or_ps(near, _mm256_cmp_ps::<_CMP_GE_OQ>(distance, limit));
     }
+    let mut out = [_mm256_setzero_si256(); 4];
     if _mm256_movemask_ps(near) != 0 {
-        return x.map(|v| round_clamp(_mm256_div_ps(v, s), clip, neg_clip));
+        for i in 0..4 {
+            out[i] = round_clamp(_mm256_div_ps(x[i], s), clip, neg_clip);
+        }
+        return out;
     }
-    n.map(|n| {
-        let n = _mm256_and_ps(n, _mm256_cmp_ps::<_CMP_ORD_Q>(n, n)); // NaN -> 0
-        _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(n, neg_clip), clip))
-    })
+    for i in 0..4 {
+        let n = _mm256_and_ps(n[i], _mm256_cmp_ps::<_CMP_ORD_Q>(n[i], n[i])); // NaN -> 0
+        out[i] = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(n, neg_clip), clip));
+    }
+    out
 }
 
 /// With `stream`, the output is written with streaming stores (for outputs
@@ -275,7 +285,11 @@ unsafe fn tile_sums<const R: usize, const T: usize>(
     let mut acc = [[_mm256_setzero_si256(); T]; R];
     let mut i = start;
     while i < end {
-        let av: [__m256i; T] = core::array::from_fn(|t| load32_i8(a[t], i));
+        // A loop, not `array::from_fn` (see `quantize32`).
+        let mut av = [_mm256_setzero_si256(); T];
+        for t in 0..T {
+            av[t] = load32_i8(a[t], i);
+        }
         for r in 0..R {
             let wv = load32_i8(w[r], i);
             let w_abs = _mm256_abs_epi8(wv);
@@ -313,14 +327,13 @@ pub unsafe fn dot_tile<const R: usize, const T: usize>(
             // Every total fits in i32: reduce four accumulators at a time.
             let mut first = 0;
             while first < R * T {
-                let four: [__m256i; 4] = core::array::from_fn(|i| {
+                let mut four = [_mm256_setzero_si256(); 4];
+                for (i, v) in four.iter_mut().enumerate() {
                     let j = first + i;
                     if j < R * T {
-                        acc[j / T][j % T]
-                    } else {
-                        _mm256_setzero_si256()
+                        *v = acc[j / T][j % T];
                     }
-                });
+                }
                 let mut lanes = [0i32; 4];
                 _mm_storeu_si128(lanes.as_mut_ptr() as *mut __m128i, hsum4_i32(four));
                 for (i, &lane) in lanes.iter().enumerate() {
@@ -730,7 +743,11 @@ unsafe fn w4a8_chunk<const T: usize, const FORM: usize, const WHOLE: bool>(
             // Two half-blocks a group, added in i16 (<= 2 * 3840); a group's
             // i16 lane sum in `quad_sums` is at most 8 * 3840 < 2^15.
             let pairs = |p: [__m256i; 8]| -> [__m256i; 4] {
-                core::array::from_fn(|i| _mm256_add_epi16(p[2 * i], p[2 * i + 1]))
+                let mut s = [zero; 4];
+                for i in 0..4 {
+                    s[i] = _mm256_add_epi16(p[2 * i], p[2 * i + 1]);
+                }
+                s
             };
             let mut first = [zero; T];
             let h0 = 2 * g0;
