@@ -169,8 +169,8 @@ impl Sink<'_> {
             for (p, pair) in y[..count].iter().enumerate() {
                 for (t, values) in pair.iter().enumerate() {
                     // SAFETY: the caller owns these columns (bounds checked
-                    // inside `write_pair`).
-                    unsafe { self.out.write_pair((m0 + t) * self.n + j + 2 * p, *values) };
+                    // inside `write_run`).
+                    unsafe { self.out.write_run((m0 + t) * self.n + j + 2 * p, values) };
                 }
             }
             p0 += count;

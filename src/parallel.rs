@@ -239,22 +239,21 @@ impl<'a> DisjointOut<'a> {
         unsafe { *self.ptr.add(index) = value };
     }
 
-    /// Writes `values` at `index` and `index + 1`.
+    /// Writes `values` at `index ..`.
     ///
     /// # Safety
     /// No other thread writes those indices while this call runs.
-    pub(crate) unsafe fn write_pair(&self, index: usize, values: [f32; 2]) {
+    pub(crate) unsafe fn write_run(&self, index: usize, values: &[f32]) {
         assert!(
-            index < self.len && self.len - index >= 2,
-            "DisjointOut: pair at {index} of {}",
+            index <= self.len && self.len - index >= values.len(),
+            "DisjointOut: {} values at {index} of {}",
+            values.len(),
             self.len
         );
-        // SAFETY: both in bounds (asserted); exclusive per the caller's contract.
+        // SAFETY: all in bounds (asserted); `values` is another allocation
+        // (this one is borrowed mutably); exclusive per the caller's contract.
         unsafe {
-            self.ptr
-                .add(index)
-                .cast::<[f32; 2]>()
-                .write_unaligned(values)
+            core::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(index), values.len())
         };
     }
 }

@@ -44,7 +44,7 @@ const L2_BYTES: usize = 320 << 10;
 /// Weight rows `rows` against tokens `m0 .. m0 + T`, four rows a tile (a
 /// last one to three rows are padded with copies of the last row, whose
 /// extra results are dropped).
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // t: y[r][t] for every r
 fn w4a8_rows<const T: usize>(
     packed: &[u8],
     scales: &[f32],
@@ -53,7 +53,7 @@ fn w4a8_rows<const T: usize>(
     q_sums: &[i32],
     m0: usize,
     rows: Range<usize>,
-    emit: &impl Fn(usize, usize, f32),
+    emit: &impl Fn(usize, usize, &[f32]),
 ) {
     let (k, rb, g) = (layout.in_features, layout.row_bytes(), layout.groups());
     let tokens: [&[i8]; T] = core::array::from_fn(|t| &q[(m0 + t) * k..(m0 + t + 1) * k]);
@@ -65,10 +65,9 @@ fn w4a8_rows<const T: usize>(
         let w: [&[u8]; 4] = core::array::from_fn(|r| &packed[row(r) * rb..(row(r) + 1) * rb]);
         let s: [&[f32]; 4] = core::array::from_fn(|r| &scales[row(r) * g..(row(r) + 1) * g]);
         let y = simd::w4a8_tile(&w, &s, &tokens, &sums, layout.group_size);
-        for (r, y) in y.iter().enumerate().take(live) {
-            for (t, &v) in y.iter().enumerate() {
-                emit(m0 + t, j + r, v);
-            }
+        for t in 0..T {
+            let run: [f32; 4] = core::array::from_fn(|r| y[r][t]);
+            emit(m0 + t, j, &run[..live]);
         }
         j += 4;
     }
@@ -85,7 +84,7 @@ fn w4a8_block(
     q_sums: &[i32],
     m: usize,
     rows: Range<usize>,
-    emit: &impl Fn(usize, usize, f32),
+    emit: &impl Fn(usize, usize, &[f32]),
 ) {
     // Sub-blocks of rows whose packed bytes and scales fit in L2 (the
     // caller's blocks count packed bytes only, not the scales).
@@ -164,11 +163,16 @@ pub fn w4a8_matmul_into(
     };
     let sink = DisjointOut::new(out);
     let block = |(acts, q_sums): &(QuantizedActs, Vec<i32>), rows| {
-        let emit = |i: usize, j: usize, y: f32| {
-            let v = y * acts.scales[i];
-            let v = bias.map_or(v, |b| v + b[j]);
-            // SAFETY: each (i, j) is emitted once, by the task owning row j.
-            unsafe { sink.write(i * n + j, v) }
+        // Token i's results for weight rows j.. (at most four): scaled by
+        // the token's scale, plus the bias, written in one run.
+        let emit = |i: usize, j: usize, ys: &[f32]| {
+            let s = acts.scales[i];
+            let mut v = [0.0f32; 4];
+            for (r, (o, &y)) in v.iter_mut().zip(ys).enumerate() {
+                *o = bias.map_or(y * s, |b| y * s + b[j + r]);
+            }
+            // SAFETY: each (i, j..) is emitted once, by the task owning those rows.
+            unsafe { sink.write_run(i * n + j, &v[..ys.len()]) }
         };
         w4a8_block(packed, scales, layout, &acts.q, q_sums, m, rows, &emit)
     };
