@@ -603,6 +603,13 @@ unsafe fn for_segment<const T: usize>(
         for t in 0..T {
             each(t, segment_products(&nib, a[t], 32 * h0, 8));
         }
+    } else if nh == 4 {
+        // Half a segment (a row of 384 columns ends so), also with its
+        // length known.
+        let nib = nibbles(w, h0, 4);
+        for t in 0..T {
+            each(t, segment_products(&nib, a[t], 32 * h0, 4));
+        }
     } else {
         let nib = nibbles(w, h0, nh);
         for t in 0..T {
