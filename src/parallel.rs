@@ -253,7 +253,18 @@ impl<'a> DisjointOut<'a> {
         // SAFETY: all in bounds (asserted); `values` is another allocation
         // (this one is borrowed mutably); exclusive per the caller's contract.
         unsafe {
-            core::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(index), values.len())
+            let dst = self.ptr.add(index);
+            match values.len() {
+                // The kernels' usual runs, as single stores rather than a
+                // call to memcpy.
+                2 => dst
+                    .cast::<[f32; 2]>()
+                    .write_unaligned([values[0], values[1]]),
+                4 => dst
+                    .cast::<[f32; 4]>()
+                    .write_unaligned([values[0], values[1], values[2], values[3]]),
+                len => core::ptr::copy_nonoverlapping(values.as_ptr(), dst, len),
+            }
         };
     }
 }

@@ -168,8 +168,13 @@ pub fn w4a8_matmul_into(
         let emit = |i: usize, j: usize, ys: &[f32]| {
             let s = acts.scales[i];
             let mut v = [0.0f32; 4];
-            for (r, (o, &y)) in v.iter_mut().zip(ys).enumerate() {
-                *o = bias.map_or(y * s, |b| y * s + b[j + r]);
+            for (o, &y) in v.iter_mut().zip(ys) {
+                *o = y * s;
+            }
+            if let Some(b) = bias {
+                for (o, &b) in v.iter_mut().zip(&b[j..j + ys.len()]) {
+                    *o += b;
+                }
             }
             // SAFETY: each (i, j..) is emitted once, by the task owning those rows.
             unsafe { sink.write_run(i * n + j, &v[..ys.len()]) }
@@ -272,6 +277,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The bias is added after the token scale: with it, every value is
+    /// the bias-free value plus the bias, on every path (runs of four rows
+    /// and a last partial run of three).
+    #[test]
+    fn bias_adds_to_the_scaled_result() {
+        let (m, n, k) = (5, 7, 384);
+        let x = data(m * k, 4);
+        let w = data(n * k, 5);
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.37 - 1.1).collect();
+        let (packed, scales) = quantize_weights_int4(&w, n, k, Some(32)).unwrap();
+        let layout = Int4Layout {
+            out_features: n,
+            in_features: k,
+            group_size: 32,
+        };
+        for isa in simd::supported() {
+            simd::set_isa(isa).unwrap();
+            let (mut plain, mut biased) = (vec![0.0; m * n], vec![0.0; m * n]);
+            let act = ActQuant::PER_TOKEN;
+            w4a8_matmul_into(&x, m, &packed, &scales, layout, None, act, &mut plain).unwrap();
+            w4a8_matmul_into(
+                &x,
+                m,
+                &packed,
+                &scales,
+                layout,
+                Some(&bias),
+                act,
+                &mut biased,
+            )
+            .unwrap();
+            for (i, (&p, &b)) in plain.iter().zip(&biased).enumerate() {
+                assert_eq!(b.to_bits(), (p + bias[i % n]).to_bits(), "{isa:?} at {i}");
+            }
+        }
+        simd::set_isa(simd::best_supported()).unwrap();
     }
 
     #[test]
