@@ -111,7 +111,7 @@ unsafe fn quantize32(
     let limit = _mm256_set1_ps(0.5 - 1.0 / 32768.0);
     // Plain loops, not `array::map`: a generic std function might not be
     // inlined into this AVX2 code (it is not, in cargo's default release
-    // profile), and calling it per vector made quantizing ten times slower.
+    // profile), and calling it per vector made quantizing ~18 times slower.
     let mut q = [_mm256_setzero_ps(); 4];
     let mut n = [_mm256_setzero_ps(); 4];
     let mut near = _mm256_setzero_ps();
@@ -583,14 +583,14 @@ unsafe fn chunk_scales(ws: &[f32], g0: usize, n: usize, mask: __m256i) -> __m256
 
 /// Calls `each(t, products)` with the [`segment_products`] of every token
 /// for half-blocks `h0 .. h0 + nh` of packed row `w`, whose nibbles are
-/// unpacked once. A whole segment (`nh == 8`, the usual case) takes a path
-/// with the length known, without per-half checks.
+/// unpacked once. A whole segment (`nh == 8`, the usual case) and a half one
+/// (`nh == 4`, how a row of 384 columns ends) are unpacked with the length
+/// known, without per-half checks.
 ///
 /// # Safety
 /// AVX2 available; `16 * (h0 + nh) <= w.len()`, `32 * (h0 + nh) <= a[t].len()`,
 /// `nh` even and at most 8.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // t is also passed to `each`
 unsafe fn for_segment<const T: usize>(
     w: &[u8],
     a: &[&[i8]; T],
@@ -598,23 +598,28 @@ unsafe fn for_segment<const T: usize>(
     nh: usize,
     mut each: impl FnMut(usize, [__m256i; 8]),
 ) {
-    if nh == 8 {
-        let nib = nibbles(w, h0, 8);
-        for t in 0..T {
-            each(t, segment_products(&nib, a[t], 32 * h0, 8));
-        }
-    } else if nh == 4 {
-        // Half a segment (a row of 384 columns ends so), also with its
-        // length known.
-        let nib = nibbles(w, h0, 4);
-        for t in 0..T {
-            each(t, segment_products(&nib, a[t], 32 * h0, 4));
-        }
-    } else {
-        let nib = nibbles(w, h0, nh);
-        for t in 0..T {
-            each(t, segment_products(&nib, a[t], 32 * h0, nh));
-        }
+    // Each call passes `nh` as a literal where it can: `segment` is
+    // inlined, so its loops are unrolled for that length.
+    match nh {
+        8 => segment(w, a, h0, 8, &mut each),
+        4 => segment(w, a, h0, 4, &mut each),
+        _ => segment(w, a, h0, nh, &mut each),
+    }
+}
+
+/// The body of [`for_segment`] (same contract).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // t is also passed to `each`
+unsafe fn segment<const T: usize>(
+    w: &[u8],
+    a: &[&[i8]; T],
+    h0: usize,
+    nh: usize,
+    each: &mut impl FnMut(usize, [__m256i; 8]),
+) {
+    let nib = nibbles(w, h0, nh);
+    for t in 0..T {
+        each(t, segment_products(&nib, a[t], 32 * h0, nh));
     }
 }
 
