@@ -16,6 +16,7 @@ use crate::error::{checked_size, try_vec};
 use crate::parallel;
 use crate::quantize::quantize_per_row_into;
 use crate::scale::{DynamicScaleMode, NanPolicy};
+use crate::simd;
 use crate::simd::scalar::{int4_at, quantize_one};
 use crate::DynQuantError;
 
@@ -81,13 +82,17 @@ pub fn pack_int4(values: &[i8], cols: usize) -> Result<Vec<u8>, DynQuantError> {
         });
     }
     let row_bytes = cols.div_ceil(2);
-    // 0x88: both nibbles hold the value 0, so padding needs no special case.
-    let mut packed = vec![0x88u8; values.len() / cols * row_bytes];
+    let mut packed = try_vec(values.len() / cols * row_bytes, 0u8)?;
+    let nibble = |v: i8| (v + 8) as u8;
     for (row, out) in values.chunks(cols).zip(packed.chunks_mut(row_bytes)) {
-        for (col, &v) in row.iter().enumerate() {
-            let (byte, shift) = int4_position(cols, col);
-            let nibble = (v + 8) as u8;
-            out[byte] = (out[byte] & !(0x0f << shift)) | (nibble << shift);
+        // Block by block (see the module doc): byte j holds columns j and
+        // j + h of the block; a missing last high column stores 8 (zero).
+        for (block, out) in row.chunks(64).zip(out.chunks_mut(32)) {
+            let (low, high) = block.split_at(block.len().div_ceil(2));
+            for (j, byte) in out.iter_mut().enumerate() {
+                let hi = high.get(j).map_or(8, |&v| nibble(v));
+                *byte = nibble(low[j]) | (hi << 4);
+            }
         }
     }
     Ok(packed)
@@ -115,6 +120,9 @@ pub fn unpack_int4(packed: &[u8], cols: usize) -> Result<Vec<i8>, DynQuantError>
 /// `amax / 7 * ratio`, then the scale is refitted by least squares.
 const CLIP_RATIOS: [f32; 10] = [1.0, 0.96, 0.92, 0.88, 0.84, 0.8, 0.76, 0.72, 0.68, 0.64];
 
+/// Columns per block of [`int4_group_scale`]'s search (stack buffers).
+const SEARCH_BLOCK: usize = 64;
+
 /// The int4 scale of one group minimising the squared error, and its values.
 ///
 /// For each clip ratio: round with `s0 = amax * ratio / 7` (values in
@@ -123,6 +131,11 @@ const CLIP_RATIOS: [f32; 10] = [1.0, 0.96, 0.92, 0.88, 0.84, 0.8, 0.76, 0.72, 0.
 /// keep the values and scale with the least error. Plain round-to-nearest
 /// (`amax / 7`) is the first candidate's values, so the search never does
 /// worse than it.
+///
+/// The sums run in f64 in column order, one per candidate; the candidates
+/// go side by side (all of them per column), so their sums are independent
+/// chains instead of one long one, and the rounding uses the SIMD
+/// quantizer (the same values as [`quantize_one`]).
 pub fn int4_group_scale(group: &[f32], out: &mut [i8]) -> f32 {
     let amax = group.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     if amax == 0.0 || (amax / 7.0) == 0.0 {
@@ -130,28 +143,64 @@ pub fn int4_group_scale(group: &[f32], out: &mut [i8]) -> f32 {
         return 0.0;
     }
     let ww: f64 = group.iter().map(|&w| w as f64 * w as f64).sum();
-    let mut best = (f64::INFINITY, 0.0f32, 0.0f32); // (error, s0, refitted scale)
-    for ratio in CLIP_RATIOS {
-        let s0 = amax * ratio / 7.0;
-        let (mut wq, mut qq) = (0.0f64, 0.0f64);
-        for &w in group {
-            let q = quantize_one(w, s0, 8.0).min(7) as f64;
-            wq += w as f64 * q;
-            qq += q * q;
+    let s0 = CLIP_RATIOS.map(|ratio| amax * ratio / 7.0);
+    let mut wq = [0.0f64; CLIP_RATIOS.len()];
+    let mut qq = [0i64; CLIP_RATIOS.len()];
+    let mut q = [[0i8; SEARCH_BLOCK]; CLIP_RATIOS.len()];
+    let mut qf = [[0.0f64; SEARCH_BLOCK]; CLIP_RATIOS.len()];
+    for w in group.chunks(SEARCH_BLOCK) {
+        for (q, &s0) in q.iter_mut().zip(&s0) {
+            quantize_int4(w, s0, &mut q[..w.len()]);
         }
+        for (qf, q) in qf.iter_mut().zip(&q) {
+            for (f, &v) in qf.iter_mut().zip(&q[..w.len()]) {
+                *f = v as f64;
+            }
+        }
+        for (i, &w) in w.iter().enumerate() {
+            let w = w as f64;
+            for (wq, qf) in wq.iter_mut().zip(&qf) {
+                *wq += w * qf[i];
+            }
+        }
+        for (qq, q) in qq.iter_mut().zip(&q) {
+            *qq += q[..w.len()]
+                .iter()
+                .map(|&v| v as i32 * v as i32)
+                .sum::<i32>() as i64;
+        }
+    }
+    let mut best = (f64::INFINITY, 0.0f32, 0.0f32); // (error, s0, refitted scale)
+    for c in 0..CLIP_RATIOS.len() {
+        // Exact: at most 64 * len, far below 2^53.
+        let qq = qq[c] as f64;
         if qq == 0.0 {
             continue;
         }
-        let scale = (wq / qq) as f32;
-        let error = ww - wq * wq / qq;
+        let scale = (wq[c] / qq) as f32;
+        let error = ww - wq[c] * wq[c] / qq;
         if error < best.0 && scale > 0.0 && scale.is_finite() {
-            best = (error, s0, scale);
+            best = (error, s0[c], scale);
         }
     }
-    for (q, &w) in out.iter_mut().zip(group) {
-        *q = quantize_one(w, best.1, 8.0).min(7);
-    }
+    quantize_int4(group, best.1, out);
     best.2
+}
+
+/// `quantize_one(w, s0, 8).min(7)` for every value: int4 rounding.
+fn quantize_int4(w: &[f32], s0: f32, out: &mut [i8]) {
+    if s0 == 0.0 {
+        // The SIMD quantizer needs a non-zero scale; a zero one divides
+        // every value to ±inf or NaN, which clamp to ±8 or 0.
+        out.iter_mut()
+            .zip(w)
+            .for_each(|(o, &w)| *o = quantize_one(w, s0, 8.0));
+    } else {
+        simd::quantize(w, s0, 8.0, out);
+    }
+    for v in out.iter_mut() {
+        *v = (*v).min(7);
+    }
 }
 
 /// Int4 weights for `[out, in]` float weights: per group of `group_size`
@@ -242,6 +291,29 @@ mod tests {
     }
 
     #[test]
+    fn packing_puts_every_column_where_int4_position_says() {
+        for cols in 1..=200usize {
+            let rows = 3;
+            let v: Vec<i8> = (0..rows * cols)
+                .map(|i| ((i * 7 + cols) % 16) as i8 - 8)
+                .collect();
+            let p = pack_int4(&v, cols).unwrap();
+            let row_bytes = cols.div_ceil(2);
+            assert_eq!(p.len(), rows * row_bytes);
+            let mut expected = vec![0x88u8; p.len()];
+            for r in 0..rows {
+                for c in 0..cols {
+                    let (byte, shift) = int4_position(cols, c);
+                    let b = &mut expected[r * row_bytes + byte];
+                    *b = (*b & !(0x0f << shift)) | (((v[r * cols + c] + 8) as u8) << shift);
+                }
+            }
+            assert_eq!(p, expected, "cols {cols}");
+            assert_eq!(unpack_int4(&p, cols).unwrap(), v, "cols {cols}");
+        }
+    }
+
+    #[test]
     fn search_is_never_worse_than_round_to_nearest() {
         let w: Vec<f32> = (0..32)
             .map(|i| ((i * 7919 % 61) as f32 - 30.0) / 7.0)
@@ -262,6 +334,97 @@ mod tests {
             .collect();
         assert!(err(s, &q) <= err(amax / 7.0, &rtn) * 1.0001);
         assert!(q.iter().all(|v| (-8..=7).contains(v)));
+    }
+
+    /// The search as first written: one candidate at a time, scalar rounding.
+    fn reference_group_scale(group: &[f32], out: &mut [i8]) -> f32 {
+        let amax = group.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        if amax == 0.0 || (amax / 7.0) == 0.0 {
+            out.fill(0);
+            return 0.0;
+        }
+        let ww: f64 = group.iter().map(|&w| w as f64 * w as f64).sum();
+        let mut best = (f64::INFINITY, 0.0f32, 0.0f32);
+        for ratio in CLIP_RATIOS {
+            let s0 = amax * ratio / 7.0;
+            let (mut wq, mut qq) = (0.0f64, 0.0f64);
+            for &w in group {
+                let q = quantize_one(w, s0, 8.0).min(7) as f64;
+                wq += w as f64 * q;
+                qq += q * q;
+            }
+            if qq == 0.0 {
+                continue;
+            }
+            let scale = (wq / qq) as f32;
+            let error = ww - wq * wq / qq;
+            if error < best.0 && scale > 0.0 && scale.is_finite() {
+                best = (error, s0, scale);
+            }
+        }
+        for (q, &w) in out.iter_mut().zip(group) {
+            *q = quantize_one(w, best.1, 8.0).min(7);
+        }
+        best.2
+    }
+
+    #[test]
+    fn group_search_equals_the_one_candidate_at_a_time_reference() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for &len in &[1usize, 2, 31, 32, 33, 63, 64, 65, 128, 200, 4096] {
+            for &magnitude in &[1.0f32, 1e-3, 3e4, 1e-38, 1e-44, 3e38] {
+                for round in 0..8 {
+                    let group: Vec<f32> = (0..len)
+                        .map(|i| {
+                            let r = next();
+                            // Some exact ties (k / 2 times a power of two) among random values.
+                            let v = if round % 2 == 0 && i % 5 == 0 {
+                                ((r % 17) as f32 - 8.0) * 0.5
+                            } else {
+                                (r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+                            };
+                            v * magnitude
+                        })
+                        .collect();
+                    let (mut a, mut b) = (vec![0i8; len], vec![0i8; len]);
+                    let sa = int4_group_scale(&group, &mut a);
+                    let sb = reference_group_scale(&group, &mut b);
+                    assert_eq!(
+                        sa.to_bits(),
+                        sb.to_bits(),
+                        "len {len} magnitude {magnitude}"
+                    );
+                    assert_eq!(a, b, "len {len} magnitude {magnitude}");
+                }
+            }
+        }
+        // Subnormal maxima: with max|w| four units in the last place, the
+        // smaller clip ratios give s0 = 0 (the scalar fallback).
+        let ulps = |v: &[i32]| -> Vec<f32> {
+            v.iter()
+                .map(|&u| f32::from_bits(u.unsigned_abs()).copysign(u as f32))
+                .collect()
+        };
+        for group in [
+            vec![0.0f32; 5],
+            vec![f32::MIN_POSITIVE / 4.0; 3],
+            ulps(&[1, -5, 0]),
+            ulps(&[4, -1, 3, 2, -4]),
+            ulps(&[4]),
+        ] {
+            let (mut a, mut b) = (vec![0i8; group.len()], vec![0i8; group.len()]);
+            assert_eq!(
+                int4_group_scale(&group, &mut a).to_bits(),
+                reference_group_scale(&group, &mut b).to_bits()
+            );
+            assert_eq!(a, b);
+        }
     }
 
     #[test]
