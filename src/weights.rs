@@ -17,7 +17,7 @@ use crate::parallel;
 use crate::quantize::quantize_per_row_into;
 use crate::scale::{DynamicScaleMode, NanPolicy};
 use crate::simd;
-use crate::simd::scalar::{int4_at, quantize_one};
+use crate::simd::scalar::quantize_one;
 use crate::DynQuantError;
 
 /// Symmetric int8 weights, one scale per output row: `scale = max|row| / 127`
@@ -110,10 +110,21 @@ pub fn unpack_int4(packed: &[u8], cols: usize) -> Result<Vec<i8>, DynQuantError>
             actual: packed.len(),
         });
     }
-    Ok(packed
-        .chunks(row_bytes)
-        .flat_map(|row| (0..cols).map(move |c| int4_at(row, cols, c)))
-        .collect())
+    let mut values = try_vec(packed.len() / row_bytes * cols, 0i8)?;
+    let value = |nibble: u8| (nibble & 0x0f) as i8 - 8;
+    for (row, out) in packed.chunks(row_bytes).zip(values.chunks_mut(cols)) {
+        // Block by block, as `pack_int4` writes them.
+        for (bytes, out) in row.chunks(32).zip(out.chunks_mut(64)) {
+            let (low, high) = out.split_at_mut(out.len().div_ceil(2));
+            for (j, &byte) in bytes.iter().enumerate() {
+                low[j] = value(byte);
+                if let Some(v) = high.get_mut(j) {
+                    *v = value(byte >> 4);
+                }
+            }
+        }
+    }
+    Ok(values)
 }
 
 /// Candidate clip ratios of the int4 scale search: values are rounded with
@@ -273,6 +284,7 @@ pub fn quantize_weights_int4(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simd::scalar::int4_at;
 
     #[test]
     fn pack_round_trip_and_layout() {
@@ -310,6 +322,12 @@ mod tests {
             }
             assert_eq!(p, expected, "cols {cols}");
             assert_eq!(unpack_int4(&p, cols).unwrap(), v, "cols {cols}");
+            for r in 0..rows {
+                let row = &p[r * row_bytes..(r + 1) * row_bytes];
+                for c in 0..cols {
+                    assert_eq!(int4_at(row, cols, c), v[r * cols + c], "cols {cols}");
+                }
+            }
         }
     }
 
