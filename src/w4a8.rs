@@ -8,6 +8,7 @@ use crate::error::checked_size;
 use crate::matmul::{ActQuant, QuantizedActs};
 use crate::parallel::{DisjointOut, RowBlocks};
 use crate::simd;
+use crate::weights::int4_position;
 use crate::DynQuantError;
 
 /// Shape of a packed int4 weight matrix.
@@ -108,6 +109,30 @@ fn w4a8_block(
     }
 }
 
+/// With an odd `in_features`, each packed row has one unused nibble, which
+/// `pack_int4` sets to 8 (the value 0). Anything else there means the rows
+/// were packed for one more column — the same number of bytes — and the
+/// product would silently drop that column's weights.
+fn check_padding(packed: &[u8], layout: Int4Layout) -> Result<(), DynQuantError> {
+    let k = layout.in_features;
+    if k % 2 == 0 {
+        return Ok(());
+    }
+    let (byte, shift) = int4_position(k, k);
+    let rb = layout.row_bytes();
+    match packed
+        .chunks(rb)
+        .position(|row| (row[byte] >> shift) & 0x0f != 8)
+    {
+        None => Ok(()),
+        Some(row) => Err(DynQuantError::InvalidArgument(format!(
+            "in_features is {k}, but packed row {row} holds a weight in its unused last \
+             nibble: these rows were packed for {} columns",
+            k + 1
+        ))),
+    }
+}
+
 /// Batched W4A8: `out[i, j] = y_ij * s_i (+ bias[j])` where `y_ij` adds up
 /// in f32, in eight lanes by group index mod 8 and then a fixed-order lane
 /// sum, each group's exact integer dot product times the group's scale (see
@@ -148,6 +173,7 @@ pub fn w4a8_matmul_into(
             return Err(DynQuantError::ShapeMismatch { expected, actual });
         }
     }
+    check_padding(packed, layout)?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -211,6 +237,71 @@ mod tests {
         (0..len)
             .map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 - 500.0) / 97.0)
             .collect()
+    }
+
+    #[test]
+    fn rows_packed_for_one_more_column_are_refused() {
+        // 96 and 95 columns pack into the same 48 bytes a row.
+        let (n, m) = (3, 2);
+        let values: Vec<i8> = (0..n * 96).map(|i| (i % 15) as i8 - 7).collect();
+        let packed96 = pack_int4(&values, 96).unwrap();
+        let x = data(m * 95, 2);
+        let mut out = vec![0.0; m * n];
+        let layout = |k| Int4Layout {
+            out_features: n,
+            in_features: k,
+            group_size: 32,
+        };
+        let scales = vec![0.5f32; n * 3];
+        let err = w4a8_matmul_into(
+            &x,
+            m,
+            &packed96,
+            &scales,
+            layout(95),
+            None,
+            ActQuant::PER_TOKEN,
+            &mut out,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, DynQuantError::InvalidArgument(msg) if msg.contains("packed for 96 columns")),
+            "{err:?}"
+        );
+        // Packed for 95 columns (or with a zero last column), it runs.
+        let values95: Vec<i8> = values.chunks(96).flat_map(|r| r[..95].to_vec()).collect();
+        let packed95 = pack_int4(&values95, 95).unwrap();
+        w4a8_matmul_into(
+            &x,
+            m,
+            &packed95,
+            &scales,
+            layout(95),
+            None,
+            ActQuant::PER_TOKEN,
+            &mut out,
+        )
+        .unwrap();
+        let mut zero_last = values.clone();
+        zero_last
+            .iter_mut()
+            .skip(95)
+            .step_by(96)
+            .for_each(|v| *v = 0);
+        let mut out0 = vec![0.0; m * n];
+        let packed0 = pack_int4(&zero_last, 96).unwrap();
+        w4a8_matmul_into(
+            &x,
+            m,
+            &packed0,
+            &scales,
+            layout(95),
+            None,
+            ActQuant::PER_TOKEN,
+            &mut out0,
+        )
+        .unwrap();
+        assert_eq!(out0, out);
     }
 
     #[test]

@@ -375,6 +375,19 @@ CASES: list[Case] = [
         "w4a8_matmul", "packed bytes != ceil(in/2)", lambda: dq.w4a8_matmul(A64[:, :60], PK, PS), SE
     ),
     Case("w4a8_matmul", "scales [out, groups] wrong", lambda: dq.w4a8_matmul(A64, PKG, PSG), SE),
+    # 63 and 64 columns pack into the same 32 bytes: the unused nibble tells.
+    Case(
+        "w4a8_matmul",
+        "x (2, 63), rows packed for 64 columns",
+        lambda: dq.w4a8_matmul(A64[:, :63], PK, PS),
+        IA,
+    ),
+    Case(
+        "w4a8_matmul",
+        "x (2, 63), g32 rows packed for 64 columns",
+        lambda: dq.w4a8_matmul(A64[:, :63], PKG, PSG, group_size=32),
+        IA,
+    ),
     Case("w4a8_matmul", "group_size 0", lambda: dq.w4a8_matmul(A64, PK, PS, group_size=0), IA),
     Case(
         "w4a8_matmul",

@@ -78,6 +78,19 @@ def w8a8_matmul(
     x2, lead = _tokens(x)
     w = as_int8(weight_i8, "weight_i8", ndim=2)
     s = as_float32(weight_scales, "weight_scales", ndim=1)
+    if x2.shape[1] != w.shape[1]:
+        raise ShapeMismatchError(
+            f"x has {x2.shape[1]} features (last axis of shape {tuple(lead) + x2.shape[1:]}), "
+            f"but weight_i8 is {w.shape}: x must be [..., {w.shape[1]}]",
+            expected=w.shape[1],
+            actual=x2.shape[1],
+        )
+    if s.shape[0] != w.shape[0]:
+        raise ShapeMismatchError(
+            f"weight_scales has {s.shape[0]} values for {w.shape[0]} weight rows",
+            expected=w.shape[0],
+            actual=s.shape[0],
+        )
     y = _core.w8a8_matmul(
         x2,
         w,
