@@ -77,7 +77,7 @@ class FeatureDimMismatchError(DynQuantError, ValueError):
 
 
 class NonFiniteError(DynQuantError, ValueError):
-    """A NaN or infinity in activations (``index`` is the flat index)."""
+    """A NaN or infinity in activations or weights (``index`` is the flat index)."""
 
     index: int
     value: float

@@ -134,7 +134,16 @@ class QuantizedLinear:
             layer.weight, layer.weight_scales = quantize_weights_int8(w)
         else:
             layer.weight, layer.weight_scales = quantize_weights_int4(w, group_size)
+        layer._freeze()
         return layer
+
+    def _freeze(self) -> None:
+        """Make the arrays read-only: the layer owns them, and an in-place
+        edit through an attribute would change every later result silently."""
+        for name in ("weight", "weight_scales", "bias", "smooth_factors"):
+            a = getattr(self, name)
+            if a is not None:
+                a.flags.writeable = False
 
     def __call__(self, x: Any, *, nan_policy: str = "raise") -> npt.NDArray[np.float32]:
         """``x [..., in]`` → ``[..., out]``."""
@@ -204,3 +213,4 @@ class QuantizedLinear:
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name in self.__slots__:
             setattr(self, name, state[name])
+        self._freeze()

@@ -1,13 +1,19 @@
 """Weight quantizers and int4 packing.
 
-Packed int4 layout: ``[out, ceil(in / 2)]`` uint8; byte ``j`` of a row holds
-column ``2j`` in its low nibble and column ``2j + 1`` in its high nibble, each
-a 4-bit two's-complement value in [-8, 7] (an odd last column leaves the last
-high nibble 0).
+Packed int4 layout (llama.cpp's Q4_0 block order): ``[out, ceil(in / 2)]``
+uint8. A row's columns go in blocks of 64; in block ``b``, byte ``j`` (0..32)
+holds column ``64b + j`` in its low nibble and column ``64b + 32 + j`` in its
+high nibble. A last, partial block of ``r`` columns uses ``h = ceil(r / 2)``
+bytes the same way (byte ``j``: columns ``j`` and ``j + h`` of the block).
+Each nibble stores ``value + 8`` (offset binary: 0..15 for -8..7); the unused
+high nibble of an odd-length row stores 8 (the value 0), which the W4A8
+products check, so rows packed for one more column are refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -15,11 +21,25 @@ import numpy.typing as npt
 
 from . import _core
 from ._arrays import as_array, as_float32, as_int8
-from .errors import DTypeError, InvalidArgumentError, ShapeMismatchError
+from .errors import DTypeError, InvalidArgumentError, NonFiniteError, ShapeMismatchError
 
 __all__ = ["pack_int4", "quantize_weights_int4", "quantize_weights_int8", "unpack_int4"]
 
 GROUP_SIZES = (None, 32, 64, 128)
+
+
+@contextmanager
+def _weights_must_be_finite() -> Iterator[None]:
+    """The core's NaN/Inf error speaks of activations; say it is the weight."""
+    try:
+        yield
+    except NonFiniteError as e:
+        raise NonFiniteError(
+            f"weight has a non-finite value {e.value} at flat index {e.index}: "
+            "weights must be finite",
+            index=e.index,
+            value=e.value,
+        ) from None
 
 
 def quantize_weights_int8(
@@ -31,7 +51,8 @@ def quantize_weights_int8(
     (round half away from zero). Returns ``(q, scales)``; NaN/Inf raise.
     """
     w = as_float32(weight, "weight", ndim=2)
-    q, scales = _core.quantize_weights_int8(w)
+    with _weights_must_be_finite():
+        q, scales = _core.quantize_weights_int8(w)
     return q, scales
 
 
@@ -58,7 +79,8 @@ def quantize_weights_int4(
     w = as_float32(weight, "weight", ndim=2)
     # Any group >= in is one group per row; capped so that it fits usize.
     group = None if group_size is None else min(group_size, 2**62)
-    packed, scales = _core.quantize_weights_int4(w, group)
+    with _weights_must_be_finite():
+        packed, scales = _core.quantize_weights_int4(w, group)
     return packed, scales
 
 

@@ -1,0 +1,231 @@
+"""Batched W8A8, W4A8 and ``QuantizedLinear`` against NumPy implementations
+of their definitions (written here from the docstrings, not from the
+kernels), bit for bit, on random shapes and the nasty values: ties, -128
+weights, one column, odd widths, partial groups, empty batches."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import dynquant as dq
+import numpy as np
+import numpy.typing as npt
+import pytest
+import reference_np as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import assert_same_f32
+
+F32 = np.float32
+I64 = np.int64
+
+
+def ref_act_quant(x2: npt.NDArray[F32], per_token: bool) -> tuple[Any, Any]:
+    """Quantized tokens [m, k] and their scales [m] (MaxAbs)."""
+    if per_token:
+        return ref.quantize_int8_per_row(x2)
+    q, s = ref.quantize_int8(x2)
+    return q, np.full(x2.shape[0], s, dtype=F32)
+
+
+def ref_w8a8(
+    x2: npt.NDArray[F32],
+    w: npt.NDArray[np.int8],
+    ws: npt.NDArray[F32],
+    per_token: bool = True,
+    bias: npt.NDArray[F32] | None = None,
+) -> npt.NDArray[F32]:
+    """``(acc as f32 * ws[j]) * s[i] (+ bias[j])`` with acc an exact sum."""
+    q, s = ref_act_quant(x2, per_token)
+    acc = q.astype(I64) @ w.astype(I64).T
+    y = ((ref.acc_to_f32(acc) * ws[None, :]).astype(F32) * s[:, None]).astype(F32)
+    return y if bias is None else (y + bias[None, :]).astype(F32)
+
+
+def ref_w4a8(
+    x2: npt.NDArray[F32],
+    values: npt.NDArray[np.int8],
+    scales: npt.NDArray[F32],
+    group: int,
+    per_token: bool = True,
+    bias: npt.NDArray[F32] | None = None,
+) -> npt.NDArray[F32]:
+    """Per token and row: group g's exact sum times its scale, added in f32 in
+    group order into lane g % 8 (lanes start at -0.0), lanes summed as
+    ((y0 + y4) + (y2 + y6)) + ((y1 + y5) + (y3 + y7)), times the token scale,
+    plus the bias."""
+    q, s = ref_act_quant(x2, per_token)
+    m, k = q.shape
+    n = values.shape[0]
+    groups = scales.shape[1]
+    lanes = np.full((m, n, 8), -0.0, dtype=F32)
+    for g in range(groups):
+        cols = slice(g * group, min((g + 1) * group, k))
+        sums = q[:, cols].astype(I64) @ values[:, cols].astype(I64).T
+        products = (ref.acc_to_f32(sums) * scales[None, :, g]).astype(F32)
+        lanes[:, :, g % 8] = (lanes[:, :, g % 8] + products).astype(F32)
+    y0, y1, y2, y3, y4, y5, y6, y7 = (lanes[:, :, i] for i in range(8))
+    total = ((y0 + y4) + (y2 + y6)) + ((y1 + y5) + (y3 + y7))
+    y = (total.astype(F32) * s[:, None]).astype(F32)
+    return y if bias is None else (y + bias[None, :]).astype(F32)
+
+
+def activations(draw: Any, m: int, k: int) -> npt.NDArray[F32]:
+    """Random tokens; some are half-integers scaled so their max is 127
+    (exact .5 ties in the quantizer), some span huge or tiny magnitudes."""
+    kind = draw(st.sampled_from(["normal", "ties", "wide"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if kind == "ties":
+        x = rng.integers(-254, 255, size=(m, k)).astype(F32) / 2
+        x[:, 0] = 127.0  # max |x| = 127: scale 1, so every .5 is a tie
+        return x
+    x = rng.standard_normal((m, k)).astype(F32)
+    if kind == "wide":
+        x *= (10.0 ** rng.integers(-30, 30, size=(m, 1))).astype(F32)
+    return x
+
+
+@st.composite
+def w8a8_case(draw: Any) -> tuple[Any, ...]:
+    m, n, k = draw(st.integers(0, 9)), draw(st.integers(1, 9)), draw(st.integers(1, 130))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    w = rng.integers(-128, 128, size=(n, k)).astype(np.int8)
+    w[0, : k // 2] = -128  # the value the sign trick must get right
+    ws = rng.uniform(1e-4, 1.0, size=n).astype(F32)
+    bias = rng.standard_normal(n).astype(F32) if draw(st.booleans()) else None
+    return activations(draw, m, k), w, ws, bias, draw(st.booleans())
+
+
+@settings(max_examples=150, deadline=None)
+@given(w8a8_case())
+def test_w8a8_matmul_is_its_definition(case: tuple[Any, ...]) -> None:
+    x, w, ws, bias, per_token = case
+    got = dq.w8a8_matmul(x, w, ws, per_token=per_token, bias=bias)
+    assert_same_f32(got, ref_w8a8(x, w, ws, per_token, bias), "w8a8_matmul")
+    if per_token and bias is None:
+        for i in range(x.shape[0]):
+            assert_same_f32(got[i], dq.w8a8_matvec(w, ws, x[i]), f"token {i} vs w8a8_matvec")
+
+
+@st.composite
+def w4a8_case(draw: Any) -> tuple[Any, ...]:
+    m, n = draw(st.integers(0, 9)), draw(st.integers(1, 9))
+    group = draw(st.sampled_from([None, 32, 64, 128]))
+    k = draw(st.integers(1, 300))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    values = rng.integers(-8, 8, size=(n, k)).astype(np.int8)
+    values[0, :: max(k // 7, 1)] = -8
+    g = k if group is None else group
+    scales = rng.uniform(1e-3, 1.0, size=(n, -(-k // g))).astype(F32)
+    bias = rng.standard_normal(n).astype(F32) if draw(st.booleans()) else None
+    return activations(draw, m, k), values, scales, group, bias, draw(st.booleans())
+
+
+@settings(max_examples=150, deadline=None)
+@given(w4a8_case())
+def test_w4a8_matmul_is_its_definition(case: tuple[Any, ...]) -> None:
+    x, values, scales, group, bias, per_token = case
+    packed = dq.pack_int4(values)
+    got = dq.w4a8_matmul(x, packed, scales, group_size=group, per_token=per_token, bias=bias)
+    k = x.shape[1]
+    want = ref_w4a8(x, values, scales, k if group is None else group, per_token, bias)
+    assert_same_f32(got, want, f"w4a8_matmul group {group}")
+    if group is None:
+        # One scale per row: W8A8 on the unpacked values, bit for bit.
+        w8 = dq.w8a8_matmul(x, values, scales[:, 0], per_token=per_token, bias=bias)
+        assert_same_f32(got, w8, "w4a8 (one group) vs w8a8 on unpacked values")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 200), st.integers(0, 5), st.integers(0, 2**32 - 1))
+def test_pack_unpack_round_trip(cols: int, rows: int, seed: int) -> None:
+    v = np.random.default_rng(seed).integers(-8, 8, size=(rows, cols)).astype(np.int8)
+    packed = dq.pack_int4(v)
+    assert packed.dtype == np.uint8 and packed.shape == (rows, (cols + 1) // 2)
+    np.testing.assert_array_equal(dq.unpack_int4(packed, cols), v)
+
+
+W = np.random.default_rng(7).standard_normal((24, 80)).astype(F32)
+B = np.random.default_rng(8).standard_normal(24).astype(F32)
+X = np.random.default_rng(9).standard_normal((2, 3, 80)).astype(F32)
+
+
+@pytest.mark.parametrize("per_token", [True, False])
+@pytest.mark.parametrize("bias", [None, B])
+def test_quantized_linear_int8_is_w8a8_on_its_weights(per_token: bool, bias: Any) -> None:
+    layer = dq.QuantizedLinear.from_float(W, bias, per_token=per_token)
+    wq, ws = ref.quantize_weights_rows(W)
+    want = ref_w8a8(X.reshape(6, 80), wq, ws, per_token, bias).reshape(2, 3, 24)
+    assert_same_f32(layer(X), want, "QuantizedLinear bits=8")
+    # Close to the float layer it replaces.
+    exact = X @ W.T + (0 if bias is None else bias)
+    assert np.abs(layer(X) - exact).max() < 0.05 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("group", [None, 32, 64])
+def test_quantized_linear_int4_is_w4a8_on_its_weights(group: int | None) -> None:
+    layer = dq.QuantizedLinear.from_float(W, B, bits=4, group_size=group)
+    values = dq.unpack_int4(layer.weight, 80)
+    want = ref_w4a8(X.reshape(6, 80), values, layer.weight_scales, group or 80, True, B)
+    assert_same_f32(layer(X), want.reshape(2, 3, 24), f"QuantizedLinear bits=4 g{group}")
+    exact = X @ W.T + B
+    assert np.abs(layer(X) - exact).max() < 0.25 * np.abs(exact).max()
+
+
+def test_quantized_linear_with_smoothquant_divides_x_and_folds_w() -> None:
+    calib = np.random.default_rng(10).standard_normal((50, 80)).astype(F32)
+    calib[:, 5] *= 40  # an outlier channel
+    layer = dq.QuantizedLinear.from_float(W, B, smooth=(dq.SmoothQuantConfig(0.5), calib))
+    f = layer.smooth_factors
+    assert f is not None and layer.smooth_alpha == 0.5
+    # NumPy's float32 power may differ from libm's powf in the last bit.
+    np.testing.assert_allclose(f, ref.smooth_factors(calib, W, 0.5, 1e-5), rtol=1e-6)
+    wq, ws = ref.quantize_weights_rows(ref.smooth_weights(W, f))
+    x2 = ref.smooth_activations(X.reshape(6, 80), f)
+    assert_same_f32(layer(X), ref_w8a8(x2, wq, ws, True, B).reshape(2, 3, 24), "smoothed")
+
+
+def test_quantized_linear_pickles_reprs_and_counts_its_bytes() -> None:
+    for layer in (
+        dq.QuantizedLinear.from_float(W, B),
+        dq.QuantizedLinear.from_float(W, bits=4, group_size=32),
+    ):
+        back = pickle.loads(pickle.dumps(layer))
+        assert_same_f32(back(X), layer(X), "after pickling")
+        assert repr(back) == repr(layer)
+        assert f"bits={layer.bits}" in repr(layer) and "in_features=80" in repr(layer)
+        parts = [layer.weight, layer.weight_scales, layer.bias, layer.smooth_factors]
+        assert layer.memory_bytes() == sum(p.nbytes for p in parts if p is not None)
+        for one in (layer, back):
+            with pytest.raises(ValueError, match="read-only"):
+                one.weight[0, 0] = 1
+            with pytest.raises(ValueError, match="read-only"):
+                one.weight_scales[0] = 1
+    assert dq.QuantizedLinear.from_float(W, bits=4).memory_bytes() < W.nbytes / 7
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda w: dq.quantize_weights_int8(w),
+        lambda w: dq.quantize_weights_int4(w, 32),
+        lambda w: dq.QuantizedLinear.from_float(w),
+    ],
+)
+def test_non_finite_weights_are_named_as_weights(make: Any) -> None:
+    w = W.copy()
+    w[3, 7] = np.inf
+    with pytest.raises(dq.NonFiniteError, match="weight has a non-finite value inf") as e:
+        make(w)
+    assert e.value.index == 3 * 80 + 7
+
+
+def test_x_one_feature_short_of_odd_packed_rows_is_refused() -> None:
+    packed, scales = dq.quantize_weights_int4(W[:, :64], 32)
+    with pytest.raises(dq.InvalidArgumentError, match="packed for 64 columns"):
+        dq.w4a8_matmul(X[..., :63], packed, scales, group_size=32)
+    with pytest.raises(
+        dq.ShapeMismatchError, match=r"x has 79 features .* x must be \[\.\.\., 80\]"
+    ):
+        dq.w8a8_matmul(X[..., :79], *dq.quantize_weights_int8(W))
