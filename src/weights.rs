@@ -146,7 +146,8 @@ const SEARCH_BLOCK: usize = 64;
 /// The sums run in f64 in column order, one per candidate; the candidates
 /// go side by side (all of them per column), so their sums are independent
 /// chains instead of one long one, and the rounding uses the SIMD
-/// quantizer (the same values as [`quantize_one`]).
+/// quantizer (the same values as [`quantize_one`]). `out` receives the
+/// values of the first `min(out.len(), group.len())` columns.
 pub fn int4_group_scale(group: &[f32], out: &mut [i8]) -> f32 {
     let amax = group.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     if amax == 0.0 || (amax / 7.0) == 0.0 {
@@ -194,7 +195,9 @@ pub fn int4_group_scale(group: &[f32], out: &mut [i8]) -> f32 {
             best = (error, s0[c], scale);
         }
     }
-    quantize_int4(group, best.1, out);
+    // As a zip: values for the first min(out, group) columns.
+    let n = out.len().min(group.len());
+    quantize_int4(&group[..n], best.1, &mut out[..n]);
     best.2
 }
 
@@ -410,7 +413,9 @@ mod tests {
                             v * magnitude
                         })
                         .collect();
-                    let (mut a, mut b) = (vec![0i8; len], vec![0i8; len]);
+                    // Output buffers shorter or longer than the group, too.
+                    let out_len = [len, len / 2, len + 3][round % 3];
+                    let (mut a, mut b) = (vec![0i8; out_len], vec![0i8; out_len]);
                     let sa = int4_group_scale(&group, &mut a);
                     let sb = reference_group_scale(&group, &mut b);
                     assert_eq!(
