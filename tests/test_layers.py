@@ -229,3 +229,44 @@ def test_x_one_feature_short_of_odd_packed_rows_is_refused() -> None:
         dq.ShapeMismatchError, match=r"x has 79 features .* x must be \[\.\.\., 80\]"
     ):
         dq.w8a8_matmul(X[..., :79], *dq.quantize_weights_int8(W))
+
+
+def test_smoothquant_calibration_forms_agree() -> None:
+    calib = np.random.default_rng(11).standard_normal((40, 80)).astype(F32)
+    cfg = dq.SmoothQuantConfig(0.5)
+    from_tokens = dq.QuantizedLinear.from_float(W, smooth=(cfg, calib))
+    observer = dq.ChannelMaxObserver().update(calib[:25]).update(calib[25:])
+    from_observer = dq.QuantizedLinear.from_float(W, smooth=(cfg, observer))
+    from_maxima = dq.QuantizedLinear.from_float(W, smooth=(cfg, np.abs(calib).max(axis=0)))
+    for layer in (from_observer, from_maxima):
+        assert_same_f32(layer.smooth_factors, from_tokens.smooth_factors, "factors")
+        assert_same_f32(layer(X), from_tokens(X), "outputs")
+
+
+@pytest.mark.parametrize("bad", [np.nan, -5.0, -np.inf])
+def test_bad_per_channel_maxima_are_refused(bad: float) -> None:
+    maxima = np.abs(np.random.default_rng(12).standard_normal(80)).astype(F32)
+    maxima[3] = bad
+    with pytest.raises(dq.InvalidArgumentError, match="channel 3"):
+        dq.QuantizedLinear.from_float(W, smooth=(dq.SmoothQuantConfig(0.5), maxima))
+
+
+def test_numpy_integers_work_where_ints_do() -> None:
+    a = dq.QuantizedLinear.from_float(W, bits=np.int64(4), group_size=np.int32(32))
+    b = dq.QuantizedLinear.from_float(W, bits=4, group_size=32)
+    assert repr(a) == repr(b)
+    assert_same_f32(a(X), b(X), "np.int64 bits / group_size")
+    p, s = dq.quantize_weights_int4(W, np.int64(32))
+    assert_same_f32(dq.w4a8_matmul(X, p, s, group_size=np.int64(32)), b(X), "w4a8 np.int64")
+    np.testing.assert_array_equal(dq.unpack_int4(p, np.int64(80)), dq.unpack_int4(p, 80))
+    with pytest.raises(dq.InvalidArgumentError, match="bits must be 8 or 4"):
+        dq.QuantizedLinear.from_float(W, bits=8.0)
+
+
+def test_smoothing_into_the_factors_own_buffer() -> None:
+    a = np.random.default_rng(13).standard_normal((1, 80)).astype(F32)
+    f = np.random.default_rng(14).uniform(0.5, 2.0, size=80).astype(F32)
+    want = dq.smooth_activations(a, f)
+    out = f.reshape(1, 80)  # the output is the factors' memory
+    got = dq.smooth_activations(a, f, out=out)
+    assert_same_f32(got, want, "out aliasing the factors")

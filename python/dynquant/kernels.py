@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import _core
 
 __all__ = ["KernelInfo", "kernel_info", "set_kernel", "set_num_threads"]
@@ -41,8 +43,8 @@ def set_kernel(name: str) -> None:
 def set_num_threads(n: int) -> None:
     """Threads for the kernels; 0 restores the default (``RAYON_NUM_THREADS``
     or the CPU count). Safe while other threads run kernels."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 4096:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= 4096:
         from .errors import InvalidArgumentError
 
         raise InvalidArgumentError(f"set_num_threads needs an int in [0, 4096], got {n!r}")
-    _core.set_num_threads(n)
+    _core.set_num_threads(int(n))

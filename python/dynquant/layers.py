@@ -14,6 +14,7 @@ from ._arrays import as_float32
 from .errors import ArgumentTypeError, FeatureDimMismatchError, InvalidArgumentError
 from .matmul import w4a8_matmul, w8a8_matmul
 from .modes import MaxAbs, Percentile, ScaleMode
+from .observer import ChannelMaxObserver
 from .smooth import SmoothQuantConfig, compute_smooth_factors, smooth_activations, smooth_weights
 from .weights import quantize_weights_int4, quantize_weights_int8, unpack_int4
 
@@ -31,12 +32,20 @@ def _smooth_factors(smooth: Any, weight: npt.NDArray[np.float32]) -> npt.NDArray
     config, calibration = smooth
     if not isinstance(config, SmoothQuantConfig):
         raise ArgumentTypeError(f"smooth[0] must be a SmoothQuantConfig, got {config!r}")
-    if hasattr(calibration, "channel_max"):  # a streamed per-channel observer
-        calibration = calibration.channel_max()
+    if isinstance(calibration, ChannelMaxObserver):  # streamed per-channel maxima
+        calibration = calibration.act_max
     a = as_float32(calibration, "smooth calibration")
     if a.ndim == 2:
         return compute_smooth_factors(a, weight, config)
     if a.ndim == 1:
+        # One bad maximum would put that channel's factor at the floor and
+        # scale it by 1/epsilon at run time: every output would be noise.
+        bad = np.flatnonzero(~(a >= 0))  # NaN fails the comparison too
+        if bad.size:
+            i = int(bad[0])
+            raise InvalidArgumentError(
+                f"per-channel max |A| must be finite and >= 0; channel {i} is {a[i]}"
+            )
         if a.shape[0] != weight.shape[1]:
             raise FeatureDimMismatchError(
                 f"{a.shape[0]} channel maxima for {weight.shape[1]} input features",
@@ -105,8 +114,9 @@ class QuantizedLinear:
         is activations ``[tokens, in]`` seen by this layer, or their
         per-channel ``max|A_j|`` ``[in]``.
         """
-        if bits not in (4, 8) or isinstance(bits, bool):
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits not in (4, 8):
             raise InvalidArgumentError(f"bits must be 8 or 4, got {bits!r}")
+        bits = int(bits)
         if bits == 8 and group_size is not None:
             raise InvalidArgumentError("group_size applies to bits=4 only")
         if not isinstance(act_mode, (MaxAbs, Percentile)):
@@ -116,7 +126,8 @@ class QuantizedLinear:
         w = as_float32(weight, "weight", ndim=2)
         layer = object.__new__(cls)
         layer.out_features, layer.in_features = (int(d) for d in w.shape)
-        layer.bits, layer.group_size = bits, group_size
+        layer.bits = bits
+        layer.group_size = int(group_size) if isinstance(group_size, np.integer) else group_size
         layer.per_token, layer.act_mode = bool(per_token), act_mode
         layer.bias = None if bias is None else as_float32(bias, "bias", ndim=1).copy()
         if layer.bias is not None and layer.bias.shape[0] != layer.out_features:

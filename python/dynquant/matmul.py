@@ -142,8 +142,9 @@ def w4a8_matmul(
             actual=p.shape[1],
         )
     group = max(k, 1) if group_size is None else group_size
-    if isinstance(group, bool) or not isinstance(group, int) or group <= 0:
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group <= 0:
         raise InvalidArgumentError(f"group_size must be None or a positive int, got {group_size!r}")
+    group = int(group)
     s = as_float32(scales, "scales", ndim=2)
     groups = -(-k // group) if k else 0
     if s.shape != (p.shape[0], groups):

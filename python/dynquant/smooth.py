@@ -150,6 +150,8 @@ def _apply(
             expected="1-D or 2-D",
             actual=src.shape,
         )
+    if isinstance(out, np.ndarray) and np.may_share_memory(out, f):
+        f = f.copy()  # out overlaps the factors: read them before writing
     in_features = src.shape[-1]
     if f.shape[0] != in_features:
         raise FeatureDimMismatchError(

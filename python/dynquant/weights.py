@@ -69,7 +69,7 @@ def quantize_weights_int4(
     """
     if group_size is not None and (
         isinstance(group_size, bool)
-        or not isinstance(group_size, int)
+        or not isinstance(group_size, (int, np.integer))
         or group_size <= 0
         or group_size % 2
     ):
@@ -78,7 +78,7 @@ def quantize_weights_int4(
         )
     w = as_float32(weight, "weight", ndim=2)
     # Any group >= in is one group per row; capped so that it fits usize.
-    group = None if group_size is None else min(group_size, 2**62)
+    group = None if group_size is None else min(int(group_size), 2**62)
     with _weights_must_be_finite():
         packed, scales = _core.quantize_weights_int4(w, group)
     return packed, scales
@@ -101,8 +101,9 @@ def unpack_int4(packed: Any, cols: int) -> npt.NDArray[np.int8]:
         raise DTypeError(
             f"packed must be uint8, got dtype {p.dtype}", expected="uint8", actual=str(p.dtype)
         )
-    if isinstance(cols, bool) or not isinstance(cols, int) or cols < 0:
+    if isinstance(cols, bool) or not isinstance(cols, (int, np.integer)) or cols < 0:
         raise InvalidArgumentError(f"cols must be an int >= 0, got {cols!r}")
+    cols = int(cols)
     if p.ndim not in (1, 2):
         raise ShapeMismatchError(
             f"packed must be 1-D or 2-D, got shape {p.shape}", expected="1-D or 2-D", actual=p.shape
