@@ -627,7 +627,8 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
     sentences = list(DEMO_SENTENCES[:n])
     tokens = int(model.tokenize(sentences).lengths.sum())
     info = dq.kernel_info()
-    threads = f"dynquant kernel {info.isa}, {info.threads} threads"
+    plural = "" if info.threads == 1 else "s"
+    threads = f"dynquant kernel {info.isa}, {info.threads} thread{plural}"
     if args.threads is not None:
         threads += "; " + _limit_blas_threads(args.threads)
     print(

@@ -1,7 +1,8 @@
 """The exception hierarchy: one base class, one subclass per failure.
 
 Each subclass also derives from the builtin a generic caller would catch
-(``ValueError`` for bad values and shapes, ``TypeError`` for bad dtypes), and
+(``ValueError`` for bad values and shapes, ``TypeError`` for bad dtypes,
+``RuntimeError`` for ``InternalError``), and
 carries the fields of the Rust error it mirrors as attributes.
 """
 

@@ -43,7 +43,7 @@ F32 = npt.NDArray[np.float32]
 
 TORCH_INSTALL_HINT = (
     "pip install torch --index-url https://download.pytorch.org/whl/cpu "
-    "(the CPU wheel; or `pip install 'dynquant[torch]'`)"
+    "(the CPU wheel; the `dynquant[torch]` extra resolves to PyPI's multi-GB CUDA build on Linux)"
 )
 
 
