@@ -393,6 +393,16 @@ pub fn int4_group_sums(a: &[i8], group: usize) -> Vec<i32> {
 mod tests {
     use super::*;
 
+    /// Every aarch64 CPU has NEON (the tests that force each path would
+    /// otherwise pass without ever running it, e.g. under an emulator that
+    /// hides the feature).
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_is_among_the_paths_the_tests_force() {
+        assert_eq!(supported(), vec![Isa::Scalar, Isa::Neon]);
+        assert_eq!(best_supported(), Isa::Neon);
+    }
+
     /// Values at, and a few ulps around, every half-integer quotient for
     /// many scales: where multiplying by the reciprocal could round the
     /// other way. Every path must match the scalar division.
