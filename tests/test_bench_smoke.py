@@ -46,10 +46,12 @@ def test_numpy_only_skips_peers(capsys: pytest.CaptureFixture[str]) -> None:
     assert "w8a8_matvec" not in text
 
 
-def test_bad_arguments() -> None:
-    with pytest.raises(SystemExit):
-        bench.main(["--threads", "0"])
-    assert bench.main(["--peers", "tensorflow"]) == 2
+def test_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--threads", "0"], ["--peers", "tensorflow"]):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(argv)
+        assert exit_info.value.code == 2
+        assert "python -m dynquant.bench: error: " in capsys.readouterr().err
 
 
 class _FakeObserver:

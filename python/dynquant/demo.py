@@ -25,7 +25,8 @@ import numpy.typing as npt
 
 import dynquant as dq
 
-from .models import DEMO_SENTENCES, MiniLM, ModelNotInstalledError
+from .models import DEMO_SENTENCES, MiniLM, MiniLMConfig, ModelNotInstalledError
+from .models.minilm import LINEAR_KINDS
 from .models.minilm_torch import (
     TORCH_INSTALL_HINT,
     TorchMiniLM,
@@ -39,6 +40,8 @@ __all__ = [
     "CONFIGS",
     "QuantConfig",
     "Row",
+    "SyntheticData",
+    "build_parser",
     "compare_configs",
     "compare_torch",
     "format_table",
@@ -46,6 +49,7 @@ __all__ = [
     "run_demo",
     "run_synthetic",
     "spearman",
+    "synthetic_data",
     "torch_note",
 ]
 
@@ -474,11 +478,24 @@ def plot_smoothing(path: str, layer: str, weight: F32, activations: F32, alpha: 
 # --- synthetic mode --------------------------------------------------------------
 
 
-def run_synthetic(
+SYNTHETIC_ALPHA = 0.5
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """LLM-like activations ``[tokens, in]`` whose ``outliers`` channels are
+    scaled by ``boost`` (x20-50), and a weight ``[out, in]``."""
+
+    activations: F32
+    weight: F32
+    outliers: npt.NDArray[np.int64]
+    boost: npt.NDArray[np.float64]
+
+
+def synthetic_data(
     tokens: int = 128, in_features: int = 512, out_features: int = 256, seed: int = 0
-) -> str:
-    """Quantization error on synthetic LLM-like activations with a few outlier
-    channels (x20-50), as a text table."""
+) -> SyntheticData:
+    """The activations and weight that ``--synthetic`` quantizes."""
     rng = np.random.default_rng(seed)
     channel_scale = rng.lognormal(0.0, 0.3, in_features)
     outliers = rng.choice(in_features, size=6, replace=False)
@@ -488,8 +505,18 @@ def run_synthetic(
     weight = (rng.standard_normal((out_features, in_features)) / np.sqrt(in_features)).astype(
         np.float32
     )
+    return SyntheticData(acts, weight, outliers, boost)
+
+
+def run_synthetic(
+    tokens: int = 128, in_features: int = 512, out_features: int = 256, seed: int = 0
+) -> str:
+    """Quantization error on synthetic LLM-like activations with a few outlier
+    channels (x20-50), as a text table."""
+    data = synthetic_data(tokens, in_features, out_features, seed)
+    acts, weight, outliers, boost = data.activations, data.weight, data.outliers, data.boost
     reference = acts.astype(np.float64) @ weight.T.astype(np.float64)
-    factors = dq.compute_smooth_factors(acts, weight, dq.SmoothQuantConfig(0.5))
+    factors = dq.compute_smooth_factors(acts, weight, dq.SmoothQuantConfig(SYNTHETIC_ALPHA))
 
     def rel(err: npt.NDArray[Any], ref: npt.NDArray[Any]) -> float:
         return float(np.linalg.norm(err) / np.linalg.norm(ref))
@@ -534,47 +561,120 @@ def run_synthetic(
 # --- command line ----------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _sentence_count(text: str) -> int:
+    """argparse type: how many built-in sentences, 2..len(DEMO_SENTENCES)."""
+    value = _positive_int(text)
+    if not 2 <= value <= len(DEMO_SENTENCES):
+        raise argparse.ArgumentTypeError(
+            f"must be between 2 and {len(DEMO_SENTENCES)}, got {value}"
+        )
+    return value
+
+
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_REPEAT = 5
+DEFAULT_PLOT_LAYER = "l0.ffn_in"
+
+
+def _linear_name(text: str) -> str:
+    """argparse type: a MiniLM Linear name, ``l0.q`` .. ``l5.ffn_out``."""
+    names = [f"l{i}.{kind}" for i in range(MiniLMConfig().layers) for kind in LINEAR_KINDS]
+    if text not in names:
+        raise argparse.ArgumentTypeError(
+            f"must be a Linear of the model, l0..l{MiniLMConfig().layers - 1} followed by "
+            f".{'|.'.join(LINEAR_KINDS)} (e.g. {DEFAULT_PLOT_LAYER}), got {text!r}"
+        )
+    return text
+
+
+# Options of the model run only (their parser default is None, so that a given
+# value can be told apart); --synthetic refuses them rather than ignore them.
+MODEL_ONLY_OPTIONS = ("--sentences", "--batch-size", "--repeat", "--plot-layer")
+
+
+def build_parser(prog: str = "python -m dynquant demo") -> argparse.ArgumentParser:
+    """The demo's command line; every option's help gives its default."""
     parser = argparse.ArgumentParser(
-        prog="python -m dynquant demo",
+        prog=prog,
         description=(
             "Quantize every Linear of the all-MiniLM-L6-v2 sentence encoder (W8A8 per tensor, "
-            "per token, with SmoothQuant; W4A8) and compare its embeddings with float32."
+            "per token, with SmoothQuant; W4A8) and compare its embeddings with float32. "
+            "--synthetic runs without the model."
         ),
     )
     parser.add_argument(
         "--sentences",
-        type=int,
+        type=_sentence_count,
         default=None,
         metavar="N",
-        help="use the first N built-in sentences",
+        help=f"use the first N built-in sentences, 2..{len(DEMO_SENTENCES)} "
+        f"(default: all {len(DEMO_SENTENCES)})",
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="sentences per batch (16)")
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"sentences per batch (default: {DEFAULT_BATCH_SIZE})",
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=_positive_int,
         default=None,
-        help="threads for dynquant's kernels and, with threadpoolctl, NumPy's BLAS (default: all)",
+        metavar="N",
+        help="threads for dynquant's kernels and, with threadpoolctl, NumPy's BLAS "
+        "(default: dynquant's count, from RAYON_NUM_THREADS or the CPU count; BLAS unchanged)",
     )
     parser.add_argument(
         "--plot",
         metavar="OUT.png",
-        help="save per-channel activation ranges before/after SmoothQuant (needs matplotlib)",
+        default=None,
+        help="save the per-channel activation ranges (and weight ranges) of one Linear's input "
+        "before and after SmoothQuant 0.5 to OUT.png; with --synthetic, of the synthetic "
+        "activations; needs matplotlib (default: no plot)",
     )
     parser.add_argument(
-        "--plot-layer", default="l0.ffn_in", help="Linear whose input --plot shows (l0.ffn_in)"
+        "--plot-layer",
+        type=_linear_name,
+        default=None,
+        metavar="LAYER",
+        help=f"the Linear whose input --plot shows, l0.q .. l5.ffn_out "
+        f"(default: {DEFAULT_PLOT_LAYER})",
     )
     parser.add_argument(
-        "--synthetic", action="store_true", help="synthetic activations; needs no model"
+        "--synthetic",
+        action="store_true",
+        help="no model: LLM-like synthetic activations with outlier channels, quantized per "
+        "tensor, per token and with SmoothQuant (default: off, the real model runs)",
     )
     parser.add_argument(
-        "--repeat", type=int, default=5, help="time the median of this many encodes (5)"
+        "--repeat",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"each encode time is the median of N timed runs (default: {DEFAULT_REPEAT})",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars on stderr (default: shown when stderr is a terminal)",
+    )
     parser.add_argument(
         "--no-torch",
         action="store_true",
-        help="skip the PyTorch rows (float32, quantize_dynamic), which run when torch is installed",
+        help="skip the PyTorch rows (float32, quantize_dynamic) (default: they run when torch "
+        "is installed)",
     )
     return parser
 
@@ -587,28 +687,51 @@ def _limit_blas_threads(n: int) -> str:
     return f"NumPy BLAS threads {n}"
 
 
-def run_demo(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m dynquant demo``; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    if args.batch_size < 1 or args.repeat < 1:
-        print("--batch-size and --repeat must be >= 1", file=sys.stderr)
-        return 2
+def _matplotlib_missing() -> bool:
+    if _optional("matplotlib") is not None:
+        return False
+    print(
+        "--plot needs matplotlib, which is not installed: pip install matplotlib "
+        "(or pip install 'dynquant[plot]')",
+        file=sys.stderr,
+    )
+    return True
+
+
+def run_demo(argv: Sequence[str] | None = None, *, prog: str = "python -m dynquant demo") -> int:
+    """Entry point of ``python -m dynquant demo``; returns the exit code (1
+    without the model or, for ``--plot``, matplotlib). Bad arguments exit
+    through argparse (``SystemExit(2)`` after its usage and error message)."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.synthetic:
+        given = [
+            o for o in MODEL_ONLY_OPTIONS if getattr(args, o[2:].replace("-", "_")) is not None
+        ]
+        if given:
+            parser.error(f"--synthetic runs no model: {', '.join(given)} would have no effect")
+    if args.plot_layer is not None and not args.plot:
+        parser.error("--plot-layer chooses the layer of --plot, which is not given")
+    if args.batch_size is None:
+        args.batch_size = DEFAULT_BATCH_SIZE
+    if args.repeat is None:
+        args.repeat = DEFAULT_REPEAT
+    if args.plot and _matplotlib_missing():
+        return 1
     if args.threads is not None:
-        if args.threads < 1:
-            print("--threads must be >= 1", file=sys.stderr)
-            return 2
         dq.set_num_threads(args.threads)
     if args.synthetic:
         print(run_synthetic())
-        return 0
-    if args.plot:
-        if _optional("matplotlib") is None:
-            print(
-                "--plot needs matplotlib, which is not installed: pip install matplotlib "
-                "(or pip install 'dynquant[plot]')",
-                file=sys.stderr,
+        if args.plot:
+            data = synthetic_data()
+            plot_smoothing(
+                args.plot, "synthetic activations", data.weight, data.activations, SYNTHETIC_ALPHA
             )
-            return 1
+            print(
+                f"\nsaved per-channel activation ranges of the synthetic activations before and "
+                f"after SmoothQuant {SYNTHETIC_ALPHA} to {args.plot}"
+            )
+        return 0
 
     try:
         model = MiniLM.load()
@@ -618,12 +741,9 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
         return 1
 
     n = len(DEMO_SENTENCES) if args.sentences is None else args.sentences
-    if not 2 <= n <= len(DEMO_SENTENCES):
-        print(f"--sentences must be between 2 and {len(DEMO_SENTENCES)}", file=sys.stderr)
-        return 2
-    if args.plot and args.plot_layer not in model.linear_names():
-        print(f"--plot-layer must be one of {', '.join(model.linear_names())}", file=sys.stderr)
-        return 2
+    plot_layer = DEFAULT_PLOT_LAYER if args.plot_layer is None else args.plot_layer
+    if args.plot and plot_layer not in model.linear_names():  # a model with other layers
+        parser.error(f"--plot-layer must be one of {', '.join(model.linear_names())}")
     sentences = list(DEMO_SENTENCES[:n])
     tokens = int(model.tokenize(sentences).lengths.sum())
     info = dq.kernel_info()
@@ -686,7 +806,7 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
             f"unrelated pairs {unrelated:.3f}"
         )
     if args.plot:
-        weight, _ = model.linear_weight(args.plot_layer)
-        plot_smoothing(args.plot, args.plot_layer, weight, calibration[args.plot_layer], 0.5)
-        print(f"saved per-channel activation ranges of {args.plot_layer} to {args.plot}")
+        weight, _ = model.linear_weight(plot_layer)
+        plot_smoothing(args.plot, plot_layer, weight, calibration[plot_layer], 0.5)
+        print(f"\nsaved per-channel activation ranges of {plot_layer} to {args.plot}")
     return 0

@@ -224,15 +224,53 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dynquant.observer_bench", description=__doc__.split("\n\n")[0]
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 1, also written as ``1e7``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (value >= 1 and value.is_integer()):
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(value)
+
+
+def main(
+    argv: Sequence[str] | None = None, *, prog: str = "python -m dynquant.observer_bench"
+) -> int:
+    """Run the benchmark and print its table; returns the exit code. Bad
+    arguments exit through argparse (``SystemExit(2)``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes",
+        type=_count,
+        nargs="+",
+        default=[10**7, 10**8],
+        metavar="N",
+        help="values per measurement, one run of every method per size (default: 1e7 1e8)",
     )
-    parser.add_argument("--sizes", type=float, nargs="+", default=[1e7, 1e8])
-    parser.add_argument("--batch", type=float, default=1e6)
-    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument(
+        "--batch",
+        type=_count,
+        default=10**6,
+        metavar="N",
+        help="values per batch fed to the observer (default: 1e6)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_count,
+        nargs="*",
+        default=[1, 2],
+        metavar="N",
+        help="a dask-N row for each N, on a LocalCluster of N worker processes; none: no "
+        "Dask rows; skipped without dask (default: 1 2)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random values (default: 0)"
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write the rows to PATH as JSON (default: no)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -244,8 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(observer_bench._measure(kind, values, batch, seed, workers)))
         return 0
     rows = run(
-        [int(s) for s in args.sizes],
-        batch=int(args.batch),
+        args.sizes,
+        batch=args.batch,
         dask_workers=args.workers,
         seed=args.seed,
         progress=True,

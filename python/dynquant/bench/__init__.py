@@ -68,9 +68,9 @@ MiniLM encode: all-MiniLM-L6-v2 end to end (tokenize, forward, pool) over the
   so that the machine's drift over the seconds of a run hits all alike."""
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def _parse(argv: list[str] | None, prog: str) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        prog="python -m dynquant.bench",
+        prog=prog,
         description="Benchmark dynquant against NumPy, PyTorch and ONNX Runtime.",
     )
     ap.add_argument(
@@ -81,15 +81,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME",
-        help="run the cases whose name or tag contains NAME (repeatable, or comma-separated)",
+        help="run the cases whose name or tag contains NAME (repeatable, or comma-separated; "
+        "default: every case)",
     )
-    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
-    ap.add_argument("--repeat", type=int, default=None, help="timed samples per row (default 7)")
-    ap.add_argument("--json", metavar="PATH", help="also write the header and table as JSON")
+    ap.add_argument(
+        "--threads",
+        default="1,2",
+        metavar="N[,N...]",
+        help="comma-separated thread counts (default: 1,2)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        metavar="N",
+        help="timed samples per row (default: 7; 1 with --quick)",
+    )
+    ap.add_argument(
+        "--json", metavar="PATH", help="also write the header and table as JSON (default: no)"
+    )
     ap.add_argument(
         "--peers",
         default=",".join(PEER_NAMES),
-        help=f"peers to load if installed (default {','.join(PEER_NAMES)}; NumPy always runs)",
+        metavar="NAME[,NAME...]",
+        help=f"peers to load if installed (default: {','.join(PEER_NAMES)}; NumPy always runs)",
     )
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     args = ap.parse_args(argv)
@@ -104,6 +119,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
     args.patterns = [p.strip() for o in args.only for p in o.split(",") if p.strip()]
+    args.wanted_peers = {p.strip() for p in str(args.peers).split(",") if p.strip()}
+    unknown = args.wanted_peers - set(PEER_NAMES)
+    if unknown:
+        ap.error(f"--peers: unknown peer(s) {sorted(unknown)}; choose from {PEER_NAMES}")
     return args
 
 
@@ -214,17 +233,13 @@ def _error_row(case: Case, group: str, n: int, name: str, e: Exception) -> Row:
     return Row(case.label, group, n, name, None, note=note, dynquant=True, error=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 on success, 1 when a dynquant function failed."""
-    args = _parse(argv)
-    wanted = {p.strip() for p in str(args.peers).split(",") if p.strip()}
-    unknown = wanted - set(PEER_NAMES)
-    if unknown:
-        print(f"unknown peer(s) {sorted(unknown)}; choose from {PEER_NAMES}", file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None, *, prog: str = "python -m dynquant.bench") -> int:
+    """Run the benchmark; 0 on success, 1 when a dynquant function failed.
+    Bad arguments exit through argparse (``SystemExit(2)``)."""
+    args = _parse(argv, prog)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao deprecation notices and the like
-        return _main(args, Peers.load(wanted))
+        return _main(args, Peers.load(args.wanted_peers))
 
 
 def _main(args: argparse.Namespace, peers: Peers) -> int:
