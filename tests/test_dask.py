@@ -121,6 +121,12 @@ def test_errors_reach_the_caller(client: Any, values: F32) -> None:
         dqd.observe(da.from_array(bad, chunks=50), split_every=1)
     with pytest.raises(dq.ArgumentTypeError):
         dqd.observe(bad)
+    # compute="no" used to mean True (truthiness); exact too.
+    for kwargs in ({"compute": "no"}, {"exact": "no"}):
+        with pytest.raises(dq.ArgumentTypeError, match="must be a bool"):
+            dqd.observe(da.from_array(values, chunks=50), **kwargs)
+    with pytest.raises(dq.ArgumentTypeError, match="compute must be a bool"):
+        dqd.observe_channels(da.from_array(values, chunks=50), compute=0)
 
 
 def test_threaded_scheduler_and_delayed(values: F32) -> None:

@@ -225,3 +225,73 @@ def test_errors_can_be_caught_as_builtins() -> None:
         assert isinstance(e, dq.DTypeError)
     else:
         pytest.fail("no error")
+
+
+# Every boolean keyword of the public API, as a call taking the value.
+BOOL_KEYWORDS: list[tuple[str, str, Callable[[Any], Any]]] = [
+    (
+        "w8a8_matmul",
+        "per_token",
+        lambda v: dq.w8a8_matmul(X, np.ones((2, 3), np.int8), [1.0, 1.0], per_token=v),
+    ),
+    (
+        "w4a8_matmul",
+        "per_token",
+        lambda v: dq.w4a8_matmul(
+            X, np.full((2, 2), 0x88, np.uint8), np.ones((2, 1), F32), per_token=v
+        ),
+    ),
+    (
+        "QuantizedLinear.from_float",
+        "per_token",
+        lambda v: dq.QuantizedLinear.from_float(X, per_token=v),
+    ),
+    ("CalibObserver", "exact", lambda v: dq.CalibObserver(exact=v)),
+    ("calibrate", "exact", lambda v: dq.calibrate([X], exact=v)),
+    ("calibrate", "progress", lambda v: dq.calibrate([X], progress=v)),
+    (
+        "CalibObserver.update_many",
+        "progress",
+        lambda v: dq.CalibObserver().update_many([X], progress=v),
+    ),
+    (
+        "ChannelMaxObserver.update_many",
+        "progress",
+        lambda v: dq.ChannelMaxObserver().update_many([X], progress=v),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [c[2:0:-1] for c in BOOL_KEYWORDS],
+    ids=[f"{c[0]}-{c[1]}" for c in BOOL_KEYWORDS],
+)
+@pytest.mark.parametrize("value", ["no", "", 0, 1, None, np.int64(1), np.array([True]), [False]])
+def test_boolean_keywords_take_bools_only(
+    call: Callable[[Any], Any], name: str, value: Any
+) -> None:
+    """``per_token="no"`` used to mean True (truthiness): now anything but a
+    bool or numpy.bool_ is an ArgumentTypeError naming the argument, what it
+    takes and what came in."""
+    with pytest.raises(dq.ArgumentTypeError) as info:
+        call(value)
+    msg = str(info.value)
+    assert name in msg and "bool" in msg and type(value).__name__ in msg, msg
+    assert info.value.expected == "bool" and info.value.actual == type(value).__name__
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [c[2:0:-1] for c in BOOL_KEYWORDS],
+    ids=[f"{c[0]}-{c[1]}" for c in BOOL_KEYWORDS],
+)
+def test_boolean_keywords_take_numpy_bools(call: Callable[[Any], Any], name: str) -> None:
+    for value in (False, True):
+        want, got = call(value), call(np.bool_(value))
+        if isinstance(want, np.ndarray):
+            assert np.array_equal(want, got)
+        elif isinstance(want, dq.QuantizedLinear):
+            assert got.per_token is value
+        elif name == "exact":
+            assert got.exact is value

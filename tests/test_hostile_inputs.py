@@ -762,6 +762,16 @@ CASES: list[Case] = [
     ),
     Case("CalibStats.collect", "batches of strings", lambda: dq.CalibStats.collect(["ab"]), DT),
     Case("quantize_int8", "mode a string", lambda: dq.quantize_int8(X, "maxabs"), AT),
+    Case("w8a8_matmul", "per_token 'no'", lambda: dq.w8a8_matmul(X, WQ, WS, per_token="no"), AT),
+    Case("w4a8_matmul", "per_token 0", lambda: dq.w4a8_matmul(A64, PK, PS, per_token=0), AT),
+    Case(
+        "QuantizedLinear",
+        "per_token 'False'",
+        lambda: dq.QuantizedLinear.from_float(W, per_token="False"),
+        AT,
+    ),
+    Case("CalibObserver", "exact 'no'", lambda: dq.CalibObserver(exact="no"), AT),
+    Case("calibrate", "progress None", lambda: dq.calibrate([X], progress=None), AT),
     Case(
         "quantize_int8", "mode the Percentile class", lambda: dq.quantize_int8(X, dq.Percentile), AT
     ),

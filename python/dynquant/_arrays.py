@@ -3,12 +3,19 @@ that say what was expected and what came in."""
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .errors import DTypeError, InvalidArgumentError, NonFiniteError, ShapeMismatchError
+from .errors import (
+    ArgumentTypeError,
+    DTypeError,
+    InvalidArgumentError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
 
 F32 = np.dtype(np.float32)
 I8 = np.dtype(np.int8)
@@ -24,6 +31,20 @@ def check_nan_policy(nan_policy: str) -> bool:
         return True
     raise InvalidArgumentError(
         f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}", value=nan_policy
+    )
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` if it is a Python bool or a ``numpy.bool_``; anything else
+    (``"no"``, ``0``, ``None``, an array) is an ``ArgumentTypeError``, not
+    its truthiness (``per_token="no"`` must not mean True)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ArgumentTypeError(
+        f"{name} must be a bool (True or False), got {reprlib.repr(value)} "
+        f"of type {type(value).__name__}",
+        expected="bool",
+        actual=type(value).__name__,
     )
 
 

@@ -36,6 +36,7 @@ except ImportError as e:
         "dynquant.dask needs dask: pip install 'dynquant[dask]' (dask[distributed])"
     ) from e
 
+from ._arrays import check_bool
 from .errors import ArgumentTypeError, InvalidArgumentError
 from .observer import DEFAULT_RELATIVE_ACCURACY, CalibObserver, ChannelMaxObserver
 
@@ -137,6 +138,7 @@ def observe(
     }
     CalibObserver(**settings)  # check the settings here, not on a worker
     split = _check_split(split_every)
+    compute = check_bool(compute, "compute")
     parts = _parts(data, _calib_block, _calib_partition, settings)
     if not parts:
         return CalibObserver(**settings)
@@ -157,6 +159,7 @@ def observe_channels(
     ``dq.compute_smooth_factors`` on all the activations, bit for bit."""
     ChannelMaxObserver(nan_policy=nan_policy)
     split = _check_split(split_every)
+    compute = check_bool(compute, "compute")
     if isinstance(data, da.Array) and data.ndim >= 1:
         data = data.rechunk({data.ndim - 1: -1})
     parts = _parts(data, _channel_block, _channel_partition, nan_policy)

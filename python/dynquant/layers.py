@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._arrays import as_float32
+from ._arrays import as_float32, check_bool
 from .errors import ArgumentTypeError, FeatureDimMismatchError, InvalidArgumentError
 from .matmul import w4a8_matmul, w8a8_matmul
 from .modes import MaxAbs, Percentile, ScaleMode
@@ -128,7 +128,7 @@ class QuantizedLinear:
         layer.out_features, layer.in_features = (int(d) for d in w.shape)
         layer.bits = bits
         layer.group_size = int(group_size) if isinstance(group_size, np.integer) else group_size
-        layer.per_token, layer.act_mode = bool(per_token), act_mode
+        layer.per_token, layer.act_mode = check_bool(per_token, "per_token"), act_mode
         layer.bias = None if bias is None else as_float32(bias, "bias", ndim=1).copy()
         if layer.bias is not None and layer.bias.shape[0] != layer.out_features:
             raise FeatureDimMismatchError(

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._arrays import as_float32, as_int8, check_nan_policy
+from ._arrays import as_float32, as_int8, check_bool, check_nan_policy
 from .errors import DTypeError, InvalidArgumentError, ShapeMismatchError
 from .modes import MaxAbs, ScaleMode, percentile_arg
 
@@ -75,6 +75,7 @@ def w8a8_matmul(
     or per tensor (``per_token=False``, the reference's rule); the integer
     accumulation is exact; ``y = (acc * weight_scales[o]) * act_scale (+ bias)``.
     """
+    per_token = check_bool(per_token, "per_token")
     x2, lead = _tokens(x)
     w = as_int8(weight_i8, "weight_i8", ndim=2)
     s = as_float32(weight_scales, "weight_scales", ndim=1)
@@ -96,7 +97,7 @@ def w8a8_matmul(
         w,
         s,
         _bias(bias, w.shape[0]),
-        bool(per_token),
+        per_token,
         percentile_arg(act_mode),
         check_nan_policy(nan_policy),
     )
@@ -125,6 +126,7 @@ def w4a8_matmul(
     scale multiplies last. With ``group_size=None`` (one scale per row) this
     equals ``w8a8_matmul`` on the unpacked weights, bit for bit.
     """
+    per_token = check_bool(per_token, "per_token")
     x2, lead = _tokens(x)
     k = x2.shape[1]
     p = np.asarray(packed)
@@ -161,7 +163,7 @@ def w4a8_matmul(
         k,
         min(group, 2**62),  # any group >= in is one group; fits usize
         _bias(bias, p.shape[0]),
-        bool(per_token),
+        per_token,
         percentile_arg(act_mode),
         check_nan_policy(nan_policy),
     )

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._arrays import as_float32, check_nan_policy
+from ._arrays import as_float32, check_bool, check_nan_policy
 from .calib import CalibStats
 from .errors import (
     ArgumentTypeError,
@@ -128,7 +128,7 @@ class CalibObserver:
     ) -> None:
         self._impl = _core.CalibObserver(
             _real(relative_accuracy, "relative_accuracy"),
-            bool(exact),
+            check_bool(exact, "exact"),
             check_nan_policy(nan_policy),
             None if max_buckets is None else _count(max_buckets, "max_buckets", 1, MAX_MAX_BUCKETS),
         )
@@ -149,6 +149,7 @@ class CalibObserver:
     ) -> CalibObserver:
         """Add every batch of ``batches``; with ``progress=True`` show a tqdm
         bar if tqdm is installed (nothing otherwise). Returns self."""
+        progress = check_bool(progress, "progress")
         if total is None and isinstance(batches, Sized):
             total = len(batches)
         items, bar = _progress(batches, progress, total, "calibrating")
@@ -405,6 +406,7 @@ class ChannelMaxObserver:
         self, batches: Iterable[Any], *, progress: bool = False, total: int | None = None
     ) -> ChannelMaxObserver:
         """Add every batch; ``progress=True`` shows a tqdm bar if installed."""
+        progress = check_bool(progress, "progress")
         if total is None and isinstance(batches, Sized):
             total = len(batches)
         items, _ = _progress(batches, progress, total, "channel maxima")
