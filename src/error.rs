@@ -65,11 +65,11 @@ impl fmt::Display for DynQuantError {
                 f,
                 "dimension mismatch: in_features {in_features}, smooth_factors {sf_len}"
             ),
-            Self::NonFinite { index, value } => write!(
-                f,
-                "non-finite value {value} at flat index {index}: activations must be finite \
-                 (pass nan_policy=\"reference\" to reproduce the reference's handling)"
-            ),
+            // No advice here: whether `NanPolicy::Reference` would give a
+            // result depends on the caller (the Python layer words its hint).
+            Self::NonFinite { index, value } => {
+                write!(f, "non-finite value {value} at flat index {index}")
+            }
             Self::InvalidPercentile(p) => {
                 write!(f, "invalid percentile {p}: must be in (0, 1]")
             }

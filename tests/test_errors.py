@@ -11,6 +11,7 @@ from typing import Any
 
 import dynquant as dq
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 F32 = np.float32
@@ -295,3 +296,121 @@ def test_boolean_keywords_take_numpy_bools(call: Callable[[Any], Any], name: str
             assert got.per_token is value
         elif name == "exact":
             assert got.exact is value
+
+
+HINT = 'pass nan_policy="reference"'
+NAN_X = np.array([[1.0, np.nan, 2.0], [0.5, -1.0, 3.0]], F32)
+INF_X = np.array([[1.0, np.inf, 2.0], [0.5, -1.0, 3.0]], F32)
+INF_NAN_X = np.array([[1.0, np.inf, 2.0], [0.5, np.nan, 3.0]], F32)  # the Inf comes first
+W3 = np.arange(12, dtype=F32).reshape(4, 3) / 7 - 0.5
+WQ3, WS3 = dq.quantize_weights_int8(W3)
+PK3, PS3 = dq.quantize_weights_int4(W3)
+PCT = dq.Percentile(0.5)
+SMOOTH = (dq.SmoothQuantConfig(0.5), np.abs(W3).max(axis=0) + 1)
+
+
+def _linear(**kwargs: Any) -> dq.QuantizedLinear:
+    return dq.QuantizedLinear.from_float(W3, **kwargs)
+
+
+# (id, call taking nan_policy and the batch, argument named in the error)
+NON_FINITE_CALLS: list[tuple[str, Callable[[str, Any], Any], str]] = [
+    ("quantize_int8", lambda pol, x: dq.quantize_int8(x, nan_policy=pol), "x"),
+    ("quantize_int8 Percentile", lambda pol, x: dq.quantize_int8(x, PCT, nan_policy=pol), "x"),
+    ("quantize_int4 Percentile", lambda pol, x: dq.quantize_int4(x, PCT, nan_policy=pol), "x"),
+    ("per_row", lambda pol, x: dq.quantize_int8_per_row(x, nan_policy=pol), "x"),
+    ("per_row Percentile", lambda pol, x: dq.quantize_int8_per_row(x, PCT, nan_policy=pol), "x"),
+    ("compute_scale", lambda pol, x: dq.compute_scale(x, 127.0, nan_policy=pol), "x"),
+    (
+        "compute_scale Percentile",
+        lambda pol, x: dq.compute_scale(x, 127.0, PCT, nan_policy=pol),
+        "x",
+    ),
+    (
+        "w8a8_matvec",
+        lambda pol, x: dq.w8a8_matvec(WQ3, WS3, x.reshape(-1)[:3], nan_policy=pol),
+        "activation",
+    ),
+    ("w8a8_matmul", lambda pol, x: dq.w8a8_matmul(x, WQ3, WS3, nan_policy=pol), "x"),
+    (
+        "w8a8_matmul Percentile per tensor",
+        lambda pol, x: dq.w8a8_matmul(x, WQ3, WS3, act_mode=PCT, per_token=False, nan_policy=pol),
+        "x",
+    ),
+    ("w4a8_matmul", lambda pol, x: dq.w4a8_matmul(x, PK3, PS3, nan_policy=pol), "x"),
+    (
+        "w4a8_matmul Percentile",
+        lambda pol, x: dq.w4a8_matmul(x, PK3, PS3, act_mode=PCT, nan_policy=pol),
+        "x",
+    ),
+    (
+        "w4a8_matvec",
+        lambda pol, x: dq.w4a8_matvec(PK3, PS3, x.reshape(-1)[:3], nan_policy=pol),
+        "activation",
+    ),
+    ("QuantizedLinear", lambda pol, x: _linear()(x, nan_policy=pol), "x"),
+    ("QuantizedLinear Percentile", lambda pol, x: _linear(act_mode=PCT)(x, nan_policy=pol), "x"),
+    ("QuantizedLinear smooth", lambda pol, x: _linear(smooth=SMOOTH)(x, nan_policy=pol), "x"),
+    (
+        "QuantizedLinear smooth Percentile",
+        lambda pol, x: _linear(smooth=SMOOTH, act_mode=PCT, bits=4)(x, nan_policy=pol),
+        "x",
+    ),
+    (
+        "smooth_activations",
+        lambda pol, x: dq.smooth_activations(x, [1.0, 2.0, 3.0], nan_policy=pol),
+        "activations",
+    ),
+    (
+        "compute_smooth_factors",
+        lambda pol, x: dq.compute_smooth_factors(x, W3, nan_policy=pol),
+        "activations",
+    ),
+    ("CalibStats.collect", lambda pol, x: dq.CalibStats.collect([x], nan_policy=pol), "batches"),
+    ("CalibObserver", lambda pol, x: dq.CalibObserver(nan_policy=pol).update(x), "batch"),
+    ("calibrate", lambda pol, x: dq.calibrate([x], nan_policy=pol), "batch"),
+    (
+        "ChannelMaxObserver",
+        lambda pol, x: dq.ChannelMaxObserver(nan_policy=pol).update(x),
+        "activations",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "argument"), [c[1:] for c in NON_FINITE_CALLS], ids=[c[0] for c in NON_FINITE_CALLS]
+)
+@pytest.mark.parametrize("x", [NAN_X, INF_X, INF_NAN_X], ids=["nan", "inf", "inf-then-nan"])
+def test_non_finite_hint_only_where_the_reference_policy_helps(
+    call: Callable[[str, Any], Any], argument: str, x: npt.NDArray[np.float32]
+) -> None:
+    """The message used to suggest nan_policy="reference" everywhere, also
+    where that raises too (NaN under Percentile, NaN in calibration) and to
+    callers who had passed it. The hint is there exactly when the same call
+    with nan_policy="reference" has a result."""
+    try:
+        call("reference", x)
+    except dq.NonFiniteError as e:
+        reference_helps = False
+        assert HINT not in str(e) and "NaN has no result" in str(e), str(e)
+        assert e.argument == argument and f"of {argument}" in str(e), str(e)
+    else:
+        reference_helps = True
+    with pytest.raises(dq.NonFiniteError) as info:
+        call("raise", x)
+    e = info.value
+    assert (HINT in str(e)) == reference_helps, str(e)
+    if not reference_helps:
+        assert "NaN has no result" in str(e), str(e)
+    assert e.argument == argument and f"of {argument}" in str(e), str(e)
+    flat = x.reshape(-1)
+    assert e.index == 1 and not math.isfinite(flat[1])  # the first NaN/Inf
+    assert (math.isnan(e.value) and math.isnan(flat[1])) or e.value == flat[1]
+    e2 = pickle.loads(pickle.dumps(e))
+    assert e2.argument == e.argument and str(e2) == str(e)
+
+
+def test_weights_name_their_argument() -> None:
+    with pytest.raises(dq.NonFiniteError) as info:
+        dq.quantize_weights_int8(np.where(W3 > 0, np.nan, W3))
+    assert info.value.argument == "weight" and HINT not in str(info.value)

@@ -4,6 +4,7 @@ that say what was expected and what came in."""
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -120,15 +121,66 @@ def as_int8(x: Any, name: str, ndim: int) -> npt.NDArray[np.int8]:
     return np.ascontiguousarray(a)
 
 
-def check_finite(a: npt.NDArray[np.float32], name: str) -> None:
-    """Raise ``NonFiniteError`` naming the first NaN/Inf of ``a``."""
+#: Where NaN has no result under ``nan_policy="reference"`` either (the
+#: reference's sort panics on it): passed as ``nan_reason``.
+NAN_UNDER_PERCENTILE = "under a Percentile scale"
+NAN_IN_CALIBRATION = "in calibration statistics"
+
+
+def non_finite_error(
+    index: int,
+    value: float,
+    name: str,
+    nan_policy: str = "raise",
+    nan_reason: str | None = None,
+    data: Iterable[npt.NDArray[Any]] = (),
+) -> NonFiniteError:
+    """The ``NonFiniteError`` for a NaN/Inf at ``index`` of argument ``name``.
+
+    It suggests ``nan_policy="reference"`` only where that would give a
+    result: not when the caller passed it already, and not when ``data``
+    holds a NaN where the reference has no result for one (``nan_reason``:
+    ``NAN_UNDER_PERCENTILE``, ``NAN_IN_CALIBRATION``). ``data`` is scanned
+    only here, on the error path.
+    """
+    where = f"non-finite value {value} at flat index {index} of {name}"
+    if nan_policy == "reference":
+        # Only a NaN with no result raises under the reference's policy.
+        detail = f'NaN has no result {nan_reason}, with nan_policy="reference" too'
+        message = f"{where}: {detail}" if nan_reason is not None else where
+    elif nan_reason is not None and any(bool(np.isnan(a).any()) for a in data):
+        message = (
+            f"{where}: {name} must be finite (NaN has no result {nan_reason} "
+            'with either nan_policy, so nan_policy="reference" would not help)'
+        )
+    else:
+        message = (
+            f"{where}: {name} must be finite "
+            '(pass nan_policy="reference" to reproduce the reference\'s handling)'
+        )
+    return NonFiniteError(message, index=index, value=value, argument=name)
+
+
+def reword_non_finite(
+    e: NonFiniteError,
+    name: str,
+    nan_policy: str,
+    nan_reason: str | None = None,
+    data: Iterable[npt.NDArray[Any]] = (),
+) -> NonFiniteError:
+    """The core's error about the activations ``name`` (which carries no
+    argument), as ``non_finite_error`` words it; an error that already
+    names its argument (weight scales, bias) is returned as it is."""
+    if e.argument is not None:
+        return e
+    return non_finite_error(e.index, e.value, name, nan_policy, nan_reason, data)
+
+
+def check_finite(a: npt.NDArray[np.float32], name: str, nan_reason: str | None = None) -> None:
+    """Raise ``NonFiniteError`` naming the first NaN/Inf of ``a`` (for
+    ``nan_policy="raise"``; ``nan_reason`` as in ``non_finite_error``)."""
     finite = np.isfinite(a)
     if not finite.all():
         index = int(np.argmin(finite.reshape(-1)))
         value = float(a.reshape(-1)[index])
-        raise NonFiniteError(
-            f"non-finite value {value} at flat index {index} of {name}: activations must be "
-            'finite (pass nan_policy="reference" to reproduce the reference\'s handling)',
-            index=index,
-            value=value,
-        )
+        raise non_finite_error(index, value, name, "raise", nan_reason, (a,))

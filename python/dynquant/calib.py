@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _core
-from ._arrays import as_float32, check_nan_policy
-from .errors import ArgumentTypeError
+from ._arrays import NAN_IN_CALIBRATION, as_float32, check_nan_policy, reword_non_finite
+from .errors import ArgumentTypeError, NonFiniteError
 
 __all__ = ["CalibStats"]
 
@@ -45,4 +45,7 @@ class CalibStats:
                 f"batches must be an iterable of arrays, got {type(batches).__name__}"
             ) from None
         arrays = [as_float32(b, f"batches[{i}]").reshape(-1) for i, b in enumerate(items)]
-        return cls(*_core.calib_collect(arrays, check_nan_policy(nan_policy)))
+        try:
+            return cls(*_core.calib_collect(arrays, check_nan_policy(nan_policy)))
+        except NonFiniteError as e:
+            raise reword_non_finite(e, "batches", nan_policy, NAN_IN_CALIBRATION, arrays) from None

@@ -78,10 +78,13 @@ class FeatureDimMismatchError(DynQuantError, ValueError):
 
 
 class NonFiniteError(DynQuantError, ValueError):
-    """A NaN or infinity in activations or weights (``index`` is the flat index)."""
+    """A NaN or infinity in activations or weights: ``index`` is the flat
+    index of the first one, ``value`` its value and ``argument`` the name of
+    the argument holding it (None when not known, e.g. from the Rust core)."""
 
     index: int
     value: float
+    argument: str | None = None
 
 
 class InvalidPercentileError(DynQuantError, ValueError):

@@ -10,7 +10,13 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._arrays import as_float32, check_bool
+from ._arrays import (
+    NAN_UNDER_PERCENTILE,
+    as_float32,
+    check_bool,
+    check_finite,
+    check_nan_policy,
+)
 from .errors import ArgumentTypeError, FeatureDimMismatchError, InvalidArgumentError
 from .matmul import w4a8_matmul, w8a8_matmul
 from .modes import MaxAbs, Percentile, ScaleMode
@@ -166,8 +172,13 @@ class QuantizedLinear:
                 sf_len=a.shape[-1] if a.ndim else 0,
             )
         if self.smooth_factors is not None:
+            # Checked here rather than by smooth_activations, so that the
+            # error names x and knows the product's scale mode.
+            if not check_nan_policy(nan_policy):
+                pct = isinstance(self.act_mode, Percentile)
+                check_finite(a, "x", NAN_UNDER_PERCENTILE if pct else None)
             a2 = a.reshape(math.prod(a.shape[:-1]), self.in_features)
-            a = smooth_activations(a2, self.smooth_factors, nan_policy=nan_policy).reshape(a.shape)
+            a = smooth_activations(a2, self.smooth_factors, nan_policy="reference").reshape(a.shape)
         if self.bits == 8:
             return w8a8_matmul(
                 a,

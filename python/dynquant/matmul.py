@@ -10,8 +10,16 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._arrays import as_float32, as_int8, check_bool, check_nan_policy
-from .errors import DTypeError, InvalidArgumentError, ShapeMismatchError
+from ._arrays import (
+    NAN_UNDER_PERCENTILE,
+    as_float32,
+    as_int8,
+    check_bool,
+    check_nan_policy,
+    non_finite_error,
+    reword_non_finite,
+)
+from .errors import DTypeError, InvalidArgumentError, NonFiniteError, ShapeMismatchError
 from .modes import MaxAbs, ScaleMode, percentile_arg
 
 __all__ = ["w4a8_matmul", "w4a8_matvec", "w8a8_matmul", "w8a8_matvec"]
@@ -31,7 +39,10 @@ def w8a8_matvec(
     w = as_int8(weight_i8, "weight_i8", ndim=2)
     s = as_float32(weight_scales, "weight_scales", ndim=1)
     a = as_float32(activation, "activation", ndim=1)
-    y: npt.NDArray[np.float32] = _core.w8a8_matvec(w, s, a, check_nan_policy(nan_policy))
+    try:
+        y: npt.NDArray[np.float32] = _core.w8a8_matvec(w, s, a, check_nan_policy(nan_policy))
+    except NonFiniteError as e:
+        raise reword_non_finite(e, "activation", nan_policy) from None
     return y
 
 
@@ -43,6 +54,15 @@ def _tokens(x: Any) -> tuple[npt.NDArray[np.float32], tuple[int, ...]]:
         )
     # Not reshape(-1, k): -1 is ambiguous when k == 0.
     return a.reshape(math.prod(a.shape[:-1]), a.shape[-1]), a.shape[:-1]
+
+
+def _reworded(
+    e: NonFiniteError, nan_policy: str, p: float | None, x2: npt.NDArray[np.float32]
+) -> NonFiniteError:
+    """The core's error for the tokens ``x``, with the hint that fits (NaN
+    has no result under a Percentile scale with either policy)."""
+    reason = None if p is None else NAN_UNDER_PERCENTILE
+    return reword_non_finite(e, "x", nan_policy, reason, (x2,))
 
 
 def _bias(bias: Any, out_features: int) -> npt.NDArray[np.float32] | None:
@@ -92,15 +112,13 @@ def w8a8_matmul(
             expected=w.shape[0],
             actual=s.shape[0],
         )
-    y = _core.w8a8_matmul(
-        x2,
-        w,
-        s,
-        _bias(bias, w.shape[0]),
-        per_token,
-        percentile_arg(act_mode),
-        check_nan_policy(nan_policy),
-    )
+    p = percentile_arg(act_mode)
+    try:
+        y = _core.w8a8_matmul(
+            x2, w, s, _bias(bias, w.shape[0]), per_token, p, check_nan_policy(nan_policy)
+        )
+    except NonFiniteError as e:
+        raise _reworded(e, nan_policy, p, x2) from None
     out: npt.NDArray[np.float32] = y.reshape(*lead, w.shape[0])
     return out
 
@@ -156,17 +174,21 @@ def w4a8_matmul(
             expected=(p.shape[0], groups),
             actual=s.shape,
         )
-    y = _core.w4a8_matmul(
-        x2,
-        np.ascontiguousarray(p),
-        s,
-        k,
-        min(group, 2**62),  # any group >= in is one group; fits usize
-        _bias(bias, p.shape[0]),
-        per_token,
-        percentile_arg(act_mode),
-        check_nan_policy(nan_policy),
-    )
+    pct = percentile_arg(act_mode)
+    try:
+        y = _core.w4a8_matmul(
+            x2,
+            np.ascontiguousarray(p),
+            s,
+            k,
+            min(group, 2**62),  # any group >= in is one group; fits usize
+            _bias(bias, p.shape[0]),
+            per_token,
+            pct,
+            check_nan_policy(nan_policy),
+        )
+    except NonFiniteError as e:
+        raise _reworded(e, nan_policy, pct, x2) from None
     out: npt.NDArray[np.float32] = y.reshape(*lead, p.shape[0])
     return out
 
@@ -181,6 +203,11 @@ def w4a8_matvec(
 ) -> npt.NDArray[np.float32]:
     """W4A8 matrix-vector product of one ``activation [in]`` (per-tensor scale)."""
     a = as_float32(activation, "activation", ndim=1)
-    return w4a8_matmul(
-        a, packed, scales, group_size=group_size, per_token=True, nan_policy=nan_policy
-    )
+    try:
+        return w4a8_matmul(
+            a, packed, scales, group_size=group_size, per_token=True, nan_policy=nan_policy
+        )
+    except NonFiniteError as e:
+        if e.argument != "x":
+            raise
+        raise non_finite_error(e.index, e.value, "activation", nan_policy) from None

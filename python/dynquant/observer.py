@@ -20,12 +20,19 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._arrays import as_float32, check_bool, check_nan_policy
+from ._arrays import (
+    NAN_IN_CALIBRATION,
+    as_float32,
+    check_bool,
+    check_nan_policy,
+    reword_non_finite,
+)
 from .calib import CalibStats
 from .errors import (
     ArgumentTypeError,
     FeatureDimMismatchError,
     InvalidArgumentError,
+    NonFiniteError,
     ShapeMismatchError,
 )
 from .smooth import SmoothQuantConfig
@@ -141,7 +148,11 @@ class CalibObserver:
 
     def update(self, batch: Any) -> CalibObserver:
         """Add the values of ``batch`` (an array of any shape); returns self."""
-        self._impl.update(as_float32(batch, "batch").reshape(-1))
+        a = as_float32(batch, "batch").reshape(-1)
+        try:
+            self._impl.update(a)
+        except NonFiniteError as e:
+            raise reword_non_finite(e, "batch", self.nan_policy, NAN_IN_CALIBRATION, (a,)) from None
         return self
 
     def update_many(
@@ -399,7 +410,10 @@ class ChannelMaxObserver:
                 in_features=have,
                 sf_len=features,
             )
-        self._impl.update(a.reshape(math.prod(a.shape[:-1]), features))
+        try:
+            self._impl.update(a.reshape(math.prod(a.shape[:-1]), features))
+        except NonFiniteError as e:  # NaN is skipped under "reference": only "raise" gets here
+            raise reword_non_finite(e, "activations", self.nan_policy) from None
         return self
 
     def update_many(

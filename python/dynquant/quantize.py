@@ -6,10 +6,11 @@ import math
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _core
-from ._arrays import as_float32, check_nan_policy
-from .errors import ArgumentTypeError
+from ._arrays import NAN_UNDER_PERCENTILE, as_float32, check_nan_policy, reword_non_finite
+from .errors import ArgumentTypeError, NonFiniteError
 from .modes import DynQuantFormat, MaxAbs, ScaleMode, percentile_arg
 from .tensor import DynQuantTensor
 
@@ -37,7 +38,20 @@ def compute_scale(
     except OverflowError:  # an int beyond float range rounds to inf, as a float would
         clip = math.inf if clip_val > 0 else -math.inf
     a = as_float32(x, "x")
-    return float(_core.compute_scale(a, clip, percentile_arg(mode), check_nan_policy(nan_policy)))
+    p = percentile_arg(mode)
+    try:
+        return float(_core.compute_scale(a, clip, p, check_nan_policy(nan_policy)))
+    except NonFiniteError as e:
+        raise _reworded(e, nan_policy, p, a) from None
+
+
+def _reworded(
+    e: NonFiniteError, nan_policy: str, p: float | None, a: npt.NDArray[np.float32]
+) -> NonFiniteError:
+    """The core's error for ``x``, with the hint that fits (NaN has no
+    result under a Percentile scale with either policy)."""
+    reason = None if p is None else NAN_UNDER_PERCENTILE
+    return reword_non_finite(e, "x", nan_policy, reason, (a,))
 
 
 def _per_tensor(
@@ -48,7 +62,10 @@ def _per_tensor(
     # a large share of the per-call cost on small inputs.
     p = None if mode is _MAX_ABS else percentile_arg(mode)
     reference = False if nan_policy == "raise" else check_nan_policy(nan_policy)
-    q, scales = _core.quantize_per_tensor(a, clip, p, reference)
+    try:
+        q, scales = _core.quantize_per_tensor(a, clip, p, reference)
+    except NonFiniteError as e:
+        raise _reworded(e, nan_policy, p, a) from None
     return DynQuantTensor._trusted(q, scales, a.shape, fmt)
 
 
@@ -79,7 +96,11 @@ def quantize_int8_per_row(
     A ``(rows, 0)`` array gives empty data and no scales, as the reference.
     """
     a = as_float32(x, "x", ndim=2)
-    q, scales = _core.quantize_per_row(a, percentile_arg(mode), check_nan_policy(nan_policy))
+    p = percentile_arg(mode)
+    try:
+        q, scales = _core.quantize_per_row(a, p, check_nan_policy(nan_policy))
+    except NonFiniteError as e:
+        raise _reworded(e, nan_policy, p, a) from None
     if a.size == 0:
         scales = scales[:0]
     return DynQuantTensor._trusted(q, scales, a.shape, DynQuantFormat.Int8PerRow)

@@ -39,6 +39,7 @@ def _weights_must_be_finite() -> Iterator[None]:
             "weights must be finite",
             index=e.index,
             value=e.value,
+            argument="weight",
         ) from None
 
 
