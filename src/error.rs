@@ -20,6 +20,14 @@ pub enum DynQuantError {
     FeatureDimMismatch { in_features: usize, sf_len: usize },
     /// A NaN or infinity where finite values are required.
     NonFinite { index: usize, value: f32 },
+    /// A NaN or infinity in an argument that must be finite whatever the
+    /// [`NanPolicy`](crate::NanPolicy) (the weight scales or the bias of a
+    /// product beyond the reference), named by `argument`.
+    NonFiniteArgument {
+        argument: &'static str,
+        index: usize,
+        value: f32,
+    },
     /// `Percentile(p)` with `p` outside (0, 1] or NaN.
     InvalidPercentile(f32),
     /// SmoothQuant epsilon that is negative, NaN or infinite.
@@ -35,6 +43,23 @@ pub enum DynQuantError {
 pub(crate) fn checked_size(a: usize, b: usize, what: &str) -> Result<usize, DynQuantError> {
     a.checked_mul(b)
         .ok_or_else(|| DynQuantError::InvalidArgument(format!("{a} x {b} {what} overflow usize")))
+}
+
+/// `Ok` when every value of `values` is finite, else
+/// [`DynQuantError::NonFiniteArgument`] naming `argument` and the first bad
+/// index. One pass; for the short weight-scale and bias vectors of a product.
+pub(crate) fn check_finite_argument(
+    values: &[f32],
+    argument: &'static str,
+) -> Result<(), DynQuantError> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(DynQuantError::NonFiniteArgument {
+            argument,
+            index,
+            value: values[index],
+        }),
+    }
 }
 
 /// `vec![value; n]`, or `AllocationFailed` instead of aborting the process
@@ -70,6 +95,15 @@ impl fmt::Display for DynQuantError {
             Self::NonFinite { index, value } => {
                 write!(f, "non-finite value {value} at flat index {index}")
             }
+            Self::NonFiniteArgument {
+                argument,
+                index,
+                value,
+            } => write!(
+                f,
+                "non-finite value {value} at flat index {index} of {argument}: \
+                 {argument} must be finite"
+            ),
             Self::InvalidPercentile(p) => {
                 write!(f, "invalid percentile {p}: must be in (0, 1]")
             }

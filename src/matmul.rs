@@ -2,7 +2,7 @@
 
 use core::ops::Range;
 
-use crate::error::{checked_size, try_vec};
+use crate::error::{check_finite_argument, checked_size, try_vec};
 use crate::parallel::{DisjointOut, RowBlocks};
 use crate::quantize::{
     quantize_per_row_into, quantize_per_row_strided_into, quantize_per_tensor_into, INT8_CLIP,
@@ -446,6 +446,11 @@ impl ActQuant {
 
 /// Batched W8A8: `out[i, j] = (dot(w[j], q[i]) as f32 * w_scales[j]) * s_i
 /// (+ bias[j])` for `m` tokens `x` (`[m, k]`), int8 weights `[n, k]`.
+///
+/// NaN or infinite weight scales or bias are
+/// [`DynQuantError::NonFiniteArgument`] (whatever `act.policy`), where
+/// [`w8a8_matvec`] passes such scales through IEEE arithmetic as the
+/// reference does.
 #[allow(clippy::too_many_arguments)]
 pub fn w8a8_matmul_into(
     x: &[f32],
@@ -481,6 +486,8 @@ pub fn w8a8_matmul_into(
             return Err(DynQuantError::ShapeMismatch { expected, actual });
         }
     }
+    check_finite_argument(weight_scales, "weight_scales")?;
+    check_finite_argument(bias.unwrap_or_default(), "bias")?;
     if m == 0 {
         return Ok(());
     }
@@ -692,6 +699,57 @@ mod tests {
         }
         simd::set_isa(simd::best_supported()).unwrap();
         assert!(results.windows(2).all(|p| p[0] == p[1]));
+    }
+
+    /// The batched product refuses NaN/Inf weight scales and bias (naming
+    /// the argument and the first bad index), under either NaN policy and
+    /// with no tokens; the matrix-vector product keeps the reference's IEEE
+    /// pass-through.
+    #[test]
+    fn matmul_refuses_non_finite_scales_and_bias() {
+        let (n, k) = (4, 3);
+        let w = [1i8; 12];
+        let x = [0.5f32, -1.0, 2.0, 1.0, 1.0, 1.0];
+        let good = [0.5f32; 4];
+        let mut y = vec![0.0; 2 * n];
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut s = good;
+            s[2] = bad;
+            s[3] = f32::NAN;
+            for (m, act) in [
+                (2, ActQuant::PER_TOKEN),
+                (2, ActQuant::PER_TENSOR),
+                (0, ActQuant::PER_TOKEN),
+            ] {
+                for policy in [NanPolicy::Raise, NanPolicy::Reference] {
+                    let act = ActQuant { policy, ..act };
+                    let (xm, ym) = (&x[..m * k], &mut y[..m * n]);
+                    let err = w8a8_matmul_into(xm, m, &w, &s, None, act, ym).unwrap_err();
+                    assert!(matches!(
+                        err,
+                        DynQuantError::NonFiniteArgument { argument: "weight_scales", index: 2, value }
+                            if value.to_bits() == bad.to_bits()
+                    ));
+                    let err = w8a8_matmul_into(xm, m, &w, &good, Some(&s), act, ym).unwrap_err();
+                    assert!(matches!(
+                        err,
+                        DynQuantError::NonFiniteArgument {
+                            argument: "bias",
+                            index: 2,
+                            ..
+                        }
+                    ));
+                }
+            }
+            let y = w8a8_matvec(&w, &s, &x[..k], n, k).unwrap();
+            assert!(y[0].is_finite() && y[0] > 0.0 && y[3].is_nan());
+            assert!(y[2] == bad || (y[2].is_nan() && bad.is_nan()));
+        }
+        let err = w8a8_matmul_into(&x, 2, &w, &[f32::NAN; 4], None, ActQuant::PER_TOKEN, &mut y);
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "non-finite value NaN at flat index 0 of weight_scales: weight_scales must be finite"
+        );
     }
 
     #[test]

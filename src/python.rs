@@ -60,6 +60,16 @@ fn to_py_err(py: Python<'_>, err: DynQuantError) -> PyErr {
                 kwargs.set_item("value", value)?;
                 "NonFiniteError"
             }
+            DynQuantError::NonFiniteArgument {
+                argument,
+                index,
+                value,
+            } => {
+                kwargs.set_item("argument", argument)?;
+                kwargs.set_item("index", index)?;
+                kwargs.set_item("value", value)?;
+                "NonFiniteError"
+            }
             DynQuantError::InvalidPercentile(p) => {
                 kwargs.set_item("p", p)?;
                 "InvalidPercentileError"

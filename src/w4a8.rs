@@ -4,7 +4,7 @@
 
 use core::ops::Range;
 
-use crate::error::checked_size;
+use crate::error::{check_finite_argument, checked_size};
 use crate::matmul::{ActQuant, QuantizedActs};
 use crate::parallel::{DisjointOut, RowBlocks};
 use crate::simd;
@@ -137,7 +137,8 @@ fn check_padding(packed: &[u8], layout: Int4Layout) -> Result<(), DynQuantError>
 /// in f32, in eight lanes by group index mod 8 and then a fixed-order lane
 /// sum, each group's exact integer dot product times the group's scale (see
 /// [`simd::w4a8_tile`]). With one group per row this equals W8A8 on the
-/// unpacked weights, bit for bit.
+/// unpacked weights, bit for bit. NaN or infinite `scales` or bias are
+/// [`DynQuantError::NonFiniteArgument`] (whatever `act.policy`).
 #[allow(clippy::too_many_arguments)]
 pub fn w4a8_matmul_into(
     x: &[f32],
@@ -174,6 +175,8 @@ pub fn w4a8_matmul_into(
         }
     }
     check_padding(packed, layout)?;
+    check_finite_argument(scales, "scales")?;
+    check_finite_argument(bias.unwrap_or_default(), "bias")?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -231,12 +234,62 @@ pub fn w4a8_matmul_into(
 mod tests {
     use super::*;
     use crate::matmul::w8a8_matmul_into;
+    use crate::scale::NanPolicy;
     use crate::weights::{pack_int4, quantize_weights_int4, unpack_int4};
 
     fn data(len: usize, seed: usize) -> Vec<f32> {
         (0..len)
             .map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 - 500.0) / 97.0)
             .collect()
+    }
+
+    #[test]
+    fn non_finite_scales_and_bias_are_refused() {
+        let (n, k, m) = (3, 64, 2);
+        let (packed, scales) = quantize_weights_int4(&data(n * k, 1), n, k, Some(32)).unwrap();
+        let layout = Int4Layout {
+            out_features: n,
+            in_features: k,
+            group_size: 32,
+        };
+        let x = data(m * k, 3);
+        let mut out = vec![0.0; m * n];
+        let bias = [0.0f32, f32::INFINITY, f32::NAN];
+        for bad in [f32::NAN, f32::NEG_INFINITY] {
+            let mut s = scales.clone();
+            s[4] = bad;
+            for policy in [NanPolicy::Raise, NanPolicy::Reference] {
+                let act = ActQuant {
+                    policy,
+                    ..ActQuant::PER_TOKEN
+                };
+                let err = w4a8_matmul_into(&x, m, &packed, &s, layout, None, act, &mut out);
+                assert!(matches!(
+                    err,
+                    Err(DynQuantError::NonFiniteArgument {
+                        argument: "scales",
+                        index: 4,
+                        ..
+                    })
+                ));
+                let err = w4a8_matmul_into(&[], 0, &packed, &s, layout, None, act, &mut []);
+                assert!(matches!(
+                    err,
+                    Err(DynQuantError::NonFiniteArgument {
+                        argument: "scales",
+                        index: 4,
+                        ..
+                    })
+                ));
+                let b = Some(&bias[..]);
+                let err = w4a8_matmul_into(&x, m, &packed, &scales, layout, b, act, &mut out);
+                assert!(matches!(
+                    err,
+                    Err(DynQuantError::NonFiniteArgument { argument: "bias", index: 1, value })
+                        if value == f32::INFINITY
+                ));
+            }
+        }
     }
 
     #[test]

@@ -414,3 +414,111 @@ def test_weights_name_their_argument() -> None:
     with pytest.raises(dq.NonFiniteError) as info:
         dq.quantize_weights_int8(np.where(W3 > 0, np.nan, W3))
     assert info.value.argument == "weight" and HINT not in str(info.value)
+
+
+def _bad(a: Any, index: int, value: float) -> npt.NDArray[np.float32]:
+    b = np.array(a, F32)
+    b.reshape(-1)[index] = value
+    return b
+
+
+def _layer_with_scales(scales: npt.NDArray[np.float32]) -> dq.QuantizedLinear:
+    layer = dq.QuantizedLinear.from_float(W3)
+    layer.weight_scales = scales
+    return layer
+
+
+B4 = np.linspace(-1, 1, 4).astype(F32)
+PKG3, PSG3 = dq.quantize_weights_int4(np.tile(W3, (1, 22)), 32)  # [4, 66]: 3 groups per row
+X66 = np.ones((2, 66), F32)
+
+# (id, call taking nan_policy and the bad value, argument, bad index)
+BAD_SCALE_CALLS: list[tuple[str, Callable[[str, float], Any], str, int]] = [
+    (
+        "w8a8_matmul scales",
+        lambda pol, v: dq.w8a8_matmul(X, WQ3, _bad(WS3, 2, v), nan_policy=pol),
+        "weight_scales",
+        2,
+    ),
+    (
+        "w8a8_matmul scales, no tokens",
+        lambda pol, v: dq.w8a8_matmul(np.ones((0, 3)), WQ3, _bad(WS3, 3, v), nan_policy=pol),
+        "weight_scales",
+        3,
+    ),
+    (
+        "w8a8_matmul bias",
+        lambda pol, v: dq.w8a8_matmul(X, WQ3, WS3, bias=_bad(B4, 1, v), nan_policy=pol),
+        "bias",
+        1,
+    ),
+    (
+        "w4a8_matmul scales",
+        lambda pol, v: dq.w4a8_matmul(X66, PKG3, _bad(PSG3, 7, v), group_size=32, nan_policy=pol),
+        "scales",
+        7,
+    ),
+    (
+        "w4a8_matmul bias",
+        lambda pol, v: dq.w4a8_matmul(X, PK3, PS3, bias=_bad(B4, 0, v), nan_policy=pol),
+        "bias",
+        0,
+    ),
+    (
+        "w4a8_matvec scales",
+        lambda pol, v: dq.w4a8_matvec(PK3, _bad(PS3, 3, v), X[0], nan_policy=pol),
+        "scales",
+        3,
+    ),
+    (
+        "QuantizedLinear bias",
+        lambda pol, v: dq.QuantizedLinear.from_float(W3, _bad(B4, 2, v)),
+        "bias",
+        2,
+    ),
+    (
+        "QuantizedLinear bias, bits=4",
+        lambda pol, v: dq.QuantizedLinear.from_float(W3, _bad(B4, 3, v), bits=4),
+        "bias",
+        3,
+    ),
+    (
+        "QuantizedLinear weight_scales reassigned",
+        lambda pol, v: _layer_with_scales(_bad(WS3, 1, v))(X, nan_policy=pol),
+        "weight_scales",
+        1,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "argument", "index"),
+    [c[1:] for c in BAD_SCALE_CALLS],
+    ids=[c[0] for c in BAD_SCALE_CALLS],
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("nan_policy", ["raise", "reference"])
+def test_non_finite_weight_scales_and_bias_are_refused(
+    call: Callable[[str, float], Any], argument: str, index: int, value: float, nan_policy: str
+) -> None:
+    """These used to pass through (every output NaN/Inf, silently). The
+    reference has no such function; its w8a8_matvec keeps passing them
+    through (see test_w8a8_matvec_passes_non_finite_scales_through)."""
+    with pytest.raises(dq.NonFiniteError) as info:
+        call(nan_policy, value)
+    e = info.value
+    assert type(e) is dq.NonFiniteError
+    assert (e.argument, e.index) == (argument, index)
+    assert e.value == value or (math.isnan(e.value) and math.isnan(value))
+    msg = str(e)
+    assert f"index {index} of {argument}" in msg and "nan_policy" not in msg, msg
+    e2 = pickle.loads(pickle.dumps(e))
+    assert (e2.argument, e2.index, str(e2)) == (e.argument, e.index, msg)
+
+
+@pytest.mark.parametrize("nan_policy", ["raise", "reference"])
+def test_w8a8_matvec_passes_non_finite_scales_through(nan_policy: str) -> None:
+    """As the reference does (the cross-check's special-weight-scales case)."""
+    scales = np.array([math.nan, math.inf, -math.inf, 0.5], F32)
+    y = dq.w8a8_matvec(WQ3, scales, X[0], nan_policy=nan_policy)
+    assert np.isnan(y[0]) and not np.isfinite(y[1:3]).any() and np.isfinite(y[3])

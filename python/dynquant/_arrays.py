@@ -176,6 +176,22 @@ def reword_non_finite(
     return non_finite_error(e.index, e.value, name, nan_policy, nan_reason, data)
 
 
+def require_finite(a: npt.NDArray[np.float32], name: str) -> None:
+    """Raise ``NonFiniteError`` naming the first NaN/Inf of ``a``, an
+    argument that must be finite whatever the ``nan_policy`` (a bias), worded
+    as the core words it for weight scales."""
+    finite = np.isfinite(a)
+    if not finite.all():
+        index = int(np.argmin(finite.reshape(-1)))
+        value = float(a.reshape(-1)[index])
+        raise NonFiniteError(
+            f"non-finite value {value} at flat index {index} of {name}: {name} must be finite",
+            index=index,
+            value=value,
+            argument=name,
+        )
+
+
 def check_finite(a: npt.NDArray[np.float32], name: str, nan_reason: str | None = None) -> None:
     """Raise ``NonFiniteError`` naming the first NaN/Inf of ``a`` (for
     ``nan_policy="raise"``; ``nan_reason`` as in ``non_finite_error``)."""

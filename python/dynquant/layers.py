@@ -16,6 +16,7 @@ from ._arrays import (
     check_bool,
     check_finite,
     check_nan_policy,
+    require_finite,
 )
 from .errors import ArgumentTypeError, FeatureDimMismatchError, InvalidArgumentError
 from .matmul import w4a8_matmul, w8a8_matmul
@@ -142,6 +143,8 @@ class QuantizedLinear:
                 in_features=layer.out_features,
                 sf_len=layer.bias.shape[0],
             )
+        if layer.bias is not None:
+            require_finite(layer.bias, "bias")
         layer.smooth_factors, layer.smooth_alpha = None, None
         if smooth is not None:
             factors = _smooth_factors(smooth, w)

@@ -94,6 +94,8 @@ def w8a8_matmul(
     default — each token's result equals ``w8a8_matvec`` on it, bit for bit)
     or per tensor (``per_token=False``, the reference's rule); the integer
     accumulation is exact; ``y = (acc * weight_scales[o]) * act_scale (+ bias)``.
+    NaN/Inf in ``weight_scales`` or ``bias`` raise ``NonFiniteError`` naming
+    the argument (``w8a8_matvec`` passes such scales through, as the reference).
     """
     per_token = check_bool(per_token, "per_token")
     x2, lead = _tokens(x)
@@ -142,7 +144,8 @@ def w4a8_matmul(
     (lane ``g % 8`` for group ``g``); the lanes are summed in a fixed order
     (``((y0 + y4) + (y2 + y6)) + ((y1 + y5) + (y3 + y7))``) and the token
     scale multiplies last. With ``group_size=None`` (one scale per row) this
-    equals ``w8a8_matmul`` on the unpacked weights, bit for bit.
+    equals ``w8a8_matmul`` on the unpacked weights, bit for bit. NaN/Inf in
+    ``scales`` or ``bias`` raise ``NonFiniteError`` naming the argument.
     """
     per_token = check_bool(per_token, "per_token")
     x2, lead = _tokens(x)
