@@ -398,11 +398,22 @@ def test_channel_max_equals_compute_smooth_factors(
     assert bits(obs.act_max) == bits(np.abs(acts).max(axis=0))
 
 
-def test_channel_max_on_real_activations() -> None:
-    if not SHARED_DATA.exists():
-        pytest.skip("shared MiniLM data not available")
-    data = np.load(SHARED_DATA)
-    for layer in ("l0.ffn_in", "l5.ffn_out", "l0.q"):
+EXTRACT = Path(__file__).resolve().parent / "data" / "minilm_extract.npz"
+
+
+@pytest.mark.parametrize(
+    ("source", "layers"),
+    [
+        (EXTRACT, ("l0.ffn_in", "l5.ffn_in", "l0.ffn_out")),  # committed: always runs
+        (SHARED_DATA, ("l0.ffn_in", "l5.ffn_out", "l0.q")),  # full layers, in the workspace
+    ],
+    ids=["extract", "shared"],
+)
+def test_channel_max_on_real_activations(source: Path, layers: tuple[str, ...]) -> None:
+    if not source.exists():
+        pytest.skip(f"{source.name} not available (the committed extract always is)")
+    data = np.load(source)
+    for layer in layers:
         x, w = data[f"{layer}.x"], data[f"{layer}.w"]
         want = dq.compute_smooth_factors(x, w)
         obs = dq.ChannelMaxObserver(x.shape[1]).update_many(np.array_split(x, 7), progress=True)
