@@ -224,6 +224,12 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// Whether `e` is `NonFinite` naming `value` (its bits) at `index`.
+fn non_finite_at(e: &DynQuantError, index: usize, value: f32) -> bool {
+    matches!(e, DynQuantError::NonFinite { index: i, value: v }
+        if *i == index && v.to_bits() == value.to_bits())
+}
+
 /// Relative closeness. MAE comes back as f32 (as in the reference), so its
 /// oracle value is rounded to f32 first: a subnormal result keeps few bits.
 fn close(a: f64, b: f64, rel: f64) -> bool {
@@ -310,6 +316,37 @@ proptest! {
             let got = dynquant::try_compute_scale(&x, clip, m, policy).unwrap();
             prop_assert_eq!(got.to_bits(), want);
         }
+    }
+
+    /// One NaN or ±inf somewhere in finite data: `Raise` names the first
+    /// non-finite value whatever the mode (a percentile below the infinity
+    /// must not hide it); `Reference` gives the oracle's scale (MaxAbs skips
+    /// NaN, an infinity is a value like any other), except a NaN under
+    /// `Percentile`, where the reference panics and dynquant errs.
+    #[test]
+    fn non_finite_scale_follows_the_policy(
+        x in data(0, 120),
+        at in any::<prop::sample::Index>(),
+        bad in prop::sample::select(vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY]),
+        m in mode(),
+    ) {
+        let mut x = x;
+        let i = at.index(x.len() + 1);
+        x.insert(i, bad);
+        for clip in [127.0f32, 7.0] {
+            let e = dynquant::try_compute_scale(&x, clip, m, NanPolicy::Raise).unwrap_err();
+            prop_assert!(non_finite_at(&e, i, bad), "Raise: {:?}", e);
+            let got = dynquant::try_compute_scale(&x, clip, m, NanPolicy::Reference);
+            if bad.is_nan() && matches!(m, DynamicScaleMode::Percentile(_)) {
+                prop_assert!(non_finite_at(&got.unwrap_err(), i, bad));
+            } else {
+                prop_assert_eq!(got.unwrap().to_bits(), oracle::scale(&x, clip, m).to_bits());
+            }
+        }
+        let e = dynquant::try_dynamic_quantize_int8(&x, m, NanPolicy::Raise).unwrap_err();
+        prop_assert!(non_finite_at(&e, i, bad), "{:?}", e);
+        let e = dynquant::try_dynamic_quantize_int8_per_row(&x, 1, x.len(), m, NanPolicy::Raise).unwrap_err();
+        prop_assert!(non_finite_at(&e, i, bad), "{:?}", e);
     }
 
     #[test]
