@@ -21,11 +21,13 @@ F32 = np.float32
 I64 = np.int64
 
 
-def ref_act_quant(x2: npt.NDArray[F32], per_token: bool) -> tuple[Any, Any]:
-    """Quantized tokens [m, k] and their scales [m] (MaxAbs)."""
+def ref_act_quant(
+    x2: npt.NDArray[F32], per_token: bool, percentile: float | None = None
+) -> tuple[Any, Any]:
+    """Quantized tokens [m, k] and their scales [m] (MaxAbs, or the percentile)."""
     if per_token:
-        return ref.quantize_int8_per_row(x2)
-    q, s = ref.quantize_int8(x2)
+        return ref.quantize_int8_per_row(x2, percentile)
+    q, s = ref.quantize_int8(x2, percentile)
     return q, np.full(x2.shape[0], s, dtype=F32)
 
 
@@ -35,9 +37,10 @@ def ref_w8a8(
     ws: npt.NDArray[F32],
     per_token: bool = True,
     bias: npt.NDArray[F32] | None = None,
+    percentile: float | None = None,
 ) -> npt.NDArray[F32]:
     """``(acc as f32 * ws[j]) * s[i] (+ bias[j])`` with acc an exact sum."""
-    q, s = ref_act_quant(x2, per_token)
+    q, s = ref_act_quant(x2, per_token, percentile)
     acc = q.astype(I64) @ w.astype(I64).T
     y = ((ref.acc_to_f32(acc) * ws[None, :]).astype(F32) * s[:, None]).astype(F32)
     return y if bias is None else (y + bias[None, :]).astype(F32)
@@ -50,12 +53,13 @@ def ref_w4a8(
     group: int,
     per_token: bool = True,
     bias: npt.NDArray[F32] | None = None,
+    percentile: float | None = None,
 ) -> npt.NDArray[F32]:
     """Per token and row: group g's exact sum times its scale, added in f32 in
     group order into lane g % 8 (lanes start at -0.0), lanes summed as
     ((y0 + y4) + (y2 + y6)) + ((y1 + y5) + (y3 + y7)), times the token scale,
     plus the bias."""
-    q, s = ref_act_quant(x2, per_token)
+    q, s = ref_act_quant(x2, per_token, percentile)
     m, k = q.shape
     n = values.shape[0]
     groups = scales.shape[1]
@@ -112,7 +116,9 @@ def test_w8a8_matmul_is_its_definition(case: tuple[Any, ...]) -> None:
 def w4a8_case(draw: Any) -> tuple[Any, ...]:
     m, n = draw(st.integers(0, 9)), draw(st.integers(1, 9))
     group = draw(st.sampled_from([None, 32, 64, 128]))
-    k = draw(st.integers(1, 300))
+    # Multiples of 64 as often as odd widths: only those (with k % group == 0)
+    # take the AVX2 W4A8 kernel, which 1..300 alone reaches in ~1% of cases.
+    k = draw(st.one_of(st.integers(1, 300), st.sampled_from([64, 128, 192, 256, 320, 384, 512])))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     values = rng.integers(-8, 8, size=(n, k)).astype(np.int8)
     values[0, :: max(k // 7, 1)] = -8
@@ -135,6 +141,26 @@ def test_w4a8_matmul_is_its_definition(case: tuple[Any, ...]) -> None:
         # One scale per row: W8A8 on the unpacked values, bit for bit.
         w8 = dq.w8a8_matmul(x, values, scales[:, 0], per_token=per_token, bias=bias)
         assert_same_f32(got, w8, "w4a8 (one group) vs w8a8 on unpacked values")
+
+
+@pytest.mark.parametrize("path", dq.kernel_info().supported)
+def test_w4a8_every_group_form_and_partial_chunk_on_every_path(path: str) -> None:
+    # The AVX2 kernel takes k % 64 == 0 with groups of 32 or multiples of 64,
+    # in chunks of eight groups and segments of 256 columns: these widths end
+    # in a partial chunk or a half segment for every group form (hypothesis
+    # draws them too rarely to be sure of one). Others go to the scalar path.
+    dq.set_kernel(path)
+    rng = np.random.default_rng(11)
+    for k in (64, 192, 320, 384, 576, 640, 1088):
+        for group in (None, 32, 64, 128, 192, 320):
+            g = k if group is None else group
+            for m in (1, 6):
+                x = rng.standard_normal((m, k)).astype(F32)
+                values = rng.integers(-8, 8, size=(5, k)).astype(np.int8)
+                scales = rng.uniform(1e-3, 1.0, size=(5, -(-k // g))).astype(F32)
+                got = dq.w4a8_matmul(x, dq.pack_int4(values), scales, group_size=group)
+                want = ref_w4a8(x, values, scales, g)
+                assert_same_f32(got, want, f"{path} k={k} group={group} m={m}")
 
 
 @settings(max_examples=60, deadline=None)
@@ -171,6 +197,42 @@ def test_quantized_linear_int4_is_w4a8_on_its_weights(group: int | None) -> None
     assert_same_f32(layer(X), want.reshape(2, 3, 24), f"QuantizedLinear bits=4 g{group}")
     exact = X @ W.T + B
     assert np.abs(layer(X) - exact).max() < 0.25 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("per_token", [True, False])
+def test_quantized_linear_uses_its_act_mode_and_per_token(bits: int, per_token: bool) -> None:
+    # A Percentile(0.9) act_mode and per_token=False change every token's
+    # scale (X's tokens have different maxima): a layer that forgot either
+    # would give MaxAbs / per-token results.
+    group = 32 if bits == 4 else None
+    layer = dq.QuantizedLinear.from_float(
+        W, B, bits=bits, group_size=group, act_mode=dq.Percentile(0.9), per_token=per_token
+    )
+    x2 = X.reshape(6, 80)
+    if bits == 8:
+        want = ref_w8a8(x2, layer.weight, layer.weight_scales, per_token, B, percentile=0.9)
+    else:
+        values = dq.unpack_int4(layer.weight, 80)
+        want = ref_w4a8(x2, values, layer.weight_scales, 32, per_token, B, percentile=0.9)
+    assert_same_f32(layer(X), want.reshape(2, 3, 24), f"bits={bits} per_token={per_token}")
+
+
+@pytest.mark.parametrize(("bits", "group"), [(8, None), (4, None), (4, 32), (4, 64)])
+def test_dequantized_weight_is_each_value_times_its_scale(bits: int, group: int | None) -> None:
+    # in_features 80: groups of 32 and 64 leave a partial last group.
+    layer = dq.QuantizedLinear.from_float(W, bits=bits, group_size=group)
+    if bits == 8:
+        values, scales = layer.weight, np.repeat(layer.weight_scales[:, None], 80, axis=1)
+    else:
+        values = dq.unpack_int4(layer.weight, 80)
+        scales = layer.weight_scales[:, np.arange(80) // (group or 80)]
+    want = (values.astype(F32) * scales).astype(F32)
+    assert_same_f32(layer.dequantized_weight(), want, f"bits={bits} group={group}")
+    # and it is the weight the layer multiplies by: x @ W_deq^T within rounding
+    y = layer(X[0, :1])
+    exact = X[0, :1].astype(np.float64) @ want.T.astype(np.float64)
+    assert np.abs(y - exact).max() < 0.02 * np.abs(exact).max()
 
 
 def test_quantized_linear_with_smoothquant_divides_x_and_folds_w() -> None:
