@@ -318,26 +318,34 @@ proptest! {
         }
     }
 
-    /// One NaN or ±inf somewhere in finite data: `Raise` names the first
-    /// non-finite value whatever the mode (a percentile below the infinity
-    /// must not hide it); `Reference` gives the oracle's scale (MaxAbs skips
-    /// NaN, an infinity is a value like any other), except a NaN under
-    /// `Percentile`, where the reference panics and dynquant errs.
+    /// One or two NaN / ±inf somewhere in finite data: `Raise` names the
+    /// first non-finite value whatever the mode (a percentile below the
+    /// infinity must not hide it); `Reference` gives the oracle's scale
+    /// (MaxAbs skips NaN, an infinity is a value like any other, also beside
+    /// a NaN), except a NaN under `Percentile`, where the reference panics
+    /// and dynquant errs.
     #[test]
     fn non_finite_scale_follows_the_policy(
         x in data(0, 120),
-        at in any::<prop::sample::Index>(),
-        bad in prop::sample::select(vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY]),
+        inserts in prop::collection::vec(
+            (any::<prop::sample::Index>(), prop::sample::select(vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY])),
+            1..3,
+        ),
         m in mode(),
     ) {
         let mut x = x;
-        let i = at.index(x.len() + 1);
-        x.insert(i, bad);
+        for (at, v) in inserts {
+            let at = at.index(x.len() + 1);
+            x.insert(at, v);
+        }
+        let i = x.iter().position(|v| !v.is_finite()).unwrap();
+        let bad = x[i];
+        let has_nan = x.iter().any(|v| v.is_nan());
         for clip in [127.0f32, 7.0] {
             let e = dynquant::try_compute_scale(&x, clip, m, NanPolicy::Raise).unwrap_err();
             prop_assert!(non_finite_at(&e, i, bad), "Raise: {:?}", e);
             let got = dynquant::try_compute_scale(&x, clip, m, NanPolicy::Reference);
-            if bad.is_nan() && matches!(m, DynamicScaleMode::Percentile(_)) {
+            if has_nan && matches!(m, DynamicScaleMode::Percentile(_)) {
                 prop_assert!(non_finite_at(&got.unwrap_err(), i, bad));
             } else {
                 prop_assert_eq!(got.unwrap().to_bits(), oracle::scale(&x, clip, m).to_bits());
