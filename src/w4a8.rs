@@ -321,6 +321,32 @@ mod tests {
             matches!(&err, DynQuantError::InvalidArgument(msg) if msg.contains("packed for 96 columns")),
             "{err:?}"
         );
+        // One row is enough, whatever its extra column holds: every nibble
+        // but 8 (the value 0), negative weights (nibbles below 8) included.
+        for v in (-8i8..=7).filter(|&v| v != 0) {
+            let mut row = vec![1i8; 96];
+            row[95] = v;
+            let mut y = vec![0.0; m];
+            let one = Int4Layout {
+                out_features: 1,
+                ..layout(95)
+            };
+            let err = w4a8_matmul_into(
+                &x,
+                m,
+                &pack_int4(&row, 96).unwrap(),
+                &scales[..3],
+                one,
+                None,
+                ActQuant::PER_TOKEN,
+                &mut y,
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&err, DynQuantError::InvalidArgument(msg) if msg.contains("packed row 0")),
+                "last column {v}: {err:?}"
+            );
+        }
         // Packed for 95 columns (or with a zero last column), it runs.
         let values95: Vec<i8> = values.chunks(96).flat_map(|r| r[..95].to_vec()).collect();
         let packed95 = pack_int4(&values95, 95).unwrap();
