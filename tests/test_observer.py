@@ -438,6 +438,10 @@ def test_channel_max_shapes_and_errors() -> None:
     with pytest.raises(dq.NonFiniteError) as e:
         obs.update(np.array([[1, 2, 3, 4], [5, np.nan, 7, 8]], np.float32))
     assert e.value.index == 5 and obs.tokens == 7
+    for inf in (np.inf, -np.inf):  # an infinity alone is refused too
+        with pytest.raises(dq.NonFiniteError) as e:
+            obs.update(np.array([[1, 2, 3, 4], [5, 6, inf, 8]], np.float32))
+        assert e.value.index == 6 and e.value.value == inf and obs.tokens == 7
     with pytest.raises(dq.InvalidArgumentError, match="no activations"):
         dq.ChannelMaxObserver().smooth_factors(np.ones((2, 2), np.float32))
     assert dq.ChannelMaxObserver(3).smooth_factors(np.ones((2, 3), np.float32)).shape == (3,)

@@ -348,6 +348,16 @@ fn channel_max_errors() {
         o.update(&[1.0, f32::NAN, 2.0], 1, 3),
         Err(DynQuantError::NonFinite { index: 1, .. })
     ));
+    // An infinity alone is refused too (its factor would be inf).
+    for inf in [f32::INFINITY, f32::NEG_INFINITY] {
+        assert_eq!(
+            o.update(&[1.0, 2.0, 3.0, 4.0, inf, 6.0], 2, 3),
+            Err(DynQuantError::NonFinite {
+                index: 4,
+                value: inf
+            })
+        );
+    }
     assert_eq!(o.tokens(), 0);
     assert!(o
         .smooth_factors(&[1.0; 4], 2, &SmoothQuantConfig::default_alpha())
