@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from fractions import Fraction
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,31 @@ def assert_matches_collect(batches: list[F32], nan_policy: str = "raise") -> Non
     assert (got.min, got.max) == (want.min, want.max)  # ±0 compare equal
     assert np.float32(got.p99).tobytes() == np.float32(want.p99).tobytes()
     assert np.float32(got.suggested_scale).tobytes() == np.float32(want.suggested_scale).tobytes()
-    for g, w in ((got.mean, want.mean), (got.std_dev, want.std_dev)):
-        assert (math.isnan(g) and math.isnan(w)) or g == pytest.approx(w, rel=1e-6, abs=1e-30)
+    values = [np.asarray(b, np.float32).reshape(-1) for b in batches]
+    if not all(np.isfinite(v).all() for v in values):
+        for g, w in ((got.mean, want.mean), (got.std_dev, want.std_dev)):
+            assert (math.isnan(g) and math.isnan(w)) or g == pytest.approx(w, rel=1e-6, abs=1e-30)
+        return
+    # The observer sums exactly: its mean and std_dev are the exact values,
+    # rounded (to float32, like every CalibStats field). collect sums in
+    # float64, which cancellation can ruin (3.4e38 + 1 - 3.4e38 gives a mean
+    # of 0, not 1/3): it must agree with the observer, or be the farther of
+    # the two from the exact value.
+    exact = exact_mean_std(values)
+    for g, w, e in zip((got.mean, got.std_dev), (want.mean, want.std_dev), exact, strict=True):
+        assert g == pytest.approx(e, rel=2.5e-7, abs=1e-44)  # within ~2 float32 ulps
+        assert g == pytest.approx(w, rel=1e-6, abs=1e-30) or abs(w - e) > abs(g - e)
+
+
+def exact_mean_std(values: list[F32]) -> tuple[float, float]:
+    """Mean and population standard deviation from exact rational sums."""
+    xs = [Fraction(float(v)) for a in values for v in a]
+    if not xs:
+        return 0.0, 0.0
+    n = len(xs)
+    s = sum(xs, Fraction(0))
+    s2 = sum((x * x for x in xs), Fraction(0))
+    return float(s / n), math.sqrt(float((n * s2 - s * s) / (n * n)))
 
 
 def rng_batches(seed: int, count: int = 5, size: int = 1000) -> list[F32]:
