@@ -815,6 +815,9 @@ fn tensor_edge_cases() {
 
 #[test]
 fn large_inputs_take_the_parallel_paths() {
+    // Two threads whatever the machine or RAYON_NUM_THREADS says: with one,
+    // every "parallel" path below would run serially.
+    parallel::set_num_threads(2).unwrap();
     let n = 1_000_003;
     let mut state = 0x9e3779b97f4a7c15u64;
     let x: Vec<f32> = (0..n)
