@@ -218,6 +218,39 @@ def test_quantized_linear_uses_its_act_mode_and_per_token(bits: int, per_token: 
     assert_same_f32(layer(X), want.reshape(2, 3, 24), f"bits={bits} per_token={per_token}")
 
 
+@pytest.mark.parametrize("per_token", [True, False])
+def test_products_follow_the_reference_nan_policy(per_token: bool) -> None:
+    # With nan_policy="reference" a NaN quantizes to 0 (MaxAbs skips it) and
+    # an infinity makes its token's scale (per tensor: every token's) infinite,
+    # as the definitions compute them; the default refuses the same input.
+    x = X.reshape(6, 80).copy()
+    x[1, 5], x[3, 0], x[4, 70] = np.nan, np.inf, -np.inf
+    wq, ws = ref.quantize_weights_rows(W)
+    packed, scales = dq.quantize_weights_int4(W, 32)
+    values = dq.unpack_int4(packed, 80)
+    layer = dq.QuantizedLinear.from_float(W, B, bits=4, group_size=32, per_token=per_token)
+    with np.errstate(all="ignore"):
+        want8 = ref_w8a8(x, wq, ws, per_token, B)
+        want4 = ref_w4a8(x, values, scales, 32, per_token, B)
+        want_layer = ref_w4a8(x, values, layer.weight_scales, 32, per_token, B)
+    got8 = dq.w8a8_matmul(x, wq, ws, per_token=per_token, bias=B, nan_policy="reference")
+    got4 = dq.w4a8_matmul(
+        x, packed, scales, group_size=32, per_token=per_token, bias=B, nan_policy="reference"
+    )
+    assert_same_f32(got8, want8, "w8a8_matmul")
+    assert_same_f32(got4, want4, "w4a8_matmul")
+    assert_same_f32(layer(x, nan_policy="reference"), want_layer, "QuantizedLinear")
+    assert np.isfinite(got8[[0, 2, 5] if per_token else []]).all()
+    for call in (
+        lambda: dq.w8a8_matmul(x, wq, ws, per_token=per_token),
+        lambda: dq.w4a8_matmul(x, packed, scales, group_size=32, per_token=per_token),
+        lambda: layer(x),
+    ):
+        with pytest.raises(dq.NonFiniteError) as e:
+            call()
+        assert e.value.index == 85  # x[1, 5]
+
+
 @pytest.mark.parametrize(("bits", "group"), [(8, None), (4, None), (4, 32), (4, 64)])
 def test_dequantized_weight_is_each_value_times_its_scale(bits: int, group: int | None) -> None:
     # in_features 80: groups of 32 and 64 leave a partial last group.
