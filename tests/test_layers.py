@@ -326,11 +326,17 @@ def test_x_one_feature_short_of_odd_packed_rows_is_refused() -> None:
         dq.w8a8_matmul(X[..., :79], *dq.quantize_weights_int8(W))
 
 
-def test_smoothquant_calibration_forms_agree() -> None:
+@pytest.mark.parametrize(
+    "cfg",
+    # alpha 0.5 alone cannot tell alpha from 1 - alpha; a large epsilon shows
+    # whether it reaches the formula.
+    [dq.SmoothQuantConfig(0.5), dq.SmoothQuantConfig(0.3, 1e-2), dq.SmoothQuantConfig(0.8, 0.5)],
+    ids=repr,
+)
+def test_smoothquant_calibration_forms_agree(cfg: dq.SmoothQuantConfig) -> None:
     calib = np.random.default_rng(11).standard_normal((40, 80)).astype(F32)
     calib[:, 7] = 0.0  # a channel that never fired: max 0 is valid, not a bad maximum
     calib[:, 9] = -0.0
-    cfg = dq.SmoothQuantConfig(0.5)
     from_tokens = dq.QuantizedLinear.from_float(W, smooth=(cfg, calib))
     observer = dq.ChannelMaxObserver().update(calib[:25]).update(calib[25:])
     from_observer = dq.QuantizedLinear.from_float(W, smooth=(cfg, observer))

@@ -405,12 +405,13 @@ def bits(a: F32) -> bytes:
     ),
     st.lists(st.integers(0, 24), max_size=4),
     st.floats(0.0, 1.0),
+    st.sampled_from([1e-5, 0.0, 1e-3, 0.5]),
 )
 def test_channel_max_equals_compute_smooth_factors(
-    acts: F32, cuts: list[int], alpha: float
+    acts: F32, cuts: list[int], alpha: float, epsilon: float
 ) -> None:
     weights = np.random.default_rng(0).standard_normal((5, acts.shape[1])).astype(np.float32)
-    config = dq.SmoothQuantConfig(alpha)
+    config = dq.SmoothQuantConfig(alpha, epsilon)
     want = dq.compute_smooth_factors(acts, weights, config)
     edges = sorted({0, acts.shape[0], *(c % (acts.shape[0] + 1) for c in cuts)})
     parts = [dq.ChannelMaxObserver().update(acts[a:b]) for a, b in itertools.pairwise(edges)]
