@@ -951,6 +951,12 @@ impl ChannelMaxObserver {
         if flags & FLAG_HAS_FEATURES == 0 && n != 0 {
             return Err(r.bad("channel maxima without in_features"));
         }
+        // The first batch, even an empty one, sets in_features: no observer
+        // has counted tokens without it (merging such bytes would add
+        // tokens whose maxima were never kept).
+        if flags & FLAG_HAS_FEATURES == 0 && tokens != 0 {
+            return Err(r.bad(format!("{tokens} tokens without in_features")));
+        }
         let n = r.length(n, 4)?;
         let mut max_bits = Vec::with_capacity(n);
         for _ in 0..n {

@@ -330,6 +330,28 @@ fn channel_max_matches_compute_smooth_factors() {
     }
 }
 
+/// Bytes for a state no observer reaches: tokens counted, no channels.
+#[test]
+fn channel_max_bytes_with_tokens_but_no_channels_are_refused() {
+    let empty = ChannelMaxObserver::new(None, NanPolicy::Raise);
+    let mut bytes = empty.to_bytes();
+    assert_eq!(ChannelMaxObserver::from_bytes(&bytes).unwrap(), empty);
+    let tokens_at = bytes.len() - 8; // the last field: tokens, u64
+    bytes[tokens_at] = 5;
+    let err = ChannelMaxObserver::from_bytes(&bytes).unwrap_err();
+    assert!(
+        err.to_string().contains("5 tokens without in_features"),
+        "{err}"
+    );
+    // An observer that saw an empty batch has channels: its bytes decode.
+    let mut seen = ChannelMaxObserver::new(None, NanPolicy::Raise);
+    seen.update(&[], 0, 3).unwrap();
+    assert_eq!(
+        ChannelMaxObserver::from_bytes(&seen.to_bytes()).unwrap(),
+        seen
+    );
+}
+
 #[test]
 fn channel_max_errors() {
     let mut o = ChannelMaxObserver::new(Some(3), NanPolicy::Raise);
