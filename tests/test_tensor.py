@@ -200,10 +200,16 @@ def test_inconsistent_hand_built_tensor_raises(
 
 
 def test_valid_edge_tensors_construct() -> None:
-    dq.DynQuantTensor(np.full(3, -127, np.int8), np.ones(1, F32), (3,), FMT.Int8PerTensor)
-    dq.DynQuantTensor(np.full(3, -7, np.int8), np.ones(1, F32), (3,), FMT.Int4PerTensor)
-    dq.DynQuantTensor(np.zeros((2, 0), np.int8), np.ones(0, F32), (2, 0), FMT.Int8PerRow)
-    dq.DynQuantTensor(np.zeros(0, np.int8), np.zeros(1, F32), (0,), FMT.Int8PerTensor)
+    """The extremes of each format are valid, and keep their values."""
+    half = np.float32(0.5)
+    t = dq.DynQuantTensor(np.full(3, -127, np.int8), np.full(1, half), (3,), FMT.Int8PerTensor)
+    assert t.dequantize().tolist() == [-63.5] * 3 and t.element_count() == 3
+    t = dq.DynQuantTensor(np.full(3, -7, np.int8), np.full(1, half), (3,), FMT.Int4PerTensor)
+    assert t.dequantize().tolist() == [-3.5] * 3
+    t = dq.DynQuantTensor(np.zeros((2, 0), np.int8), np.ones(0, F32), (2, 0), FMT.Int8PerRow)
+    assert t.dequantize().shape == (2, 0) and t.element_count() == 0
+    t = dq.DynQuantTensor(np.zeros(0, np.int8), np.zeros(1, F32), (0,), FMT.Int8PerTensor)
+    assert t.dequantize().shape == (0,) and t.memory_bytes() == 4  # the scale alone
 
 
 @pytest.mark.parametrize(
