@@ -52,6 +52,9 @@ pub(crate) fn check_finite_argument(
     values: &[f32],
     argument: &'static str,
 ) -> Result<(), DynQuantError> {
+    if crate::simd::abs_max_bits(values) < crate::simd::scalar::INF_BITS {
+        return Ok(()); // the common case, in one vectorized pass
+    }
     match values.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(index) => Err(DynQuantError::NonFiniteArgument {
