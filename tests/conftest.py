@@ -37,5 +37,12 @@ def _restore_kernel_and_threads() -> Iterator[None]:
 
 
 @pytest.fixture
+def two_threads() -> None:
+    """Two worker threads whatever the machine or RAYON_NUM_THREADS, for
+    tests of the parallel paths (restored by the fixture above)."""
+    dq.set_num_threads(2)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20240611)

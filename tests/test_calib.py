@@ -107,7 +107,7 @@ def test_mean_and_std_are_accurate() -> None:
     assert s.p99 == float(F32(0.1)) and s.max == 1e4
 
 
-def test_large_collect_parallel_paths(rng: np.random.Generator) -> None:
+def test_large_collect_parallel_paths(rng: np.random.Generator, two_threads: None) -> None:
     batches = [
         (rng.standard_normal(300_001) * 3).astype(F32),
         (rng.standard_normal((700, 300)) * 0.01).astype(F32),

@@ -202,7 +202,7 @@ def test_factors_with_no_tokens_or_no_rows() -> None:
     assert dq.compute_smooth_factors(np.ones((2, 0), F32), np.ones((3, 0), F32)).shape == (0,)
 
 
-def test_factors_large_input_parallel_path(rng: np.random.Generator) -> None:
+def test_factors_large_input_parallel_path(rng: np.random.Generator, two_threads: None) -> None:
     a = (rng.standard_normal((700, 384)) * rng.uniform(0.1, 30, 384)).astype(F32)
     w = rng.standard_normal((400, 384)).astype(F32)
     got = dq.compute_smooth_factors(a, w, dq.SmoothQuantConfig(0.6))
@@ -306,7 +306,7 @@ def test_smooth_in_place_and_out() -> None:
     assert big2.tolist() == [[1, 1], [0.5, 2.0], [1, 1]]
 
 
-def test_smooth_large_in_place_parallel(rng: np.random.Generator) -> None:
+def test_smooth_large_in_place_parallel(rng: np.random.Generator, two_threads: None) -> None:
     a = rng.standard_normal((1000, 384)).astype(F32)
     f = rng.uniform(0.1, 10, 384).astype(F32)
     want = ref.smooth_activations(a, f)
