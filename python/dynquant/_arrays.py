@@ -176,14 +176,22 @@ def reword_non_finite(
     return non_finite_error(e.index, e.value, name, nan_policy, nan_reason, data)
 
 
+def _first_non_finite(a: npt.NDArray[np.float32]) -> tuple[int, float] | None:
+    """Flat index and value of the first NaN/Inf of ``a``, or None."""
+    finite = np.isfinite(a)
+    if finite.all():
+        return None
+    index = int(np.argmin(finite.reshape(-1)))
+    return index, float(a.reshape(-1)[index])
+
+
 def require_finite(a: npt.NDArray[np.float32], name: str) -> None:
     """Raise ``NonFiniteError`` naming the first NaN/Inf of ``a``, an
     argument that must be finite whatever the ``nan_policy`` (a bias), worded
     as the core words it for weight scales."""
-    finite = np.isfinite(a)
-    if not finite.all():
-        index = int(np.argmin(finite.reshape(-1)))
-        value = float(a.reshape(-1)[index])
+    bad = _first_non_finite(a)
+    if bad is not None:
+        index, value = bad
         raise NonFiniteError(
             f"non-finite value {value} at flat index {index} of {name}: {name} must be finite",
             index=index,
@@ -195,8 +203,7 @@ def require_finite(a: npt.NDArray[np.float32], name: str) -> None:
 def check_finite(a: npt.NDArray[np.float32], name: str, nan_reason: str | None = None) -> None:
     """Raise ``NonFiniteError`` naming the first NaN/Inf of ``a`` (for
     ``nan_policy="raise"``; ``nan_reason`` as in ``non_finite_error``)."""
-    finite = np.isfinite(a)
-    if not finite.all():
-        index = int(np.argmin(finite.reshape(-1)))
-        value = float(a.reshape(-1)[index])
+    bad = _first_non_finite(a)
+    if bad is not None:
+        index, value = bad
         raise non_finite_error(index, value, name, "raise", nan_reason, (a,))
