@@ -8,7 +8,38 @@ use core::fmt;
 /// The first four variants are the reference module's (`oxibonsai-model`
 /// 0.1.1, `dynamic_quant`), with the same fields and messages; the rest are
 /// dynquant's additions for input the reference accepts silently.
+///
+/// `#[non_exhaustive]`: checks may gain variants in a minor release, so a
+/// `match` outside this crate needs a wildcard arm (the cross-check has one):
+///
+/// ```
+/// use dynquant::DynQuantError;
+/// fn kind(e: &DynQuantError) -> &'static str {
+///     match e {
+///         DynQuantError::ShapeMismatch { .. } => "shape",
+///         DynQuantError::NonFinite { .. } => "nan or inf",
+///         _ => "other",
+///     }
+/// }
+/// assert_eq!(kind(&DynQuantError::EmptyInput), "other");
+/// ```
+///
+/// Naming every variant without one does not compile:
+///
+/// ```compile_fail,E0004
+/// use dynquant::DynQuantError as E;
+/// fn kind(e: &E) -> u8 {
+///     match e {
+///         E::ShapeMismatch { .. } | E::EmptyInput | E::InvalidAlpha(_) => 0,
+///         E::FeatureDimMismatch { .. } | E::NonFinite { .. } => 1,
+///         E::NonFiniteArgument { .. } | E::InvalidPercentile(_) => 2,
+///         E::InvalidEpsilon(_) | E::InvalidArgument(_) => 3,
+///         E::AllocationFailed { .. } => 4,
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum DynQuantError {
     /// Shape mismatch between expected and actual sizes.
     ShapeMismatch { expected: usize, actual: usize },
