@@ -1,7 +1,7 @@
 //! Calibration statistics over batches of activations.
 
 use crate::parallel;
-use crate::scale::{kth_smallest_abs_in, percentile_index, NanPolicy};
+use crate::scale::{kth_smallest_abs_in, percentile_index, rejects, NanPolicy};
 use crate::simd::scalar::INF_BITS;
 use crate::DynQuantError;
 
@@ -95,7 +95,7 @@ impl CalibStats {
         if m.abs_max_bits > INF_BITS || (m.abs_max_bits == INF_BITS && policy == NanPolicy::Raise) {
             let mut offset = 0;
             for b in batches {
-                if let Some(i) = b.iter().position(|v| !v.is_finite()) {
+                if let Some(i) = b.iter().position(|&v| rejects(v, policy)) {
                     return Err(DynQuantError::NonFinite {
                         index: offset + i,
                         value: b[i],
@@ -178,5 +178,10 @@ mod tests {
         ));
         let s = CalibStats::try_collect(&[&inf], NanPolicy::Reference).unwrap();
         assert_eq!((s.max, s.p99), (f32::INFINITY, f32::INFINITY));
+        // Reference accepts the Inf, so the error names the NaN after it.
+        assert!(matches!(
+            CalibStats::try_collect(&[&inf, &nan], NanPolicy::Reference),
+            Err(DynQuantError::NonFinite { index: 3, .. })
+        ));
     }
 }

@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 use crate::calib::CalibStats;
 use crate::parallel;
-use crate::scale::{abs_max_bits, first_non_finite, kth_smallest_abs, percentile_index, NanPolicy};
+use crate::scale::{abs_max_bits, first_rejected, kth_smallest_abs, percentile_index, NanPolicy};
 use crate::simd::scalar::INF_BITS;
 use crate::smooth::{self, SmoothQuantConfig};
 use crate::DynQuantError;
@@ -370,16 +370,7 @@ impl CalibObserver {
                 },
             )
         };
-        let batch = batch.map_err(|Rejected| match policy {
-            NanPolicy::Raise => first_non_finite(data),
-            NanPolicy::Reference => {
-                let index = data.iter().position(|v| v.is_nan()).unwrap_or(0);
-                DynQuantError::NonFinite {
-                    index,
-                    value: data[index],
-                }
-            }
-        })?;
+        let batch = batch.map_err(|Rejected| first_rejected(data, policy))?;
         if self.summary.count == 0 {
             self.summary = batch;
         } else {
@@ -837,7 +828,7 @@ impl ChannelMaxObserver {
             });
         }
         if self.policy == NanPolicy::Raise && abs_max_bits(data) >= INF_BITS {
-            return Err(first_non_finite(data));
+            return Err(first_rejected(data, NanPolicy::Raise));
         }
         let batch = smooth::column_abs_max(data, in_features);
         if self.in_features.is_none() {

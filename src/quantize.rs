@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use crate::error::{checked_size, try_vec};
 use crate::parallel;
-use crate::scale::{first_non_finite, try_compute_scale, DynamicScaleMode, NanPolicy};
+use crate::scale::{first_rejected, try_compute_scale, DynamicScaleMode, NanPolicy};
 use crate::simd;
 use crate::tensor::{DynQuantFormat, DynQuantTensor};
 use crate::DynQuantError;
@@ -107,7 +107,7 @@ pub(crate) fn quantize_per_row_strided_into(
             q,
             core::slice::from_mut(s),
         )
-        .map_err(|e| first_non_finite_overall(e, data))?;
+        .map_err(|e| first_rejected_overall(e, data, policy))?;
     }
     Ok(())
 }
@@ -143,14 +143,15 @@ pub fn quantize_per_row_into(
     } else {
         quantize_rows(data, cols, INT8_CLIP, mode, policy, out, scales)
     };
-    result.map_err(|e| first_non_finite_overall(e, data))
+    result.map_err(|e| first_rejected_overall(e, data, policy))
 }
 
 /// A row's (or task's) non-finite error indexes its own values; this names
-/// the first bad value of all of `data` instead. Other errors pass through.
-fn first_non_finite_overall(e: DynQuantError, data: &[f32]) -> DynQuantError {
+/// the first value of all of `data` that `policy` refuses instead (under
+/// `Reference` an earlier row's Inf was accepted). Other errors pass through.
+fn first_rejected_overall(e: DynQuantError, data: &[f32], policy: NanPolicy) -> DynQuantError {
     match e {
-        DynQuantError::NonFinite { .. } => first_non_finite(data),
+        DynQuantError::NonFinite { .. } => first_rejected(data, policy),
         other => other,
     }
 }
@@ -427,6 +428,13 @@ mod tests {
         let e =
             try_dynamic_quantize_int8_per_row(&rows, 2, 2, MaxAbs, NanPolicy::Raise).unwrap_err();
         assert!(matches!(e, DynQuantError::NonFinite { index: 3, .. }));
+        // Under Reference a Percentile row's Inf is accepted; a later row's
+        // NaN is the error, and its index is the one named.
+        let rows = [1.0, f32::INFINITY, f32::NAN, 2.0];
+        let pct = DynamicScaleMode::Percentile(0.5);
+        let e =
+            try_dynamic_quantize_int8_per_row(&rows, 2, 2, pct, NanPolicy::Reference).unwrap_err();
+        assert!(matches!(e, DynQuantError::NonFinite { index: 2, .. }));
     }
 
     #[test]

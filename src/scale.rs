@@ -22,7 +22,7 @@ pub enum NanPolicy {
     Raise,
     /// Reproduce the reference: MaxAbs ignores NaN, NaN quantizes to 0, an
     /// infinity makes the scale infinite. Where the reference panics (a NaN
-    /// under `Percentile`), return `NonFinite` instead.
+    /// under `Percentile`), return `NonFinite` naming the first NaN instead.
     Reference,
 }
 
@@ -66,7 +66,7 @@ pub fn try_compute_scale(
         DynamicScaleMode::Percentile(p) => {
             let bits = abs_max_bits(data);
             if bits > INF_BITS || (bits == INF_BITS && policy == NanPolicy::Raise) {
-                return Err(first_non_finite(data));
+                return Err(first_rejected(data, policy));
             }
             percentile_of_abs(data, p)
         }
@@ -81,7 +81,7 @@ pub(crate) fn abs_max(data: &[f32], policy: NanPolicy) -> Result<f32, DynQuantEr
         return Ok(f32::from_bits(bits));
     }
     match policy {
-        NanPolicy::Raise => Err(first_non_finite(data)),
+        NanPolicy::Raise => Err(first_rejected(data, policy)),
         // `f32::max` skips NaN: the largest non-NaN |x| (an infinity counts).
         NanPolicy::Reference if bits > INF_BITS => Ok(f32::from_bits(
             data.iter()
@@ -99,9 +99,20 @@ pub(crate) fn abs_max_bits(data: &[f32]) -> u32 {
     parallel::map_reduce(data, parallel::GRAIN, 0u32, simd::abs_max_bits, u32::max)
 }
 
-/// The error naming the first NaN or infinity (call only when one exists).
-pub(crate) fn first_non_finite(data: &[f32]) -> DynQuantError {
-    let index = data.iter().position(|v| !v.is_finite()).unwrap_or(0);
+/// Whether `policy` refuses `v`: `Raise` any NaN or infinity, `Reference`
+/// only a NaN (it accepts infinities, as the reference does), so that its
+/// error names the NaN even after an Inf.
+pub(crate) fn rejects(v: f32, policy: NanPolicy) -> bool {
+    match policy {
+        NanPolicy::Raise => !v.is_finite(),
+        NanPolicy::Reference => v.is_nan(),
+    }
+}
+
+/// The error naming the first value `policy` refuses (call only when one
+/// exists).
+pub(crate) fn first_rejected(data: &[f32], policy: NanPolicy) -> DynQuantError {
+    let index = data.iter().position(|&v| rejects(v, policy)).unwrap_or(0);
     DynQuantError::NonFinite {
         index,
         value: data.get(index).copied().unwrap_or(f32::NAN),
@@ -358,6 +369,17 @@ mod tests {
             ),
             Ok(1.0 / 127.0)
         );
+        // Under Reference an infinity is accepted: the error names the NaN.
+        let inf_nan = [1.0, f32::INFINITY, 2.0, f32::NAN];
+        let pct = DynamicScaleMode::Percentile(0.5);
+        assert!(matches!(
+            try_compute_scale(&inf_nan, 127.0, pct, NanPolicy::Reference),
+            Err(DynQuantError::NonFinite { index: 3, .. })
+        ));
+        assert!(matches!(
+            try_compute_scale(&inf_nan, 127.0, pct, NanPolicy::Raise),
+            Err(DynQuantError::NonFinite { index: 1, .. })
+        ));
     }
 
     #[test]

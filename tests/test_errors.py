@@ -410,6 +410,23 @@ def test_non_finite_hint_only_where_the_reference_policy_helps(
     assert e2.argument == e.argument and str(e2) == str(e)
 
 
+@pytest.mark.parametrize(
+    ("call", "argument"), [c[1:] for c in NON_FINITE_CALLS], ids=[c[0] for c in NON_FINITE_CALLS]
+)
+def test_reference_policy_names_the_nan_not_an_earlier_inf(
+    call: Callable[[str, Any], Any], argument: str
+) -> None:
+    """Under nan_policy="reference" an infinity is accepted and only a NaN can
+    raise, so the error names the first NaN even after an Inf. The Percentile
+    and CalibStats paths used to name the Inf (flat index 1) while
+    CalibObserver named the NaN."""
+    try:
+        call("reference", INF_NAN_X)
+    except dq.NonFiniteError as e:
+        assert (e.index, e.argument) == (4, argument), str(e)
+        assert math.isnan(e.value) and "value nan at flat index 4" in str(e), str(e)
+
+
 def test_weights_name_their_argument() -> None:
     with pytest.raises(dq.NonFiniteError) as info:
         dq.quantize_weights_int8(np.where(W3 > 0, np.nan, W3))
