@@ -439,8 +439,8 @@ def _bad(a: Any, index: int, value: float) -> npt.NDArray[np.float32]:
     return b
 
 
-def _layer_with_scales(scales: npt.NDArray[np.float32]) -> dq.QuantizedLinear:
-    layer = dq.QuantizedLinear.from_float(W3)
+def _layer_with_scales(scales: npt.NDArray[np.float32], bits: int = 8) -> dq.QuantizedLinear:
+    layer = dq.QuantizedLinear.from_float(W3, bits=bits)
     layer.weight_scales = scales
     return layer
 
@@ -504,6 +504,14 @@ BAD_SCALE_CALLS: list[tuple[str, Callable[[str, float], Any], str, int]] = [
         lambda pol, v: _layer_with_scales(_bad(WS3, 1, v))(X, nan_policy=pol),
         "weight_scales",
         1,
+    ),
+    (
+        # The 4-bit layer passes them to w4a8_matmul, whose argument is
+        # `scales`; the error used to name that instead of the attribute.
+        "QuantizedLinear weight_scales reassigned, bits=4",
+        lambda pol, v: _layer_with_scales(_bad(PS3, 2, v), bits=4)(X, nan_policy=pol),
+        "weight_scales",
+        2,
     ),
 ]
 

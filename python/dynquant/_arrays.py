@@ -185,19 +185,28 @@ def _first_non_finite(a: npt.NDArray[np.float32]) -> tuple[int, float] | None:
     return index, float(a.reshape(-1)[index])
 
 
+def _must_be_finite(index: int, value: float, name: str) -> NonFiniteError:
+    return NonFiniteError(
+        f"non-finite value {value} at flat index {index} of {name}: {name} must be finite",
+        index=index,
+        value=value,
+        argument=name,
+    )
+
+
 def require_finite(a: npt.NDArray[np.float32], name: str) -> None:
     """Raise ``NonFiniteError`` naming the first NaN/Inf of ``a``, an
     argument that must be finite whatever the ``nan_policy`` (a bias), worded
     as the core words it for weight scales."""
     bad = _first_non_finite(a)
     if bad is not None:
-        index, value = bad
-        raise NonFiniteError(
-            f"non-finite value {value} at flat index {index} of {name}: {name} must be finite",
-            index=index,
-            value=value,
-            argument=name,
-        )
+        raise _must_be_finite(*bad, name)
+
+
+def renamed_non_finite(e: NonFiniteError, name: str) -> NonFiniteError:
+    """``e`` (about an argument that must be finite) for a caller who knows
+    the array as ``name``: a layer's attribute passed on under another name."""
+    return _must_be_finite(e.index, e.value, name)
 
 
 def check_finite(a: npt.NDArray[np.float32], name: str, nan_reason: str | None = None) -> None:

@@ -16,9 +16,15 @@ from ._arrays import (
     check_bool,
     check_finite,
     check_nan_policy,
+    renamed_non_finite,
     require_finite,
 )
-from .errors import ArgumentTypeError, FeatureDimMismatchError, InvalidArgumentError
+from .errors import (
+    ArgumentTypeError,
+    FeatureDimMismatchError,
+    InvalidArgumentError,
+    NonFiniteError,
+)
 from .matmul import w4a8_matmul, w8a8_matmul
 from .modes import MaxAbs, Percentile, ScaleMode
 from .observer import ChannelMaxObserver
@@ -192,16 +198,22 @@ class QuantizedLinear:
                 act_mode=self.act_mode,
                 nan_policy=nan_policy,
             )
-        return w4a8_matmul(
-            a,
-            self.weight,
-            self.weight_scales,
-            group_size=self.group_size,
-            per_token=self.per_token,
-            bias=self.bias,
-            act_mode=self.act_mode,
-            nan_policy=nan_policy,
-        )
+        try:
+            return w4a8_matmul(
+                a,
+                self.weight,
+                self.weight_scales,
+                group_size=self.group_size,
+                per_token=self.per_token,
+                bias=self.bias,
+                act_mode=self.act_mode,
+                nan_policy=nan_policy,
+            )
+        except NonFiniteError as e:
+            # w4a8_matmul calls them `scales`; the caller knows the attribute.
+            if e.argument == "scales":
+                raise renamed_non_finite(e, "weight_scales") from None
+            raise
 
     def dequantized_weight(self) -> npt.NDArray[np.float32]:
         """The float ``[out, in]`` weight this layer multiplies by (after smoothing)."""
