@@ -281,6 +281,33 @@ def test_quantized_linear_with_smoothquant_divides_x_and_folds_w() -> None:
     assert_same_f32(layer(X), ref_w8a8(x2, wq, ws, True, B).reshape(2, 3, 24), "smoothed")
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_x_finite_but_not_after_smoothing_is_named_so(bits: int) -> None:
+    # x is finite, but x / factor overflows float32 where a factor is < 1:
+    # the error used to say "non-finite value inf ... of x".
+    calib = np.random.default_rng(10).standard_normal((50, 80)).astype(F32)
+    layer = dq.QuantizedLinear.from_float(W, bits=bits, smooth=(dq.SmoothQuantConfig(0.5), calib))
+    f = layer.smooth_factors
+    assert f is not None
+    j = int(np.argmin(f))
+    assert f[j] < 1
+    x = X.reshape(6, 80).copy()
+    x[2, j] = np.finfo(F32).max
+    with pytest.raises(dq.NonFiniteError) as info:
+        layer(x)
+    e = info.value
+    assert (e.index, e.value, e.argument) == (2 * 80 + j, np.inf, "x after smoothing")
+    msg = str(e)
+    assert f"of x after smoothing (x there is {x[2, j]!s}" in msg, msg
+    assert f"smoothing factor {f[j]!s} of channel {j}" in msg, msg
+    assert "x must be finite" not in msg, msg
+    # x's own non-finite values are still x's.
+    x[2, j] = np.inf
+    with pytest.raises(dq.NonFiniteError, match="of x: x must be finite") as info:
+        layer(x)
+    assert (info.value.index, info.value.argument) == (2 * 80 + j, "x")
+
+
 def test_quantized_linear_pickles_reprs_and_counts_its_bytes() -> None:
     for layer in (
         dq.QuantizedLinear.from_float(W, B),

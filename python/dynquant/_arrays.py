@@ -134,8 +134,10 @@ def non_finite_error(
     nan_policy: str = "raise",
     nan_reason: str | None = None,
     data: Iterable[npt.NDArray[Any]] = (),
+    origin: str | None = None,
 ) -> NonFiniteError:
-    """The ``NonFiniteError`` for a NaN/Inf at ``index`` of argument ``name``.
+    """The ``NonFiniteError`` for a NaN/Inf at ``index`` of argument ``name``
+    (``origin``: where that value came from, when ``name`` is derived).
 
     It suggests ``nan_policy="reference"`` only where that would give a
     result: not when the caller passed it already, and not when ``data``
@@ -144,6 +146,8 @@ def non_finite_error(
     only here, on the error path.
     """
     where = f"non-finite value {value} at flat index {index} of {name}"
+    if origin is not None:
+        where += f" ({origin})"
     if nan_policy == "reference":
         # Only a NaN with no result raises under the reference's policy.
         detail = f'NaN has no result {nan_reason}, with nan_policy="reference" too'

@@ -16,6 +16,7 @@ from ._arrays import (
     check_bool,
     check_finite,
     check_nan_policy,
+    non_finite_error,
     renamed_non_finite,
     require_finite,
 )
@@ -180,14 +181,41 @@ class QuantizedLinear:
                 in_features=self.in_features,
                 sf_len=a.shape[-1] if a.ndim else 0,
             )
-        if self.smooth_factors is not None:
-            # Checked here rather than by smooth_activations, so that the
-            # error names x and knows the product's scale mode.
-            if not check_nan_policy(nan_policy):
-                pct = isinstance(self.act_mode, Percentile)
-                check_finite(a, "x", NAN_UNDER_PERCENTILE if pct else None)
-            a2 = a.reshape(math.prod(a.shape[:-1]), self.in_features)
-            a = smooth_activations(a2, self.smooth_factors, nan_policy="reference").reshape(a.shape)
+        if self.smooth_factors is None:
+            return self._product(a, nan_policy)
+        # Checked here rather than by smooth_activations, so that the
+        # error names x and knows the product's scale mode.
+        nan_reason = NAN_UNDER_PERCENTILE if isinstance(self.act_mode, Percentile) else None
+        if not check_nan_policy(nan_policy):
+            check_finite(a, "x", nan_reason)
+        a2 = a.reshape(math.prod(a.shape[:-1]), self.in_features)
+        smoothed = smooth_activations(a2, self.smooth_factors, nan_policy="reference")
+        try:
+            return self._product(smoothed.reshape(a.shape), nan_policy)
+        except NonFiniteError as e:
+            x0 = a2.reshape(-1)[e.index] if e.argument == "x" else np.float32(np.nan)
+            if np.isfinite(x0):
+                # x is finite there: its division by the smoothing factor
+                # overflowed (or was 0/0); name what the product saw, and why.
+                channel = e.index % self.in_features
+                # !s: float32's shortest repr (a plain f-string widens to float).
+                origin = (
+                    f"x there is {x0!s}, divided by smoothing factor "
+                    f"{self.smooth_factors[channel]!s} of channel {channel}"
+                )
+                raise non_finite_error(
+                    e.index,
+                    e.value,
+                    "x after smoothing",
+                    nan_policy,
+                    nan_reason,
+                    (smoothed,),
+                    origin=origin,
+                ) from None
+            raise  # about another argument, or x's own NaN/Inf
+
+    def _product(self, a: npt.NDArray[np.float32], nan_policy: str) -> npt.NDArray[np.float32]:
+        """The W8A8 or W4A8 product of ``a`` (smoothed already) and the weights."""
         if self.bits == 8:
             return w8a8_matmul(
                 a,
