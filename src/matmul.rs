@@ -629,6 +629,40 @@ mod tests {
         assert_eq!(y, vec![-128.0, (127.0 * 127.0 + 128.0 * 127.0) * 0.5]);
     }
 
+    /// The activation switch by hand: a loud token (max 127, scale 1) and a
+    /// quiet one ([1, 0.4]). Per token, the quiet token gets its own scale
+    /// 1/127 (values [127, 51]); per tensor it shares the loud token's scale
+    /// 1 (values [1, 0]), so its second output is exactly 0. With one token
+    /// the two modes agree.
+    #[test]
+    fn per_token_and_per_tensor_scales_by_hand() {
+        let x = [127.0f32, -127.0, 1.0, 0.4];
+        let w = [1i8, 0, 0, -128];
+        let ws = [1.0f32, 0.5];
+        let loud = [127.0f32, (-127.0 * -128.0) * 0.5];
+        let s1 = 1.0f32 / 127.0;
+        let run = |x: &[f32], act: ActQuant| {
+            let mut y = vec![f32::NAN; x.len()];
+            w8a8_matmul_into(x, x.len() / 2, &w, &ws, None, act, &mut y).unwrap();
+            y
+        };
+        let per_token = run(&x, ActQuant::PER_TOKEN);
+        assert_eq!(
+            per_token,
+            vec![
+                loud[0],
+                loud[1],
+                (127.0f32 * 1.0) * s1,
+                ((51.0f32 * -128.0) * 0.5) * s1
+            ]
+        );
+        let per_tensor = run(&x, ActQuant::PER_TENSOR);
+        assert_eq!(per_tensor, vec![loud[0], loud[1], 1.0, 0.0]);
+        for act in [ActQuant::PER_TOKEN, ActQuant::PER_TENSOR] {
+            assert_eq!(run(&x[2..], act), per_token[2..].to_vec(), "{act:?}");
+        }
+    }
+
     #[test]
     fn matmul_rows_equal_matvec() {
         let (m, n, k) = (7, 5, 67);

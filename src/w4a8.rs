@@ -261,6 +261,41 @@ mod tests {
             .collect()
     }
 
+    /// The activation switch by hand, as in W8A8: a loud token (max 127,
+    /// scale 1) and a quiet one ([1, 0.4]). Per token, the quiet token has
+    /// scale 1/127 and values [127, 51]; per tensor it has the loud token's
+    /// scale 1 and values [1, 0]. With one token the two modes agree.
+    #[test]
+    fn per_token_and_per_tensor_scales_by_hand() {
+        let x = [127.0f32, -127.0, 1.0, 0.4];
+        let packed = pack_int4(&[1, 0, 0, -8], 2).unwrap();
+        let scales = [1.0f32, 0.5];
+        let layout = Int4Layout {
+            out_features: 2,
+            in_features: 2,
+            group_size: 2,
+        };
+        let run = |x: &[f32], act: ActQuant| {
+            let mut y = vec![f32::NAN; x.len()];
+            w4a8_matmul_into(x, x.len() / 2, &packed, &scales, layout, None, act, &mut y).unwrap();
+            y
+        };
+        let loud = [127.0f32, (-127.0 * -8.0) * 0.5];
+        let s1 = 1.0f32 / 127.0;
+        let per_token = run(&x, ActQuant::PER_TOKEN);
+        assert_eq!(
+            per_token,
+            vec![loud[0], loud[1], 127.0 * s1, ((51.0f32 * -8.0) * 0.5) * s1]
+        );
+        assert_eq!(
+            run(&x, ActQuant::PER_TENSOR),
+            vec![loud[0], loud[1], 1.0, 0.0]
+        );
+        for act in [ActQuant::PER_TOKEN, ActQuant::PER_TENSOR] {
+            assert_eq!(run(&x[2..], act), per_token[2..].to_vec(), "{act:?}");
+        }
+    }
+
     #[test]
     fn non_finite_scales_and_bias_are_refused() {
         let (n, k, m) = (3, 64, 2);

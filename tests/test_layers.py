@@ -163,6 +163,43 @@ def test_w4a8_every_group_form_and_partial_chunk_on_every_path(path: str) -> Non
                 assert_same_f32(got, want, f"{path} k={k} group={group} m={m}")
 
 
+@pytest.mark.parametrize("product", ["w8a8", "w4a8"])
+def test_per_token_rows_ignore_the_batch_per_tensor_rows_share_the_loudest_scale(
+    product: str,
+) -> None:
+    # Properties, not a re-implementation. Per token, each token's outputs
+    # are those of the token alone, whatever else is in the batch. Per
+    # tensor, the loudest token's scale serves all: that token's outputs are
+    # its outputs alone, and tokens 1000x quieter quantize to zeros
+    # (|x| / scale < 0.5), so their outputs are exactly the bias. With one
+    # token the two modes agree.
+    rng = np.random.default_rng(21)
+    m, n, k = 5, 6, 96
+    x = rng.uniform(-1.0, 1.0, (m, k)).astype(F32)
+    x[2] *= F32(1000.0)
+    wf = rng.standard_normal((n, k)).astype(F32)
+    bias = rng.standard_normal(n).astype(F32)
+    wq, ws = dq.quantize_weights_int8(wf)
+    packed, scales = dq.quantize_weights_int4(wf, 32)
+
+    def run(x: npt.NDArray[F32], per_token: bool) -> npt.NDArray[F32]:
+        if product == "w8a8":
+            return dq.w8a8_matmul(x, wq, ws, per_token=per_token, bias=bias)
+        return dq.w4a8_matmul(x, packed, scales, group_size=32, per_token=per_token, bias=bias)
+
+    alone = [run(x[i : i + 1], True)[0] for i in range(m)]
+    for i in range(m):
+        assert_same_f32(run(x[i : i + 1], False)[0], alone[i], f"token {i} alone, per tensor")
+    per_token = run(x, True)
+    for i in range(m):
+        assert_same_f32(per_token[i], alone[i], f"per token, token {i}")
+    per_tensor = run(x, False)
+    assert_same_f32(per_tensor[2], alone[2], "per tensor, the loud token")
+    for i in (0, 1, 3, 4):
+        assert_same_f32(per_tensor[i], bias, f"per tensor, quiet token {i}")
+        assert not np.array_equal(alone[i], bias)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 200), st.integers(0, 5), st.integers(0, 2**32 - 1))
 def test_pack_unpack_round_trip(cols: int, rows: int, seed: int) -> None:
