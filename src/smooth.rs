@@ -267,6 +267,70 @@ mod tests {
         );
     }
 
+    /// The formula from its endpoints, through `compute_smooth_factors`
+    /// (so the operands must be the activations' and the weights' column
+    /// maxima): x^1 = x and y^0 = 1 exactly, so alpha 1 gives
+    /// `max(a + eps, eps)` and alpha 0 gives `max(1 / (w + eps), eps)`, bit
+    /// for bit, with eps = max(epsilon, 1e-10). Channels: dead on both
+    /// sides, ordinary, tiny, huge, and a dead activation next to a 1e6
+    /// weight (whose 1 / w is below eps: the floor). Then hand values at
+    /// alpha 0.25 and 0.75, where swapped exponents give other numbers.
+    #[test]
+    fn factors_at_the_alpha_endpoints_and_by_hand() {
+        let a_max = [0.0f32, 3.0, 1e-30, 3e38, 16.0, 0.0];
+        let w_max = [0.0f32, 0.5, 2.0, 1e-30, 1.0, 1e6];
+        let cols = a_max.len();
+        // Two tokens (signs and a smaller second row) and two weight rows.
+        let acts: Vec<f32> = a_max
+            .iter()
+            .chain(a_max.iter())
+            .enumerate()
+            .map(|(i, &v)| if i < cols { -v } else { v * 0.5 })
+            .collect();
+        let weights: Vec<f32> = w_max
+            .iter()
+            .map(|&v| v * 0.25)
+            .chain(w_max.iter().map(|&v| -v))
+            .collect();
+        for epsilon in [1e-5f32, 1e-3, 0.0] {
+            let eps = epsilon.max(1e-10);
+            let factors = |alpha: f32| {
+                let cfg = SmoothQuantConfig { alpha, epsilon };
+                compute_smooth_factors(&acts, &weights, cols, 2, 2, &cfg)
+            };
+            let (f1, f0) = (factors(1.0), factors(0.0));
+            for j in 0..cols {
+                let want1 = (a_max[j] + eps).max(eps);
+                let want0 = (1.0 / (w_max[j] + eps)).max(eps);
+                assert_eq!(
+                    f1[j].to_bits(),
+                    want1.to_bits(),
+                    "alpha 1, eps {epsilon}, channel {j}"
+                );
+                assert_eq!(
+                    f0[j].to_bits(),
+                    want0.to_bits(),
+                    "alpha 0, eps {epsilon}, channel {j}"
+                );
+            }
+        }
+        // eps 0 is floored to 1e-10, below half an ulp of 1 and 16.
+        let cfg = |alpha: f32| SmoothQuantConfig {
+            alpha,
+            epsilon: 0.0,
+        };
+        let close =
+            |got: f32, want: f32| assert!((got / want - 1.0).abs() < 1e-6, "{got} vs {want}");
+        // a 16, w 1: 16^0.25 / 1^0.75 = 2 and 16^0.75 / 1^0.25 = 8;
+        // a 1, w 16: 1 / 16^0.75 = 1/8 and 1 / 16^0.25 = 1/2.
+        let f = compute_smooth_factors(&[16.0, 1.0], &[1.0, 16.0], 2, 1, 1, &cfg(0.25));
+        close(f[0], 2.0);
+        close(f[1], 0.125);
+        let f = compute_smooth_factors(&[16.0, 1.0], &[1.0, 16.0], 2, 1, 1, &cfg(0.75));
+        close(f[0], 8.0);
+        close(f[1], 0.5);
+    }
+
     #[test]
     fn alpha_and_epsilon_are_checked() {
         assert_eq!(SmoothQuantConfig::new(1.5).alpha, 1.0);

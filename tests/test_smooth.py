@@ -177,6 +177,37 @@ def test_factors_hand_values() -> None:
     assert f.tolist() == [np.float32(1e-5)] * 3  # eps^1, and the floor is eps
 
 
+@pytest.mark.parametrize("epsilon", [1e-5, 1e-3, 0.0])
+def test_factors_at_the_alpha_endpoints_are_exact(epsilon: float) -> None:
+    # A model with no pow at all: x^1 = x and y^0 = 1 exactly, so alpha 1
+    # gives max(a + eps, eps) and alpha 0 gives max(1 / (w + eps), eps), bit
+    # for bit, with eps = max(epsilon, 1e-10). Channels: dead on both sides,
+    # ordinary, tiny, huge, a dead activation next to a 1e6 weight (1 / w is
+    # under eps: the floor), equal maxima. Both entry points: the tokens
+    # and the observer's maxima.
+    a_max = np.array([0.0, 3.0, 1e-30, 3e38, 16.0, 0.0, 7.5], F32)
+    w_max = np.array([0.0, 0.5, 2.0, 1e-30, 1.0, 1e6, 7.5], F32)
+    a = np.stack([-a_max, a_max * F32(0.5)])
+    w = np.stack([w_max * F32(0.25), -w_max, np.zeros_like(w_max)])
+    eps = np.maximum(F32(epsilon), F32(1e-10))
+    want = {
+        1.0: np.maximum((a_max + eps).astype(F32), eps),
+        0.0: np.maximum((F32(1.0) / (w_max + eps)).astype(F32), eps),
+    }
+    observer = dq.ChannelMaxObserver().update(a)
+    for alpha, expected in want.items():
+        cfg = dq.SmoothQuantConfig(alpha, epsilon)
+        assert_same_f32(dq.compute_smooth_factors(a, w, cfg), expected, f"alpha {alpha}")
+        assert_same_f32(observer.smooth_factors(w, cfg), expected, f"observer, alpha {alpha}")
+    # Between the endpoints alpha and 1 - alpha are not interchangeable:
+    # a 16, w 1 gives 16^0.25 / 1^0.75 = 2 and 16^0.75 / 1^0.25 = 8;
+    # a 1, w 16 gives 1 / 16^0.75 = 1/8 and 1 / 16^0.25 = 1/2.
+    a2, w2 = np.array([[16.0, 1.0]], F32), np.array([[1.0, 16.0]], F32)
+    for alpha, expected2 in [(0.25, [2.0, 0.125]), (0.75, [8.0, 0.5])]:
+        got = dq.compute_smooth_factors(a2, w2, dq.SmoothQuantConfig(alpha, 0.0))
+        assert got.tolist() == pytest.approx(expected2, rel=1e-6), alpha
+
+
 def test_factors_default_config_is_alpha_half() -> None:
     rng = np.random.default_rng(3)
     a = rng.standard_normal((5, 7)).astype(F32)
