@@ -357,6 +357,102 @@ mod tests {
         assert!(q.iter().all(|v| (-8..=7).contains(v)));
     }
 
+    /// The search's result judged by the direct squared error
+    /// `sum((w - q s)^2)` (in f64, not the closed form the search uses):
+    /// for every group, through `quantize_weights_int4`, the chosen values
+    /// and scale are no worse than any clip candidate (values rounded with
+    /// `amax * ratio / 7`, scale refitted by least squares) nor than plain
+    /// round-to-nearest with `amax / 7`; and the scale is the least-squares
+    /// fit of the chosen values. Groups: one element, a lone outlier,
+    /// exact ties, equal values, tiny and huge magnitudes, and random ones.
+    #[test]
+    fn chosen_scale_has_the_least_direct_squared_error() {
+        let sq_err = |w: &[f32], q: &[i8], s: f32| -> f64 {
+            w.iter()
+                .zip(q)
+                .map(|(&w, &q)| (w as f64 - q as f64 * s as f64).powi(2))
+                .sum()
+        };
+        let refit = |w: &[f32], q: &[i8]| -> f32 {
+            let wq: f64 = w.iter().zip(q).map(|(&w, &q)| w as f64 * q as f64).sum();
+            let qq: f64 = q.iter().map(|&q| q as f64 * q as f64).sum();
+            (wq / qq) as f32
+        };
+        let mut groups: Vec<Vec<f32>> = vec![
+            vec![3.0],
+            vec![-5.0],
+            [vec![9.0], vec![1.0; 15], vec![-0.6; 16]].concat(),
+            (0..32).map(|i| (i % 15) as f32 * 0.5 - 3.5).collect(),
+            vec![2.0; 8],
+            vec![-7.0, 7.0, -8.0, 0.5, 3.5, -3.5],
+            (0..40)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) * 1e-30)
+                .collect(),
+            (0..40)
+                .map(|i| ((i * 29 % 31) as f32 - 15.0) * 2e37)
+                .collect(),
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut uniform = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        for len in [2usize, 5, 16, 32, 33, 64, 100] {
+            for kind in 0..6 {
+                let g: Vec<f32> = (0..len)
+                    .map(|i| match kind {
+                        // uniform; bell-shaped; a few outliers among them
+                        0 | 1 => uniform(),
+                        2 | 3 => uniform() + uniform() + uniform(),
+                        _ => uniform() * if i % 13 == 0 { 6.0 } else { 1.0 },
+                    })
+                    .collect();
+                groups.push(g);
+            }
+        }
+        let mut rtn_beaten = 0;
+        for group in &groups {
+            let len = group.len();
+            let (packed, scales) = quantize_weights_int4(group, 1, len, None).unwrap();
+            let q = unpack_int4(&packed, len).unwrap();
+            let s = scales[0];
+            assert_eq!(s.to_bits(), refit(group, &q).to_bits(), "{group:?}");
+            let chosen = sq_err(group, &q, s);
+            // Slack for the f32 rounding of each refitted scale s: it adds
+            // up to sum(q^2) (s 2^-24)^2, about sum(w^2) 4e-15.
+            let ww: f64 = group.iter().map(|&w| w as f64 * w as f64).sum();
+            let bound = |e: f64| e * (1.0 + 1e-9) + ww * 1e-12;
+            let amax = group.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for ratio in CLIP_RATIOS {
+                let s0 = amax * ratio / 7.0;
+                let cq: Vec<i8> = group
+                    .iter()
+                    .map(|&w| quantize_one(w, s0, 8.0).min(7))
+                    .collect();
+                let e = sq_err(group, &cq, refit(group, &cq));
+                assert!(
+                    chosen <= bound(e),
+                    "ratio {ratio}: {chosen} > {e}, {group:?}"
+                );
+            }
+            let rq: Vec<i8> = group
+                .iter()
+                .map(|&w| quantize_one(w, amax / 7.0, 7.0))
+                .collect();
+            let rtn = sq_err(group, &rq, amax / 7.0);
+            assert!(chosen <= bound(rtn), "{chosen} > round-to-nearest {rtn}");
+            rtn_beaten += usize::from(chosen < rtn * 0.999);
+        }
+        // The groups discriminate: the search usually beats plain rounding.
+        assert!(
+            rtn_beaten * 2 > groups.len(),
+            "{rtn_beaten} of {}",
+            groups.len()
+        );
+    }
+
     /// The search as first written: one candidate at a time, scalar rounding.
     fn reference_group_scale(group: &[f32], out: &mut [i8]) -> f32 {
         let amax = group.iter().fold(0.0f32, |m, v| m.max(v.abs()));

@@ -200,6 +200,81 @@ def test_per_token_rows_ignore_the_batch_per_tensor_rows_share_the_loudest_scale
         assert not np.array_equal(alone[i], bias)
 
 
+# The int4 weight search's clip candidates (src/weights.rs, CLIP_RATIOS).
+CLIP_RATIOS = (1.0, 0.96, 0.92, 0.88, 0.84, 0.8, 0.76, 0.72, 0.68, 0.64)
+
+
+def _int4_values(w: npt.NDArray[F32], s0: np.float32) -> npt.NDArray[np.int8]:
+    """clamp(round(w / s0), -8, 8), then at most 7."""
+    return np.minimum(ref.quantize_with_scale(w, s0, 8.0), 7).astype(np.int8)
+
+
+def _sq_err(w: npt.NDArray[F32], q: npt.NDArray[np.int8], s: np.float32) -> float:
+    d = w.astype(np.float64) - q.astype(np.float64) * np.float64(s)
+    return float(d @ d)
+
+
+def _refit(w: npt.NDArray[F32], q: npt.NDArray[np.int8]) -> np.float32:
+    qf = q.astype(np.float64)
+    return F32(float(w.astype(np.float64) @ qf) / float(qf @ qf))
+
+
+def test_int4_weight_scales_minimise_each_groups_squared_error() -> None:
+    # Judged by the direct squared error sum((w - q s)^2) in f64: each
+    # group's values and scale are no worse than any clip candidate (values
+    # rounded with amax * ratio / 7, scale refitted by least squares) nor
+    # than plain round-to-nearest with amax / 7, and the scale is the
+    # least-squares fit of the values chosen (to its last bit but for the
+    # f64 summation order). Groups: one element, a lone outlier, ties, equal
+    # values, tiny and huge magnitudes, heavy tails, a partial last group.
+    rng = np.random.default_rng(5)
+    cases: list[tuple[npt.NDArray[F32], int | None]] = [
+        (np.array([[3.0]], F32), None),
+        (np.array([[-5.0]], F32), None),
+        (np.array([[9.0] + [1.0] * 15 + [-0.6] * 16], F32), None),
+        (np.array([[(i % 15) * 0.5 - 3.5 for i in range(32)]], F32), None),
+        (np.full((1, 8), 2.0, F32), None),
+        (np.array([[-7.0, 7.0, -8.0, 0.5, 3.5, -3.5]], F32), None),
+        ((rng.uniform(-1, 1, (2, 40)) * 1e-30).astype(F32), None),
+        ((rng.uniform(-1, 1, (2, 40)) * 2e37).astype(F32), None),
+        (rng.standard_t(2, (6, 80)).astype(F32), 32),
+        (rng.standard_normal((6, 80)).astype(F32), 64),
+        (rng.uniform(-1, 1, (6, 100)).astype(F32), None),
+    ]
+    groups = beaten = 0
+    for w, group in cases:
+        n, k = w.shape
+        packed, scales = dq.quantize_weights_int4(w, group)
+        values = dq.unpack_int4(packed, k)
+        g = k if group is None else group
+        for r in range(n):
+            for gi in range(scales.shape[1]):
+                cols = slice(gi * g, min((gi + 1) * g, k))
+                wg, q, s = w[r, cols], values[r, cols], scales[r, gi]
+                what = f"{w.shape} group {group}, row {r}, group {gi}"
+                assert s == _refit(wg, q), what
+                chosen = _sq_err(wg, q, s)
+                # slack for rounding each refitted scale to f32: sum(q^2) (s 2^-24)^2
+                ww = float(wg.astype(np.float64) @ wg.astype(np.float64))
+
+                def bound(e: float, ww: float = ww) -> float:
+                    return e * (1 + 1e-9) + ww * 1e-12
+
+                amax = np.abs(wg).max()
+                for ratio in CLIP_RATIOS:
+                    s0 = F32(F32(amax * F32(ratio)) / F32(7.0))
+                    cq = _int4_values(wg, s0)
+                    e = _sq_err(wg, cq, _refit(wg, cq))
+                    assert chosen <= bound(e), (what, ratio, chosen, e)
+                rtn_scale = F32(amax / F32(7.0))
+                rtn = _sq_err(wg, ref.quantize_with_scale(wg, rtn_scale, 7.0), rtn_scale)
+                assert chosen <= bound(rtn), (what, chosen, rtn)
+                groups += 1
+                beaten += chosen < 0.999 * rtn
+    # The groups discriminate: the search usually beats plain rounding.
+    assert 2 * beaten > groups, (beaten, groups)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 200), st.integers(0, 5), st.integers(0, 2**32 - 1))
 def test_pack_unpack_round_trip(cols: int, rows: int, seed: int) -> None:
