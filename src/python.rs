@@ -167,6 +167,22 @@ fn nan_policy(reference: bool) -> NanPolicy {
     }
 }
 
+/// How a product quantizes its activations, from the glue's flat arguments.
+fn act_quant(per_token: bool, percentile: Option<f32>, reference: bool) -> matmul::ActQuant {
+    matmul::ActQuant {
+        per_token,
+        mode: scale_mode(percentile),
+        policy: nan_policy(reference),
+    }
+}
+
+/// An optional array (the bias) as a slice, refusing a non-contiguous one.
+fn optional_contiguous<'a, T: numpy::Element>(
+    array: &'a Option<PyReadonlyArray1<'_, T>>,
+) -> PyResult<Option<&'a [T]>> {
+    array.as_ref().map(|a| contiguous(a.as_slice())).transpose()
+}
+
 fn format_of(code: u8) -> PyResult<DynQuantFormat> {
     match code {
         0 => Ok(DynQuantFormat::Int8PerTensor),
@@ -516,15 +532,8 @@ fn w8a8_matmul<'py>(
     let xs = contiguous(x.as_slice())?;
     let w = contiguous(weight.as_slice())?;
     let s = contiguous(weight_scales.as_slice())?;
-    let b = bias
-        .as_ref()
-        .map(|b| contiguous(b.as_slice()))
-        .transpose()?;
-    let act = matmul::ActQuant {
-        per_token,
-        mode: scale_mode(percentile),
-        policy: nan_policy(reference),
-    };
+    let b = optional_contiguous(&bias)?;
+    let act = act_quant(per_token, percentile, reference);
     let (out, ()) = new_array(py, &[m, n], w.len().saturating_mul(m), |out| {
         matmul::w8a8_matmul_into(xs, m, w, s, b, act, out)
     })?;
@@ -618,15 +627,8 @@ fn w4a8_matmul<'py>(
     let xs = contiguous(x.as_slice())?;
     let p = contiguous(packed.as_slice())?;
     let s = contiguous(scales.as_slice())?;
-    let b = bias
-        .as_ref()
-        .map(|b| contiguous(b.as_slice()))
-        .transpose()?;
-    let act = matmul::ActQuant {
-        per_token,
-        mode: scale_mode(percentile),
-        policy: nan_policy(reference),
-    };
+    let b = optional_contiguous(&bias)?;
+    let act = act_quant(per_token, percentile, reference);
     let (out, ()) = new_array(
         py,
         &[m, layout.out_features],
