@@ -263,7 +263,7 @@ fn percentile_index_saturates() {
 /// largest value — not the largest, which an f64 or integer index would give.
 /// The bucket of zeros holds 2^31 - 1 values: the selection narrows it with
 /// histograms instead of copying it. It reads 8 GiB of zero pages several
-/// times (~30 s); `DYNQUANT_BIG_TESTS=0` skips it.
+/// times (12 s here on a quiet 2-core machine); `DYNQUANT_BIG_TESTS=0` skips it.
 #[test]
 fn percentile_index_at_two_to_the_31_plus_one() {
     if std::env::var("DYNQUANT_BIG_TESTS").as_deref() == Ok("0") {
