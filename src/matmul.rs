@@ -100,7 +100,7 @@ impl<'a> Tokens<'a> {
 /// widths) map to the same one or two sets of the 4 KiB-periodic L1, and the
 /// four token rows of a tile plus the weight rows would evict each other.
 fn token_stride(k: usize) -> usize {
-    if k >= 2048 && k % 2048 == 0 {
+    if k >= 2048 && k.is_multiple_of(2048) {
         k + 64
     } else {
         k

@@ -301,7 +301,7 @@ impl<P> Prepared<P> {
                 FAILED => return None,
                 _ => {
                     spins = spins.wrapping_add(1);
-                    if spins % 64 == 0 {
+                    if spins.is_multiple_of(64) {
                         // More threads than cores: let the preparing thread run.
                         std::thread::yield_now();
                     } else {

@@ -116,7 +116,7 @@ fn w4a8_block(
 /// product would silently drop that column's weights.
 fn check_padding(packed: &[u8], layout: Int4Layout) -> Result<(), DynQuantError> {
     let k = layout.in_features;
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         return Ok(());
     }
     let (byte, shift) = int4_position(k, k);

@@ -75,7 +75,7 @@ pub fn pack_int4(values: &[i8], cols: usize) -> Result<Vec<u8>, DynQuantError> {
     if cols == 0 {
         return Ok(Vec::new());
     }
-    if values.len() % cols != 0 {
+    if !values.len().is_multiple_of(cols) {
         return Err(DynQuantError::ShapeMismatch {
             expected: values.len() / cols * cols,
             actual: values.len(),
@@ -104,7 +104,7 @@ pub fn unpack_int4(packed: &[u8], cols: usize) -> Result<Vec<i8>, DynQuantError>
     if row_bytes == 0 {
         return Ok(Vec::new());
     }
-    if packed.len() % row_bytes != 0 {
+    if !packed.len().is_multiple_of(row_bytes) {
         return Err(DynQuantError::ShapeMismatch {
             expected: packed.len() / row_bytes * row_bytes,
             actual: packed.len(),

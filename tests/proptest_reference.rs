@@ -900,7 +900,7 @@ fn every_simd_path_gives_the_scalar_bits() {
     assert_eq!(paths[0], Isa::Scalar);
     assert!(paths.contains(&simd::best_supported()));
     assert!(Isa::parse("bogus").is_err());
-    for isa in [Isa::Avx2, Isa::Neon] {
+    for isa in [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Neon] {
         assert_eq!(simd::set_isa(isa).is_ok(), paths.contains(&isa));
     }
 

@@ -30,7 +30,10 @@ def test_kernel_info() -> None:
     assert info.threads >= 1
     assert info.arch in ("x86_64", "aarch64") or info.arch
     if info.arch == "x86_64":
-        assert set(info.supported) <= {"scalar", "avx2"}
+        assert set(info.supported) <= {"scalar", "avx2", "avx512vnni", "avxvnni"}
+        # The VNNI paths are AVX2 plus vpdpbusd: never one without AVX2.
+        if {"avx512vnni", "avxvnni"} & set(info.supported):
+            assert "avx2" in info.supported
     if info.arch == "aarch64":
         assert set(info.supported) <= {"scalar", "neon"}
 
@@ -47,7 +50,7 @@ def test_set_kernel_errors() -> None:
     with pytest.raises(dq.InvalidArgumentError) as info:
         dq.set_kernel("sse9")
     assert "sse9" in str(info.value)
-    unsupported = {"avx2", "neon"} - set(PATHS)
+    unsupported = {"avx2", "avx512vnni", "avxvnni", "neon"} - set(PATHS)
     for name in unsupported:
         with pytest.raises(dq.InvalidArgumentError) as info:
             dq.set_kernel(name)

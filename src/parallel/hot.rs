@@ -161,7 +161,7 @@ impl Ticket<'_, '_> {
         let mut spins = 0u32;
         while !self.job.done.load(Ordering::Acquire) {
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             } else {
                 core::hint::spin_loop();
@@ -222,7 +222,7 @@ fn helper(helper: &'static Helper) {
             continue;
         }
         polls = polls.wrapping_add(1);
-        if polls % 256 != 0 {
+        if !polls.is_multiple_of(256) {
             core::hint::spin_loop();
             continue;
         }

@@ -213,17 +213,81 @@ unsafe fn quantize_dividing(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
     scalar::quantize(&x[body..], scale, clip, &mut out[body..]);
 }
 
-/// `sum w*a` over 32 byte pairs as eight i32 lane sums.
+/// How the int8 dot kernels multiply and accumulate: `acc` plus, in each
+/// i32 lane, the sum of its four products `u[i] * s[i]` (bytes, `u`
+/// unsigned at most 128, `s` signed within ±127), exactly. Each lane adds at
+/// most 4 * 128 * 127 = 65024, whichever instruction does it, so the block
+/// bound [`STEPS_PER_BLOCK`] holds for every implementation.
 ///
-/// `maddubs` multiplies unsigned by signed bytes, so the weight's magnitude
+/// The kernels are generic over it and compiled once per instruction set
+/// (see [`int8_dot_paths`]); the implementations differ only here.
+pub(super) trait MulAdd: Copy {
+    /// # Safety
+    /// The CPU supports the implementation's instructions.
+    unsafe fn mul_add(self, acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+}
+
+/// AVX2: `maddubs` (u8 x s8 pairs into i16; each pair sum is at most
+/// 2 * 128 * 127 = 32512, so it never saturates), `madd` by ones (pairs of
+/// i16 into i32), then `add`.
+#[derive(Clone, Copy)]
+pub(super) struct Maddubs {
+    ones: __m256i,
+}
+
+impl Maddubs {
+    /// # Safety
+    /// AVX2 available.
+    #[inline(always)]
+    pub(super) unsafe fn new() -> Self {
+        Maddubs {
+            ones: _mm256_set1_epi16(1),
+        }
+    }
+}
+
+impl MulAdd for Maddubs {
+    #[inline(always)]
+    unsafe fn mul_add(self, acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_add_epi32(
+            acc,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), self.ones),
+        )
+    }
+}
+
+/// AVX-VNNI (VEX `vpdpbusd`): the four products summed into the i32 lane in
+/// one instruction, without intermediate saturation.
+#[derive(Clone, Copy)]
+pub(super) struct AvxVnni;
+
+impl MulAdd for AvxVnni {
+    #[inline(always)]
+    unsafe fn mul_add(self, acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(acc, u, s)
+    }
+}
+
+/// AVX512-VNNI with AVX512VL (the EVEX form of `vpdpbusd` on 256-bit
+/// registers): the same operation as [`AvxVnni`].
+#[derive(Clone, Copy)]
+pub(super) struct Avx512Vnni;
+
+impl MulAdd for Avx512Vnni {
+    #[inline(always)]
+    unsafe fn mul_add(self, acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, u, s)
+    }
+}
+
+/// `acc` plus `sum w*a` over 32 byte pairs, as eight i32 lane sums.
+///
+/// The multiply takes unsigned by signed bytes, so the weight's magnitude
 /// goes in the unsigned operand (|-128| = 128 fits in u8) and its sign moves
-/// onto the activation (|a| <= 127, so negating cannot wrap). Each i16 pair
-/// sum is at most 2 * 128 * 127 = 32512: no saturation.
+/// onto the activation (|a| <= 127, so negating cannot wrap).
 #[inline(always)]
-unsafe fn dot32(w: __m256i, a: __m256i, ones: __m256i) -> __m256i {
-    let w_abs = _mm256_abs_epi8(w);
-    let a_signed = _mm256_sign_epi8(a, w);
-    _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, a_signed), ones)
+unsafe fn dot32<M: MulAdd>(mul: M, acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+    mul.mul_add(acc, _mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
 }
 
 /// Blocks of at most this many 32-byte steps keep each i32 lane below
@@ -234,9 +298,12 @@ const STEPS_PER_BLOCK: usize = 1 << 14;
 /// (|sum| <= k * 128 * 127 < 2^31), so lanes may be summed in i32.
 pub(super) const EXACT_I32_TOTAL: usize = (i32::MAX as usize) / (128 * 127);
 
-#[target_feature(enable = "avx2")]
-pub unsafe fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
-    let ones = _mm256_set1_epi16(1);
+/// Body of the `dot_i8` kernels: exact `sum w[i] * a[i]` (`a` without -128).
+///
+/// # Safety
+/// The CPU supports AVX2 and `M`'s instructions; `w.len() == a.len()`.
+#[inline(always)]
+unsafe fn dot_i8_with<M: MulAdd>(mul: M, w: &[i8], a: &[i8]) -> i64 {
     let body = w.len() / 32 * 32;
     let mut total = 0i64;
     let mut start = 0;
@@ -247,16 +314,13 @@ pub unsafe fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
         let mut i = start;
         // i + 64 <= end <= body <= len: both 32-byte loads are in bounds.
         while i + 64 <= end {
-            acc0 = _mm256_add_epi32(acc0, dot32(load32_i8(w, i), load32_i8(a, i), ones));
-            acc1 = _mm256_add_epi32(
-                acc1,
-                dot32(load32_i8(w, i + 32), load32_i8(a, i + 32), ones),
-            );
+            acc0 = dot32(mul, acc0, load32_i8(w, i), load32_i8(a, i));
+            acc1 = dot32(mul, acc1, load32_i8(w, i + 32), load32_i8(a, i + 32));
             i += 64;
         }
         if i < end {
             // One 32-byte step left (end - i == 32).
-            acc0 = _mm256_add_epi32(acc0, dot32(load32_i8(w, i), load32_i8(a, i), ones));
+            acc0 = dot32(mul, acc0, load32_i8(w, i), load32_i8(a, i));
         }
         total += hsum_i32_to_i64(_mm256_add_epi32(acc0, acc1));
         start = end;
@@ -270,18 +334,18 @@ pub unsafe fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
 /// token vector once for all `R` rows.
 ///
 /// # Safety
-/// AVX2 available; `start` and `end` multiples of 32 with `end` at most
+/// The CPU supports AVX2 and `M`'s instructions; `start` and `end` multiples of 32 with `end` at most
 /// every row's length (so every load is in bounds); `a` holds no -128; at
 /// most [`STEPS_PER_BLOCK`] steps, so no lane overflows.
 #[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
 #[inline(always)]
-unsafe fn tile_sums<const R: usize, const T: usize>(
+unsafe fn tile_sums<M: MulAdd, const R: usize, const T: usize>(
+    mul: M,
     w: &[&[i8]; R],
     a: &[&[i8]; T],
     start: usize,
     end: usize,
 ) -> [[__m256i; T]; R] {
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_si256(); T]; R];
     let mut i = start;
     while i < end {
@@ -294,8 +358,7 @@ unsafe fn tile_sums<const R: usize, const T: usize>(
             let wv = load32_i8(w[r], i);
             let w_abs = _mm256_abs_epi8(wv);
             for t in 0..T {
-                let p = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(av[t], wv));
-                acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(p, ones));
+                acc[r][t] = mul.mul_add(acc[r][t], w_abs, _mm256_sign_epi8(av[t], wv));
             }
         }
         i += 32;
@@ -303,15 +366,18 @@ unsafe fn tile_sums<const R: usize, const T: usize>(
     acc
 }
 
-/// Exact dot products of `R` weight rows with `T` activation rows:
-/// `out[r][t] = sum_i w[r][i] * a[t][i]`. Each weight vector is loaded and
-/// made absolute once and used for all `T` activations, each activation
-/// vector once for all `R` rows. `a` must not hold -128.
+/// Body of the `dot_tile` kernels: exact dot products of `R` weight rows
+/// with `T` activation rows, `out[r][t] = sum_i w[r][i] * a[t][i]`. Each
+/// weight vector is loaded and made absolute once and used for all `T`
+/// activations, each activation vector once for all `R` rows. `a` must not
+/// hold -128.
 ///
 /// # Safety
-/// AVX2 available; every row has the same length (the dispatcher asserts).
-#[target_feature(enable = "avx2")]
-pub unsafe fn dot_tile<const R: usize, const T: usize>(
+/// The CPU supports AVX2 and `M`'s instructions; every row has the same
+/// length (the dispatcher asserts).
+#[inline(always)]
+unsafe fn dot_tile_with<M: MulAdd, const R: usize, const T: usize>(
+    mul: M,
     w: &[&[i8]; R],
     a: &[&[i8]; T],
 ) -> [[i64; T]; R] {
@@ -322,7 +388,7 @@ pub unsafe fn dot_tile<const R: usize, const T: usize>(
     while start < body {
         let end = (start + STEPS_PER_BLOCK * 32).min(body);
         // end <= body <= k == every row's length.
-        let acc = tile_sums(w, a, start, end);
+        let acc = tile_sums(mul, w, a, start, end);
         if k < EXACT_I32_TOTAL {
             // Every total fits in i32: reduce four accumulators at a time.
             let mut first = 0;
@@ -361,34 +427,18 @@ pub unsafe fn dot_tile<const R: usize, const T: usize>(
     out
 }
 
-/// [`super::w8a8_tile`] on AVX2: two weight rows by `T` tokens, exact
-/// integer dot products, dequantized in vectors. Four sums at a time —
-/// rows 0 and 1 of tokens `t` and `t + 1` — are reduced into one vector,
-/// which is also the layout of `out[t]`, `out[t + 1]`.
+/// Body of the `w8a8_row_pairs` kernels ([`super::w8a8_row_pairs`]): the
+/// tile of two weight rows by `T` tokens for consecutive pairs of rows in
+/// one call, so the per-tile call and checks are paid once.
 ///
 /// # Safety
-/// AVX2 available; every row `k` long with `k < EXACT_I32_TOTAL`, so each
-/// sum fits in i32 (the dispatcher checks both).
-#[target_feature(enable = "avx2")]
-pub unsafe fn w8a8_tile<const T: usize>(
-    w: &[&[i8]; 2],
-    a: &[&[i8]; T],
-    ws: [f32; 2],
-    ts: [f32; T],
-    bias: Option<[f32; 2]>,
-) -> [[f32; 2]; T] {
-    w8a8_tile_inline(w, a, ws, ts, bias)
-}
-
-/// [`super::w8a8_row_pairs`] on AVX2: [`w8a8_tile`] for consecutive pairs of
-/// weight rows in one call, so the per-tile call and checks are paid once.
-///
-/// # Safety
-/// AVX2 available; `w` holds `2 * out.len()` rows of `k` values, `ws` (and
-/// `bias`) `2 * out.len()` values, every token row is `k` long, and
-/// `k < EXACT_I32_TOTAL` (the dispatcher checks all of it).
-#[target_feature(enable = "avx2")]
-pub unsafe fn w8a8_row_pairs<const T: usize>(
+/// The CPU supports AVX2 and `M`'s instructions; `w` holds `2 * out.len()`
+/// rows of `k` values, `ws` (and `bias`) `2 * out.len()` values, every
+/// token row is `k` long, and `k < EXACT_I32_TOTAL` (the dispatcher checks
+/// all of it).
+#[inline(always)]
+unsafe fn w8a8_row_pairs_with<M: MulAdd, const T: usize>(
+    mul: M,
     w: &[i8],
     a: &[&[i8]; T],
     ws: &[f32],
@@ -401,15 +451,24 @@ pub unsafe fn w8a8_row_pairs<const T: usize>(
         let j = 2 * p;
         let rows = [&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]];
         let b = bias.map(|b| [b[j], b[j + 1]]);
-        // SAFETY: as this function's contract (AVX2; equal lengths; small k).
-        *y = unsafe { w8a8_tile_inline(&rows, a, [ws[j], ws[j + 1]], ts, b) };
+        // SAFETY: as this function's contract (features; equal lengths; small k).
+        *y = unsafe { w8a8_tile_with(mul, &rows, a, [ws[j], ws[j + 1]], ts, b) };
     }
 }
 
-/// The body of [`w8a8_tile`], inlined into its AVX2 callers.
+/// Body of the `w8a8_tile` kernels ([`super::w8a8_tile`]): two weight rows
+/// by `T` tokens, exact integer dot products, dequantized in vectors. Four
+/// sums at a time — rows 0 and 1 of tokens `t` and `t + 1` — are reduced
+/// into one vector, which is also the layout of `out[t]`, `out[t + 1]`.
+///
+/// # Safety
+/// The CPU supports AVX2 and `M`'s instructions; every row `k` long with
+/// `k < EXACT_I32_TOTAL`, so each sum fits in i32 (the dispatcher checks
+/// both).
 #[allow(clippy::needless_range_loop)] // t indexes several parallel arrays
 #[inline(always)]
-unsafe fn w8a8_tile_inline<const T: usize>(
+unsafe fn w8a8_tile_with<M: MulAdd, const T: usize>(
+    mul: M,
     w: &[&[i8]; 2],
     a: &[&[i8]; T],
     ws: [f32; 2],
@@ -420,7 +479,7 @@ unsafe fn w8a8_tile_inline<const T: usize>(
     let k = a[0].len();
     let body = k / 32 * 32;
     // body <= k == every row's length.
-    let acc = tile_sums(w, a, 0, body);
+    let acc = tile_sums(mul, w, a, 0, body);
     let w_scale = _mm_setr_ps(ws[0], ws[1], ws[0], ws[1]);
     let b = bias.map(|b| _mm_setr_ps(b[0], b[1], b[0], b[1]));
     let mut out = [[0.0f32; 2]; T];
@@ -449,6 +508,86 @@ unsafe fn w8a8_tile_inline<const T: usize>(
     }
     out
 }
+
+/// The int8 dot kernels of one instruction set: `dot_i8`, `dot_tile`,
+/// `w8a8_tile` and `w8a8_row_pairs` (see the dispatchers in `simd` for
+/// what each computes), each the generic body above compiled with the
+/// set's target features and its [`MulAdd`].
+///
+/// Each `pub unsafe fn` requires that the CPU supports `$features` (the
+/// dispatcher checks) and the body's preconditions (the dispatcher asserts
+/// them).
+macro_rules! int8_dot_paths {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $mul:expr) => {
+        $(#[$doc])*
+        pub mod $name {
+            use super::*;
+
+            /// # Safety
+            /// See [`int8_dot_paths`]; `w.len() == a.len()`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
+                dot_i8_with($mul, w, a)
+            }
+
+            /// # Safety
+            /// See [`int8_dot_paths`]; every row has the same length.
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_tile<const R: usize, const T: usize>(
+                w: &[&[i8]; R],
+                a: &[&[i8]; T],
+            ) -> [[i64; T]; R] {
+                dot_tile_with($mul, w, a)
+            }
+
+            /// # Safety
+            /// See [`int8_dot_paths`]; every row `k` long, `k < EXACT_I32_TOTAL`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn w8a8_tile<const T: usize>(
+                w: &[&[i8]; 2],
+                a: &[&[i8]; T],
+                ws: [f32; 2],
+                ts: [f32; T],
+                bias: Option<[f32; 2]>,
+            ) -> [[f32; 2]; T] {
+                w8a8_tile_with($mul, w, a, ws, ts, bias)
+            }
+
+            /// # Safety
+            /// See [`int8_dot_paths`] and `w8a8_row_pairs_with`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn w8a8_row_pairs<const T: usize>(
+                w: &[i8],
+                a: &[&[i8]; T],
+                ws: &[f32],
+                ts: [f32; T],
+                bias: Option<&[f32]>,
+                out: &mut [[[f32; 2]; T]],
+            ) {
+                w8a8_row_pairs_with($mul, w, a, ws, ts, bias, out)
+            }
+        }
+    };
+}
+
+int8_dot_paths!(
+    /// AVX2 (`maddubs` + `madd`).
+    madd,
+    "avx2",
+    Maddubs::new()
+);
+int8_dot_paths!(
+    /// AVX-VNNI (`vpdpbusd`, VEX).
+    avx_vnni,
+    "avx2,avxvnni",
+    AvxVnni
+);
+int8_dot_paths!(
+    /// AVX512-VNNI on 256-bit registers (`vpdpbusd`, EVEX; needs AVX512VL).
+    avx512_vnni,
+    "avx2,avx512vnni,avx512vl",
+    Avx512Vnni
+);
 
 /// Sums of the eight i32 lanes of four vectors, exact, as one 4-lane vector.
 #[inline(always)]
@@ -842,4 +981,99 @@ unsafe fn lane_sum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `acc + sum of each lane's four products`, in plain integers: what
+    /// every [`MulAdd`] must compute.
+    fn mul_add_reference(acc: [i32; 8], u: &[u8; 32], s: &[i8; 32]) -> [i32; 8] {
+        core::array::from_fn(|l| {
+            acc[l]
+                + (0..4)
+                    .map(|j| u[4 * l + j] as i32 * s[4 * l + j] as i32)
+                    .sum::<i32>()
+        })
+    }
+
+    /// Runs `mul.mul_add` on byte arrays.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and `M`'s instructions.
+    #[inline(always)]
+    unsafe fn run<M: MulAdd>(mul: M, acc: [i32; 8], u: &[u8; 32], s: &[i8; 32]) -> [i32; 8] {
+        let acc = _mm256_loadu_si256(acc.as_ptr() as *const __m256i);
+        let u = _mm256_loadu_si256(u.as_ptr() as *const __m256i);
+        let s = _mm256_loadu_si256(s.as_ptr() as *const __m256i);
+        let mut out = [0i32; 8];
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, mul.mul_add(acc, u, s));
+        out
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_maddubs(acc: [i32; 8], u: &[u8; 32], s: &[i8; 32]) -> [i32; 8] {
+        run(Maddubs::new(), acc, u, s)
+    }
+
+    #[target_feature(enable = "avx2,avxvnni")]
+    unsafe fn run_avx_vnni(acc: [i32; 8], u: &[u8; 32], s: &[i8; 32]) -> [i32; 8] {
+        run(AvxVnni, acc, u, s)
+    }
+
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    unsafe fn run_avx512_vnni(acc: [i32; 8], u: &[u8; 32], s: &[i8; 32]) -> [i32; 8] {
+        run(Avx512Vnni, acc, u, s)
+    }
+
+    /// Every multiply-add this CPU can run equals the definition on the
+    /// extremes of its operand ranges (u in 0..=128, s in ±127 — where a
+    /// saturating i16 step would go wrong) and on pseudo-random operands,
+    /// with accumulators near the i32 limits the kernels' block bound
+    /// allows. The VNNI forms run only where the CPU has them.
+    #[test]
+    fn every_mul_add_matches_the_definition() {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        let avx_vnni = avx2 && std::arch::is_x86_feature_detected!("avxvnni");
+        let avx512_vnni = avx2
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512vl");
+        if !avx2 {
+            return;
+        }
+        let mut cases: Vec<([i32; 8], [u8; 32], [i8; 32])> = vec![
+            ([0; 8], [128; 32], [127; 32]),
+            ([0; 8], [128; 32], [-127; 32]),
+            ([i32::MAX - 65024; 8], [128; 32], [127; 32]),
+            ([i32::MIN + 65024; 8], [128; 32], [-127; 32]),
+            ([7; 8], [0; 32], [-127; 32]),
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2000 {
+            let acc = core::array::from_fn(|_| (next() as i32) / 2);
+            let u = core::array::from_fn(|_| (next() % 129) as u8);
+            let s = core::array::from_fn(|_| ((next() % 255) as i32 - 127) as i8);
+            cases.push((acc, u, s));
+        }
+        for (acc, u, s) in &cases {
+            let want = mul_add_reference(*acc, u, s);
+            // SAFETY: each form runs only where its features were detected.
+            unsafe {
+                assert_eq!(run_maddubs(*acc, u, s), want, "maddubs {u:?} {s:?}");
+                if avx_vnni {
+                    assert_eq!(run_avx_vnni(*acc, u, s), want, "avxvnni {u:?} {s:?}");
+                }
+                if avx512_vnni {
+                    assert_eq!(run_avx512_vnni(*acc, u, s), want, "avx512vnni {u:?} {s:?}");
+                }
+            }
+        }
+    }
 }

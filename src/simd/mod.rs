@@ -4,8 +4,12 @@
 //! the AVX2 (x86-64) and NEON (aarch64) bodies must give the same bits, and
 //! the tests force each available path to prove it. The path is chosen once,
 //! at first use, from the `DYNQUANT_KERNEL` environment variable
-//! (`auto` | `scalar` | `avx2` | `neon`, default `auto` = best detected), and
-//! can be changed at run time with [`set_isa`].
+//! (`auto` | `scalar` | `avx2` | `avx512vnni` | `avxvnni` | `neon`, default
+//! `auto` = best detected), and can be changed at run time with [`set_isa`].
+//!
+//! The two VNNI paths are the AVX2 path with `vpdpbusd` as the int8
+//! multiply-add of the W8A8 dot kernels (one instruction where AVX2 needs
+//! three); every other kernel runs its AVX2 body on them.
 
 use crate::DynQuantError;
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -18,8 +22,10 @@ mod avx2;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 
-/// An instruction-set path for the kernels.
+/// An instruction-set path for the kernels (more may come: match with a
+/// wildcard arm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Isa {
     /// Portable Rust, the reference for every other path.
     Scalar,
@@ -27,6 +33,11 @@ pub enum Isa {
     Avx2,
     /// aarch64 NEON intrinsics.
     Neon,
+    /// AVX2 with AVX-VNNI's `vpdpbusd` in the int8 dot products.
+    AvxVnni,
+    /// AVX2 with AVX512-VNNI's `vpdpbusd` (256-bit, AVX512VL) in the int8
+    /// dot products.
+    Avx512Vnni,
 }
 
 impl Isa {
@@ -36,6 +47,8 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Neon => "neon",
+            Isa::AvxVnni => "avxvnni",
+            Isa::Avx512Vnni => "avx512vnni",
         }
     }
 
@@ -44,6 +57,8 @@ impl Isa {
             Isa::Scalar => 1,
             Isa::Avx2 => 2,
             Isa::Neon => 3,
+            Isa::AvxVnni => 4,
+            Isa::Avx512Vnni => 5,
         }
     }
 
@@ -52,6 +67,8 @@ impl Isa {
             1 => Some(Isa::Scalar),
             2 => Some(Isa::Avx2),
             3 => Some(Isa::Neon),
+            4 => Some(Isa::AvxVnni),
+            5 => Some(Isa::Avx512Vnni),
             _ => None,
         }
     }
@@ -63,8 +80,11 @@ impl Isa {
             "scalar" => Ok(Isa::Scalar),
             "avx2" => Ok(Isa::Avx2),
             "neon" => Ok(Isa::Neon),
+            "avxvnni" => Ok(Isa::AvxVnni),
+            "avx512vnni" => Ok(Isa::Avx512Vnni),
             other => Err(DynQuantError::InvalidArgument(format!(
-                "unknown kernel path {other:?}: expected one of auto, scalar, avx2, neon"
+                "unknown kernel path {other:?}: expected one of auto, scalar, avx2, \
+                 avx512vnni, avxvnni, neon"
             ))),
         }
     }
@@ -75,28 +95,50 @@ impl Isa {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("avxvnni")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+            }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[allow(unreachable_patterns)]
             _ => false,
         }
     }
+
+    /// Whether the path runs the AVX2 bodies (AVX2 and the VNNI paths).
+    #[cfg(target_arch = "x86_64")]
+    fn runs_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni)
+    }
 }
 
-/// The fastest path this CPU supports.
+/// The fastest path this CPU supports (the last of [`supported`]).
 pub fn best_supported() -> Isa {
-    [Isa::Avx2, Isa::Neon]
-        .into_iter()
-        .find(|isa| isa.is_supported())
-        .unwrap_or(Isa::Scalar)
+    supported().pop().unwrap_or(Isa::Scalar)
 }
 
-/// Every path this CPU supports, scalar first.
+/// Every path this CPU supports, from the slowest (scalar) to the fastest.
+/// The VEX form of `vpdpbusd` ranks above the EVEX one: same work, and no
+/// AVX-512 register state.
 pub fn supported() -> Vec<Isa> {
-    [Isa::Scalar, Isa::Avx2, Isa::Neon]
-        .into_iter()
-        .filter(|isa| isa.is_supported())
-        .collect()
+    [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::Avx512Vnni,
+        Isa::AvxVnni,
+        Isa::Neon,
+    ]
+    .into_iter()
+    .filter(|isa| isa.is_supported())
+    .collect()
 }
 
 static ACTIVE: AtomicU8 = AtomicU8::new(0);
@@ -169,8 +211,8 @@ pub fn set_isa(isa: Isa) -> Result<(), DynQuantError> {
 pub fn abs_max_bits(x: &[f32]) -> u32 {
     match active() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: active() returned Avx2, so the CPU supports AVX2.
-        Isa::Avx2 => unsafe { avx2::abs_max_bits(x) },
+        // SAFETY: active() returned an AVX2 path, so the CPU supports AVX2.
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe { avx2::abs_max_bits(x) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: active() returned Neon, so the CPU supports NEON.
         Isa::Neon => unsafe { neon::abs_max_bits(x) },
@@ -203,7 +245,9 @@ pub fn quantize_to(x: &[f32], scale: f32, clip: f32, out: &mut [i8], stream: boo
     match active() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 confirmed by active(); lengths checked above.
-        Isa::Avx2 => unsafe { avx2::quantize(x, scale, clip, out, stream) },
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe {
+            avx2::quantize(x, scale, clip, out, stream)
+        },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON confirmed by active(); lengths checked above.
         Isa::Neon => unsafe { neon::quantize(x, scale, clip, out) },
@@ -218,8 +262,13 @@ pub fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
     assert_eq!(w.len(), a.len(), "dot_i8: operand lengths");
     match active() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 confirmed by active(); lengths checked above.
-        Isa::Avx2 => unsafe { avx2::dot_i8(w, a) },
+        // SAFETY (three arms): the path's features confirmed by active();
+        // lengths checked above.
+        Isa::Avx2 => unsafe { avx2::madd::dot_i8(w, a) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => unsafe { avx2::avx_vnni::dot_i8(w, a) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { avx2::avx512_vnni::dot_i8(w, a) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON confirmed by active(); lengths checked above.
         Isa::Neon => unsafe { neon::dot_i8(w, a) },
@@ -242,8 +291,13 @@ pub fn dot_tile<const R: usize, const T: usize>(w: &[&[i8]; R], a: &[&[i8]; T]) 
     }
     match active() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 confirmed by active(); row lengths checked above.
-        Isa::Avx2 => unsafe { avx2::dot_tile(w, a) },
+        // SAFETY (three arms): the path's features confirmed by active();
+        // row lengths checked above.
+        Isa::Avx2 => unsafe { avx2::madd::dot_tile(w, a) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => unsafe { avx2::avx_vnni::dot_tile(w, a) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { avx2::avx512_vnni::dot_tile(w, a) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => core::array::from_fn(|r| core::array::from_fn(|t| dot_i8(w[r], a[t]))),
         _ => scalar::dot_tile(w, a),
@@ -269,10 +323,16 @@ pub fn w8a8_tile<const T: usize>(
         "w8a8_tile: rows of unequal length"
     );
     #[cfg(target_arch = "x86_64")]
-    if T > 0 && k < avx2::EXACT_I32_TOTAL && active() == Isa::Avx2 {
-        // SAFETY: AVX2 confirmed by active(); equal row lengths checked
-        // above, and k is small enough for i32 sums.
-        return unsafe { avx2::w8a8_tile(w, a, ws, ts, bias) };
+    if T > 0 && k < avx2::EXACT_I32_TOTAL {
+        // SAFETY (three arms): the path's features confirmed by active();
+        // equal row lengths checked above, and k is small enough for i32
+        // sums.
+        match active() {
+            Isa::Avx2 => return unsafe { avx2::madd::w8a8_tile(w, a, ws, ts, bias) },
+            Isa::AvxVnni => return unsafe { avx2::avx_vnni::w8a8_tile(w, a, ws, ts, bias) },
+            Isa::Avx512Vnni => return unsafe { avx2::avx512_vnni::w8a8_tile(w, a, ws, ts, bias) },
+            _ => {}
+        }
     }
     scalar::w8a8_tile(&dot_tile(w, a), ws, ts, bias)
 }
@@ -300,10 +360,19 @@ pub fn w8a8_row_pairs<const T: usize>(
         "w8a8_row_pairs: shapes"
     );
     #[cfg(target_arch = "x86_64")]
-    if T > 0 && k < avx2::EXACT_I32_TOTAL && active() == Isa::Avx2 {
-        // SAFETY: AVX2 confirmed by active(); shapes checked above, and k is
-        // small enough for i32 sums.
-        return unsafe { avx2::w8a8_row_pairs(w, a, ws, ts, bias, out) };
+    if T > 0 && k < avx2::EXACT_I32_TOTAL {
+        // SAFETY (three arms): the path's features confirmed by active();
+        // shapes checked above, and k is small enough for i32 sums.
+        match active() {
+            Isa::Avx2 => return unsafe { avx2::madd::w8a8_row_pairs(w, a, ws, ts, bias, out) },
+            Isa::AvxVnni => {
+                return unsafe { avx2::avx_vnni::w8a8_row_pairs(w, a, ws, ts, bias, out) }
+            }
+            Isa::Avx512Vnni => {
+                return unsafe { avx2::avx512_vnni::w8a8_row_pairs(w, a, ws, ts, bias, out) }
+            }
+            _ => {}
+        }
     }
     for (p, y) in out.iter_mut().enumerate() {
         let j = 2 * p;
@@ -367,10 +436,10 @@ pub fn w4a8_tile<const R: usize, const T: usize>(
     #[cfg(target_arch = "x86_64")]
     if R == 4
         && T > 0
-        && k % 64 == 0
-        && k % group == 0
-        && (group == 32 || group % 64 == 0)
-        && active() == Isa::Avx2
+        && k.is_multiple_of(64)
+        && k.is_multiple_of(group)
+        && (group == 32 || group.is_multiple_of(64))
+        && active().runs_avx2()
     {
         let w4: &[&[u8]; 4] = w.as_slice().try_into().expect("R == 4");
         let ws4: &[&[f32]; 4] = ws.as_slice().try_into().expect("R == 4");
@@ -401,6 +470,38 @@ mod tests {
     fn neon_is_among_the_paths_the_tests_force() {
         assert_eq!(supported(), vec![Isa::Scalar, Isa::Neon]);
         assert_eq!(best_supported(), Isa::Neon);
+    }
+
+    /// Names parse back to their paths; the paths are listed slowest first
+    /// with `auto` the last; a VNNI path never without AVX2; forcing a path
+    /// the CPU lacks is an error that names it.
+    #[test]
+    fn paths_parse_rank_and_refuse_what_the_cpu_lacks() {
+        let all = [
+            Isa::Scalar,
+            Isa::Avx2,
+            Isa::Neon,
+            Isa::AvxVnni,
+            Isa::Avx512Vnni,
+        ];
+        for isa in all {
+            assert_eq!(Isa::parse(isa.name()).unwrap(), isa);
+            assert_eq!(Isa::from_code(isa.code()), Some(isa));
+            if !isa.is_supported() {
+                let e = set_isa(isa).unwrap_err().to_string();
+                assert!(e.contains(isa.name()), "{e}");
+            }
+        }
+        let e = Isa::parse("avx512").unwrap_err().to_string();
+        assert!(e.contains("avx512vnni, avxvnni"), "{e}");
+        let paths = supported();
+        assert_eq!(paths[0], Isa::Scalar);
+        assert_eq!(Some(&best_supported()), paths.last());
+        assert_eq!(Isa::parse("auto").unwrap(), best_supported());
+        if paths.contains(&Isa::AvxVnni) || paths.contains(&Isa::Avx512Vnni) {
+            assert!(paths.contains(&Isa::Avx2), "{paths:?}");
+        }
+        set_isa(best_supported()).unwrap();
     }
 
     /// Values at, and a few ulps around, every half-integer quotient for
