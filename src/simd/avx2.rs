@@ -220,7 +220,7 @@ unsafe fn quantize_dividing(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
 /// bound [`STEPS_PER_BLOCK`] holds for every implementation.
 ///
 /// The kernels are generic over it and compiled once per instruction set
-/// (see [`int8_dot_paths`]); the implementations differ only here.
+/// (the `int8_dot_paths!` macro below); the implementations differ only here.
 pub(super) trait MulAdd: Copy {
     /// # Safety
     /// The CPU supports the implementation's instructions.
