@@ -255,20 +255,35 @@ pub fn quantize_to(x: &[f32], scale: f32, clip: f32, out: &mut [i8], stream: boo
     }
 }
 
+/// `Some(f(args))` with `f` the int8 dot kernel of the active path's
+/// `int8_dot_paths!` module when the path is AVX2 or a VNNI one, else
+/// `None`: the one place that maps a path to its module. The expansion
+/// calls an `unsafe fn`: sound because `active()` only returns a path whose
+/// features the CPU has, given the kernel's own slice preconditions.
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx2_int8_dot {
+    ($f:ident($($arg:expr),*)) => {
+        match active() {
+            Isa::Avx2 => Some(avx2::madd::$f($($arg),*)),
+            Isa::AvxVnni => Some(avx2::avx_vnni::$f($($arg),*)),
+            Isa::Avx512Vnni => Some(avx2::avx512_vnni::$f($($arg),*)),
+            _ => None,
+        }
+    };
+}
+
 /// Exact `sum w[i] * a[i]`; `a` must not hold -128 (quantized activations
 /// are within ±127), `w` may hold any int8.
 #[inline]
 pub fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
     assert_eq!(w.len(), a.len(), "dot_i8: operand lengths");
+    // SAFETY: the path's features confirmed by active(); lengths checked
+    // above.
+    #[cfg(target_arch = "x86_64")]
+    if let Some(dot) = unsafe { avx2_int8_dot!(dot_i8(w, a)) } {
+        return dot;
+    }
     match active() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY (three arms): the path's features confirmed by active();
-        // lengths checked above.
-        Isa::Avx2 => unsafe { avx2::madd::dot_i8(w, a) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => unsafe { avx2::avx_vnni::dot_i8(w, a) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { avx2::avx512_vnni::dot_i8(w, a) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON confirmed by active(); lengths checked above.
         Isa::Neon => unsafe { neon::dot_i8(w, a) },
@@ -289,15 +304,13 @@ pub fn dot_tile<const R: usize, const T: usize>(w: &[&[i8]; R], a: &[&[i8]; T]) 
     if T == 0 {
         return [[0; T]; R];
     }
+    // SAFETY: the path's features confirmed by active(); row lengths
+    // checked above.
+    #[cfg(target_arch = "x86_64")]
+    if let Some(sums) = unsafe { avx2_int8_dot!(dot_tile(w, a)) } {
+        return sums;
+    }
     match active() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY (three arms): the path's features confirmed by active();
-        // row lengths checked above.
-        Isa::Avx2 => unsafe { avx2::madd::dot_tile(w, a) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => unsafe { avx2::avx_vnni::dot_tile(w, a) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { avx2::avx512_vnni::dot_tile(w, a) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => core::array::from_fn(|r| core::array::from_fn(|t| dot_i8(w[r], a[t]))),
         _ => scalar::dot_tile(w, a),
@@ -324,14 +337,10 @@ pub fn w8a8_tile<const T: usize>(
     );
     #[cfg(target_arch = "x86_64")]
     if T > 0 && k < avx2::EXACT_I32_TOTAL {
-        // SAFETY (three arms): the path's features confirmed by active();
-        // equal row lengths checked above, and k is small enough for i32
-        // sums.
-        match active() {
-            Isa::Avx2 => return unsafe { avx2::madd::w8a8_tile(w, a, ws, ts, bias) },
-            Isa::AvxVnni => return unsafe { avx2::avx_vnni::w8a8_tile(w, a, ws, ts, bias) },
-            Isa::Avx512Vnni => return unsafe { avx2::avx512_vnni::w8a8_tile(w, a, ws, ts, bias) },
-            _ => {}
+        // SAFETY: the path's features confirmed by active(); equal row
+        // lengths checked above, and k is small enough for i32 sums.
+        if let Some(y) = unsafe { avx2_int8_dot!(w8a8_tile(w, a, ws, ts, bias)) } {
+            return y;
         }
     }
     scalar::w8a8_tile(&dot_tile(w, a), ws, ts, bias)
@@ -361,17 +370,10 @@ pub fn w8a8_row_pairs<const T: usize>(
     );
     #[cfg(target_arch = "x86_64")]
     if T > 0 && k < avx2::EXACT_I32_TOTAL {
-        // SAFETY (three arms): the path's features confirmed by active();
-        // shapes checked above, and k is small enough for i32 sums.
-        match active() {
-            Isa::Avx2 => return unsafe { avx2::madd::w8a8_row_pairs(w, a, ws, ts, bias, out) },
-            Isa::AvxVnni => {
-                return unsafe { avx2::avx_vnni::w8a8_row_pairs(w, a, ws, ts, bias, out) }
-            }
-            Isa::Avx512Vnni => {
-                return unsafe { avx2::avx512_vnni::w8a8_row_pairs(w, a, ws, ts, bias, out) }
-            }
-            _ => {}
+        // SAFETY: the path's features confirmed by active(); shapes checked
+        // above, and k is small enough for i32 sums.
+        if let Some(()) = unsafe { avx2_int8_dot!(w8a8_row_pairs(w, a, ws, ts, bias, out)) } {
+            return;
         }
     }
     for (p, y) in out.iter_mut().enumerate() {
