@@ -215,13 +215,18 @@ unsafe fn quantize_dividing(x: &[f32], scale: f32, clip: f32, out: &mut [i8]) {
 
 /// How the int8 dot kernels multiply and accumulate: `acc` plus, in each
 /// i32 lane, the sum of its four products `u[i] * s[i]` (bytes, `u`
-/// unsigned at most 128, `s` signed within ±127), exactly. Each lane adds at
-/// most 4 * 128 * 127 = 65024, whichever instruction does it, so the block
-/// bound [`STEPS_PER_BLOCK`] holds for every implementation.
+/// unsigned, `s` signed), exactly, wrapping in i32. Every implementation is
+/// exact for `u` at most 128 and `s` within ±127 (the sign form of
+/// [`dot32`]); those with [`MulAdd::FULL_U8`] for every `u8` and `i8`.
 ///
 /// The kernels are generic over it and compiled once per instruction set
 /// (the `int8_dot_paths!` macro below); the implementations differ only here.
 pub(super) trait MulAdd: Copy {
+    /// Exact for every `u` in 0..=255 and `s` in -128..=127, so the tile
+    /// kernels may use the offset form ([`offset_sums`]) instead of the
+    /// sign form, which costs two more instructions per weight vector.
+    const FULL_U8: bool;
+
     /// # Safety
     /// The CPU supports the implementation's instructions.
     unsafe fn mul_add(self, acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
@@ -247,6 +252,9 @@ impl Maddubs {
 }
 
 impl MulAdd for Maddubs {
+    // maddubs saturates its i16 pair sums beyond 2 * 128 * 127.
+    const FULL_U8: bool = false;
+
     #[inline(always)]
     unsafe fn mul_add(self, acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_add_epi32(
@@ -257,11 +265,14 @@ impl MulAdd for Maddubs {
 }
 
 /// AVX-VNNI (VEX `vpdpbusd`): the four products summed into the i32 lane in
-/// one instruction, without intermediate saturation.
+/// one instruction, without intermediate saturation (the non-saturating
+/// form wraps in i32, as the trait's contract says).
 #[derive(Clone, Copy)]
 pub(super) struct AvxVnni;
 
 impl MulAdd for AvxVnni {
+    const FULL_U8: bool = true;
+
     #[inline(always)]
     unsafe fn mul_add(self, acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_avx_epi32(acc, u, s)
@@ -274,6 +285,8 @@ impl MulAdd for AvxVnni {
 pub(super) struct Avx512Vnni;
 
 impl MulAdd for Avx512Vnni {
+    const FULL_U8: bool = true;
+
     #[inline(always)]
     unsafe fn mul_add(self, acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, u, s)
@@ -291,7 +304,9 @@ unsafe fn dot32<M: MulAdd>(mul: M, acc: __m256i, w: __m256i, a: __m256i) -> __m2
 }
 
 /// Blocks of at most this many 32-byte steps keep each i32 lane below
-/// 2^14 * 65024 < 2^31 before it is widened.
+/// 2^31 before it is widened: a step adds at most 4 * 128 * 127 = 65024 to a
+/// lane in the sign form, and 4 * 255 * 128 = 130560 in the offset form
+/// (2^14 * 130560 < 2^31; its corrected sums are bounded as the sign form's).
 const STEPS_PER_BLOCK: usize = 1 << 14;
 
 /// Below this many columns a whole dot product fits in i32
@@ -346,6 +361,21 @@ unsafe fn tile_sums<M: MulAdd, const R: usize, const T: usize>(
     start: usize,
     end: usize,
 ) -> [[__m256i; T]; R] {
+    if M::FULL_U8 {
+        // Offset whichever side has more vectors per step: one `xor` each,
+        // and one extra multiply-add per vector of the other side.
+        if T >= R {
+            return offset_sums(mul, w, a, start, end);
+        }
+        let by_token = offset_sums(mul, a, w, start, end);
+        let mut acc = [[_mm256_setzero_si256(); T]; R];
+        for r in 0..R {
+            for t in 0..T {
+                acc[r][t] = by_token[t][r];
+            }
+        }
+        return acc;
+    }
     let mut acc = [[_mm256_setzero_si256(); T]; R];
     let mut i = start;
     while i < end {
@@ -362,6 +392,59 @@ unsafe fn tile_sums<M: MulAdd, const R: usize, const T: usize>(
             }
         }
         i += 32;
+    }
+    acc
+}
+
+/// i32 lane sums of `x[r][i] * y[j][i]` over `i` in `start..end` (32-byte
+/// steps) for every `r` and `j`, in the offset form: any int8 on either
+/// side, for a [`MulAdd`] with [`MulAdd::FULL_U8`].
+///
+/// `y + 128` (its bits with the top one flipped) is an unsigned byte in
+/// 0..=255, so `sum x * y = sum x * (y + 128) - 128 * sum x`, lane by lane;
+/// the `x` sums come from one more multiply-add by ones per `x` vector. The
+/// sign form needs an `abs` per `x` vector and a `sign` per product instead.
+/// Every lane and its correction stay within i32 for a block of at most
+/// [`STEPS_PER_BLOCK`] steps, and the instructions wrap anyway.
+///
+/// # Safety
+/// The CPU supports AVX2 and `M`'s instructions; `M::FULL_U8`; `start` and
+/// `end` multiples of 32 with `end` at most every row's length; at most
+/// [`STEPS_PER_BLOCK`] steps.
+#[allow(clippy::needless_range_loop)] // r, j index several parallel arrays
+#[inline(always)]
+unsafe fn offset_sums<M: MulAdd, const X: usize, const Y: usize>(
+    mul: M,
+    x: &[&[i8]; X],
+    y: &[&[i8]; Y],
+    start: usize,
+    end: usize,
+) -> [[__m256i; Y]; X] {
+    debug_assert!(M::FULL_U8);
+    let flip = _mm256_set1_epi8(i8::MIN);
+    let ones = _mm256_set1_epi8(1);
+    let mut acc = [[_mm256_setzero_si256(); Y]; X];
+    let mut x_sums = [_mm256_setzero_si256(); X];
+    let mut i = start;
+    while i < end {
+        let mut yv = [_mm256_setzero_si256(); Y];
+        for j in 0..Y {
+            yv[j] = _mm256_xor_si256(load32_i8(y[j], i), flip);
+        }
+        for r in 0..X {
+            let xv = load32_i8(x[r], i);
+            x_sums[r] = mul.mul_add(x_sums[r], ones, xv);
+            for j in 0..Y {
+                acc[r][j] = mul.mul_add(acc[r][j], yv[j], xv);
+            }
+        }
+        i += 32;
+    }
+    for r in 0..X {
+        let correction = _mm256_slli_epi32::<7>(x_sums[r]);
+        for j in 0..Y {
+            acc[r][j] = _mm256_sub_epi32(acc[r][j], correction);
+        }
     }
     acc
 }
@@ -1017,6 +1100,31 @@ mod tests {
         run(Maddubs::new(), acc, u, s)
     }
 
+    /// `vpdpbusd` built from AVX2, for running the offset form on CPUs
+    /// without VNNI: `u = lo + 128 * hi` with `lo < 128` and `hi` 0 or 1,
+    /// so neither `maddubs` saturates (pairs within 2 * 127 * 128) and the
+    /// `hi` pairs are scaled by 128 in i32.
+    #[derive(Clone, Copy)]
+    struct EmulatedDpbusd;
+
+    impl MulAdd for EmulatedDpbusd {
+        const FULL_U8: bool = true;
+
+        #[inline(always)]
+        unsafe fn mul_add(self, acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            let lo = _mm256_and_si256(u, _mm256_set1_epi8(0x7f));
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<7>(u), _mm256_set1_epi8(1));
+            let lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, s), _mm256_set1_epi16(1));
+            let hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, s), _mm256_set1_epi16(128));
+            _mm256_add_epi32(acc, _mm256_add_epi32(lo, hi))
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_emulated(acc: [i32; 8], u: &[u8; 32], s: &[i8; 32]) -> [i32; 8] {
+        run(EmulatedDpbusd, acc, u, s)
+    }
+
     #[target_feature(enable = "avx2,avxvnni")]
     unsafe fn run_avx_vnni(acc: [i32; 8], u: &[u8; 32], s: &[i8; 32]) -> [i32; 8] {
         run(AvxVnni, acc, u, s)
@@ -1027,11 +1135,23 @@ mod tests {
         run(Avx512Vnni, acc, u, s)
     }
 
+    /// A xorshift generator: the tests' operands, the same on every run.
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     /// Every multiply-add this CPU can run equals the definition on the
     /// extremes of its operand ranges (u in 0..=128, s in ±127 — where a
-    /// saturating i16 step would go wrong) and on pseudo-random operands,
-    /// with accumulators near the i32 limits the kernels' block bound
-    /// allows. The VNNI forms run only where the CPU has them.
+    /// saturating i16 step would go wrong — and, for the `FULL_U8` forms,
+    /// every u8 by every i8) and on pseudo-random operands, with
+    /// accumulators near the i32 limits (and, for the full forms, past
+    /// them: they wrap). The VNNI forms run only where the CPU has them.
     #[test]
     fn every_mul_add_matches_the_definition() {
         let avx2 = std::arch::is_x86_feature_detected!("avx2");
@@ -1049,13 +1169,7 @@ mod tests {
             ([i32::MIN + 65024; 8], [128; 32], [-127; 32]),
             ([7; 8], [0; 32], [-127; 32]),
         ];
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for _ in 0..2000 {
             let acc = core::array::from_fn(|_| (next() as i32) / 2);
             let u = core::array::from_fn(|_| (next() % 129) as u8);
@@ -1073,6 +1187,154 @@ mod tests {
                 if avx512_vnni {
                     assert_eq!(run_avx512_vnni(*acc, u, s), want, "avx512vnni {u:?} {s:?}");
                 }
+            }
+        }
+        // The full range, for the forms that claim it, wrapping in i32.
+        let mut full: Vec<([i32; 8], [u8; 32], [i8; 32])> = vec![
+            ([0; 8], [255; 32], [-128; 32]),
+            ([0; 8], [255; 32], [127; 32]),
+            ([i32::MAX; 8], [255; 32], [127; 32]),
+            ([i32::MIN; 8], [255; 32], [-128; 32]),
+        ];
+        for _ in 0..2000 {
+            let acc = core::array::from_fn(|_| next() as i32);
+            let u = core::array::from_fn(|_| next() as u8);
+            let s = core::array::from_fn(|_| next() as i8);
+            full.push((acc, u, s));
+        }
+        let wrapping = |acc: [i32; 8], u: &[u8; 32], s: &[i8; 32]| -> [i32; 8] {
+            core::array::from_fn(|l| {
+                let sum: i64 = (0..4)
+                    .map(|j| u[4 * l + j] as i64 * s[4 * l + j] as i64)
+                    .sum();
+                acc[l].wrapping_add(sum as i32)
+            })
+        };
+        for (acc, u, s) in &full {
+            let want = wrapping(*acc, u, s);
+            // SAFETY: each form runs only where its features were detected.
+            unsafe {
+                assert_eq!(run_emulated(*acc, u, s), want, "emulated {u:?} {s:?}");
+                if avx_vnni {
+                    assert_eq!(run_avx_vnni(*acc, u, s), want, "avxvnni {u:?} {s:?}");
+                }
+                if avx512_vnni {
+                    assert_eq!(run_avx512_vnni(*acc, u, s), want, "avx512vnni {u:?} {s:?}");
+                }
+            }
+        }
+    }
+
+    /// Random int8 rows of length `k`, with the extremes -128 and 127 often.
+    fn rows<const N: usize>(next: &mut impl FnMut() -> u64, k: usize) -> [Vec<i8>; N] {
+        core::array::from_fn(|_| {
+            (0..k)
+                .map(|_| match next() % 8 {
+                    0 => -128,
+                    1 => 127,
+                    _ => next() as i8,
+                })
+                .collect()
+        })
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn offset_tile<const R: usize, const T: usize>(
+        w: &[&[i8]; R],
+        a: &[&[i8]; T],
+    ) -> [[i64; T]; R] {
+        dot_tile_with(EmulatedDpbusd, w, a)
+    }
+
+    /// Checks the offset-form tile of `R` rows by `T` tokens (either side
+    /// offset, by the shape) against scalar on random rows of every length
+    /// in `ks`, -128 included on both sides.
+    fn check_offset_tile<const R: usize, const T: usize>(ks: &[usize]) {
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15 ^ (R * 8 + T) as u64);
+        for &k in ks {
+            let w = rows::<R>(&mut next, k);
+            let a = rows::<T>(&mut next, k);
+            let w: [&[i8]; R] = core::array::from_fn(|r| &w[r][..]);
+            let a: [&[i8]; T] = core::array::from_fn(|t| &a[t][..]);
+            // SAFETY: the caller checked AVX2; every row is k long.
+            let got = unsafe { offset_tile(&w, &a) };
+            assert_eq!(got, scalar::dot_tile(&w, &a), "R={R} T={T} k={k}");
+        }
+    }
+
+    /// The offset form (what the VNNI paths run), on an emulated `vpdpbusd`,
+    /// equals the scalar sums for every tile shape the GEMM uses, for
+    /// lengths around the 32-byte step, and with -128 on either side.
+    #[test]
+    fn offset_form_equals_scalar() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let ks = [0, 1, 31, 32, 33, 63, 64, 65, 96, 127, 384, 1000, 1536];
+        check_offset_tile::<1, 1>(&ks);
+        check_offset_tile::<4, 1>(&ks);
+        check_offset_tile::<2, 1>(&ks);
+        check_offset_tile::<2, 2>(&ks);
+        check_offset_tile::<2, 3>(&ks);
+        check_offset_tile::<2, 4>(&ks);
+        check_offset_tile::<1, 4>(&ks);
+        check_offset_tile::<3, 2>(&ks);
+    }
+
+    /// Past one block of [`STEPS_PER_BLOCK`] steps, with the operands that
+    /// drive the uncorrected lanes furthest (255 by -128) and the corrected
+    /// sums past i32: the blocks are widened to i64 exactly.
+    #[test]
+    fn offset_form_is_exact_across_blocks() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let k = STEPS_PER_BLOCK * 32 + 96 + 5;
+        for (wv, av) in [(-128i8, 127i8), (-128, -128), (127, 127), (127, -128)] {
+            let w = vec![wv; k];
+            let a = vec![av; k];
+            let want = k as i64 * wv as i64 * av as i64;
+            // SAFETY: AVX2 checked; equal lengths.
+            let tall = unsafe { offset_tile(&[&w[..], &w[..]], &[&a[..]]) };
+            let wide = unsafe { offset_tile(&[&w[..]], &[&a[..], &a[..]]) };
+            assert_eq!(tall, [[want]; 2], "w={wv} a={av}");
+            assert_eq!(wide, [[want; 2]], "w={wv} a={av}");
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn offset_w8a8<const T: usize>(
+        w: &[&[i8]; 2],
+        a: &[&[i8]; T],
+        ws: [f32; 2],
+        ts: [f32; T],
+        bias: Option<[f32; 2]>,
+    ) -> [[f32; 2]; T] {
+        w8a8_tile_with(EmulatedDpbusd, w, a, ws, ts, bias)
+    }
+
+    /// The dequantized tile in the offset form equals the scalar definition
+    /// bit for bit (activations within ±127, as the GEMM gives them).
+    #[test]
+    fn offset_form_w8a8_tile_equals_scalar() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut next = xorshift(0x51_7cc1_b727_220a);
+        for k in [1, 32, 45, 384, 1536] {
+            let w = rows::<2>(&mut next, k);
+            let a: [Vec<i8>; 4] =
+                rows::<4>(&mut next, k).map(|r| r.into_iter().map(|v| v.max(-127)).collect());
+            let w = [&w[0][..], &w[1][..]];
+            let a: [&[i8]; 4] = core::array::from_fn(|t| &a[t][..]);
+            let ws = [0.013, 7.5e-4];
+            let ts = [0.02, 1.0e-3, 3.3, 0.5];
+            for bias in [None, Some([0.25, -1.5])] {
+                let want = scalar::w8a8_tile(&scalar::dot_tile(&w, &a), ws, ts, bias);
+                // SAFETY: AVX2 checked; equal lengths, k small.
+                let got = unsafe { offset_w8a8(&w, &a, ws, ts, bias) };
+                let bits = |y: [[f32; 2]; 4]| y.map(|p| p.map(f32::to_bits));
+                assert_eq!(bits(got), bits(want), "k={k} bias={bias:?}");
             }
         }
     }
