@@ -344,9 +344,10 @@ unsafe fn dot_i8_with<M: MulAdd>(mul: M, w: &[i8], a: &[i8]) -> i64 {
 }
 
 /// i32 lane sums of `w[r][i] * a[t][i]` over `i` in `start..end` (32-byte
-/// steps, sign trick as in [`dot32`]) for every row `r` and token `t`: each
-/// weight vector is loaded and made absolute once for all `T` tokens, each
-/// token vector once for all `R` rows.
+/// steps) for every row `r` and token `t`: each weight vector is loaded
+/// once for all `T` tokens, each token vector once for all `R` rows. The
+/// sign form ([`dot32`]) makes each weight vector absolute once; a `FULL_U8`
+/// multiply-add takes the offset form ([`offset_sums`]) instead.
 ///
 /// # Safety
 /// The CPU supports AVX2 and `M`'s instructions; `start` and `end` multiples of 32 with `end` at most
@@ -1070,14 +1071,14 @@ unsafe fn lane_sum_ps(v: __m256) -> f32 {
 mod tests {
     use super::*;
 
-    /// `acc + sum of each lane's four products`, in plain integers: what
-    /// every [`MulAdd`] must compute.
+    /// `acc + sum of each lane's four products`, in plain integers, wrapping
+    /// in i32: what every [`MulAdd`] must compute.
     fn mul_add_reference(acc: [i32; 8], u: &[u8; 32], s: &[i8; 32]) -> [i32; 8] {
         core::array::from_fn(|l| {
-            acc[l]
-                + (0..4)
-                    .map(|j| u[4 * l + j] as i32 * s[4 * l + j] as i32)
-                    .sum::<i32>()
+            let sum: i64 = (0..4)
+                .map(|j| u[4 * l + j] as i64 * s[4 * l + j] as i64)
+                .sum();
+            acc[l].wrapping_add(sum as i32)
         })
     }
 
@@ -1176,19 +1177,6 @@ mod tests {
             let s = core::array::from_fn(|_| ((next() % 255) as i32 - 127) as i8);
             cases.push((acc, u, s));
         }
-        for (acc, u, s) in &cases {
-            let want = mul_add_reference(*acc, u, s);
-            // SAFETY: each form runs only where its features were detected.
-            unsafe {
-                assert_eq!(run_maddubs(*acc, u, s), want, "maddubs {u:?} {s:?}");
-                if avx_vnni {
-                    assert_eq!(run_avx_vnni(*acc, u, s), want, "avxvnni {u:?} {s:?}");
-                }
-                if avx512_vnni {
-                    assert_eq!(run_avx512_vnni(*acc, u, s), want, "avx512vnni {u:?} {s:?}");
-                }
-            }
-        }
         // The full range, for the forms that claim it, wrapping in i32.
         let mut full: Vec<([i32; 8], [u8; 32], [i8; 32])> = vec![
             ([0; 8], [255; 32], [-128; 32]),
@@ -1202,24 +1190,22 @@ mod tests {
             let s = core::array::from_fn(|_| next() as i8);
             full.push((acc, u, s));
         }
-        let wrapping = |acc: [i32; 8], u: &[u8; 32], s: &[i8; 32]| -> [i32; 8] {
-            core::array::from_fn(|l| {
-                let sum: i64 = (0..4)
-                    .map(|j| u[4 * l + j] as i64 * s[4 * l + j] as i64)
-                    .sum();
-                acc[l].wrapping_add(sum as i32)
-            })
-        };
-        for (acc, u, s) in &full {
-            let want = wrapping(*acc, u, s);
-            // SAFETY: each form runs only where its features were detected.
-            unsafe {
-                assert_eq!(run_emulated(*acc, u, s), want, "emulated {u:?} {s:?}");
-                if avx_vnni {
-                    assert_eq!(run_avx_vnni(*acc, u, s), want, "avxvnni {u:?} {s:?}");
-                }
-                if avx512_vnni {
-                    assert_eq!(run_avx512_vnni(*acc, u, s), want, "avx512vnni {u:?} {s:?}");
+        for (full_range, cases) in [(false, &cases), (true, &full)] {
+            for (acc, u, s) in cases {
+                let want = mul_add_reference(*acc, u, s);
+                // SAFETY: each form runs only where its features were detected.
+                unsafe {
+                    if full_range {
+                        assert_eq!(run_emulated(*acc, u, s), want, "emulated {u:?} {s:?}");
+                    } else {
+                        assert_eq!(run_maddubs(*acc, u, s), want, "maddubs {u:?} {s:?}");
+                    }
+                    if avx_vnni {
+                        assert_eq!(run_avx_vnni(*acc, u, s), want, "avxvnni {u:?} {s:?}");
+                    }
+                    if avx512_vnni {
+                        assert_eq!(run_avx512_vnni(*acc, u, s), want, "avx512vnni {u:?} {s:?}");
+                    }
                 }
             }
         }
