@@ -35,7 +35,10 @@ def test_kernel_info() -> None:
         if {"avx512vnni", "avxvnni"} & set(info.supported):
             assert "avx2" in info.supported
     if info.arch == "aarch64":
-        assert set(info.supported) <= {"scalar", "neon"}
+        assert set(info.supported) <= {"scalar", "neon", "neondot"}
+        # neondot is NEON plus sdot: never one without the other.
+        if "neondot" in info.supported:
+            assert "neon" in info.supported
 
 
 @pytest.mark.parametrize("name", PATHS)
@@ -50,7 +53,7 @@ def test_set_kernel_errors() -> None:
     with pytest.raises(dq.InvalidArgumentError) as info:
         dq.set_kernel("sse9")
     assert "sse9" in str(info.value)
-    unsupported = {"avx2", "avx512vnni", "avxvnni", "neon"} - set(PATHS)
+    unsupported = {"avx2", "avx512vnni", "avxvnni", "neon", "neondot"} - set(PATHS)
     for name in unsupported:
         with pytest.raises(dq.InvalidArgumentError) as info:
             dq.set_kernel(name)

@@ -29,12 +29,14 @@ def kernel_info() -> KernelInfo:
 
 def set_kernel(name: str) -> None:
     """Force a kernel path: ``"auto"``, ``"scalar"``, ``"avx2"``,
-    ``"avx512vnni"``, ``"avxvnni"`` or ``"neon"`` (``kernel_info().supported``
-    lists this CPU's, slowest first; ``"auto"`` takes the last).
+    ``"avx512vnni"``, ``"avxvnni"``, ``"neon"`` or ``"neondot"``
+    (``kernel_info().supported`` lists this CPU's, slowest first; ``"auto"``
+    takes the last).
 
     The same as setting ``DYNQUANT_KERNEL`` before import; every path gives
     the same bits, only the speed differs. The VNNI paths are the AVX2 path
-    with ``vpdpbusd`` as the int8 multiply-add of the W8A8 products.
+    with ``vpdpbusd`` as the int8 multiply-add of the W8A8 products, and
+    ``neondot`` the NEON path with the ARMv8.2 ``sdot``.
     """
     if not isinstance(name, str):
         from .errors import ArgumentTypeError

@@ -4,12 +4,15 @@
 //! the AVX2 (x86-64) and NEON (aarch64) bodies must give the same bits, and
 //! the tests force each available path to prove it. The path is chosen once,
 //! at first use, from the `DYNQUANT_KERNEL` environment variable
-//! (`auto` | `scalar` | `avx2` | `avx512vnni` | `avxvnni` | `neon`, default
-//! `auto` = best detected), and can be changed at run time with [`set_isa`].
+//! (`auto` | `scalar` | `avx2` | `avx512vnni` | `avxvnni` | `neon` |
+//! `neondot`, default `auto` = best detected), and can be changed at run
+//! time with [`set_isa`].
 //!
 //! The two VNNI paths are the AVX2 path with `vpdpbusd` as the int8
 //! multiply-add of the W8A8 dot kernels (one instruction where AVX2 needs
-//! three); every other kernel runs its AVX2 body on them.
+//! three); every other kernel runs its AVX2 body on them. Likewise
+//! `neondot` is the NEON path with the ARMv8.2 `sdot` in the int8 dot
+//! kernels.
 
 use crate::DynQuantError;
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -38,6 +41,8 @@ pub enum Isa {
     /// AVX2 with AVX512-VNNI's `vpdpbusd` (256-bit, AVX512VL) in the int8
     /// dot products.
     Avx512Vnni,
+    /// NEON with the ARMv8.2 dot product (`sdot`) in the int8 dot products.
+    NeonDot,
 }
 
 impl Isa {
@@ -49,6 +54,7 @@ impl Isa {
             Isa::Neon => "neon",
             Isa::AvxVnni => "avxvnni",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::NeonDot => "neondot",
         }
     }
 
@@ -59,6 +65,7 @@ impl Isa {
             Isa::Neon => 3,
             Isa::AvxVnni => 4,
             Isa::Avx512Vnni => 5,
+            Isa::NeonDot => 6,
         }
     }
 
@@ -69,6 +76,7 @@ impl Isa {
             3 => Some(Isa::Neon),
             4 => Some(Isa::AvxVnni),
             5 => Some(Isa::Avx512Vnni),
+            6 => Some(Isa::NeonDot),
             _ => None,
         }
     }
@@ -82,9 +90,10 @@ impl Isa {
             "neon" => Ok(Isa::Neon),
             "avxvnni" => Ok(Isa::AvxVnni),
             "avx512vnni" => Ok(Isa::Avx512Vnni),
+            "neondot" => Ok(Isa::NeonDot),
             other => Err(DynQuantError::InvalidArgument(format!(
                 "unknown kernel path {other:?}: expected one of auto, scalar, avx2, \
-                 avx512vnni, avxvnni, neon"
+                 avx512vnni, avxvnni, neon, neondot"
             ))),
         }
     }
@@ -108,6 +117,11 @@ impl Isa {
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -135,6 +149,7 @@ pub fn supported() -> Vec<Isa> {
         Isa::Avx512Vnni,
         Isa::AvxVnni,
         Isa::Neon,
+        Isa::NeonDot,
     ]
     .into_iter()
     .filter(|isa| isa.is_supported())
@@ -214,8 +229,8 @@ pub fn abs_max_bits(x: &[f32]) -> u32 {
         // SAFETY: active() returned an AVX2 path, so the CPU supports AVX2.
         Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe { avx2::abs_max_bits(x) },
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: active() returned Neon, so the CPU supports NEON.
-        Isa::Neon => unsafe { neon::abs_max_bits(x) },
+        // SAFETY: active() returned a NEON path, so the CPU supports NEON.
+        Isa::Neon | Isa::NeonDot => unsafe { neon::abs_max_bits(x) },
         _ => scalar::abs_max_bits(x),
     }
 }
@@ -250,7 +265,7 @@ pub fn quantize_to(x: &[f32], scale: f32, clip: f32, out: &mut [i8], stream: boo
         },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON confirmed by active(); lengths checked above.
-        Isa::Neon => unsafe { neon::quantize(x, scale, clip, out) },
+        Isa::Neon | Isa::NeonDot => unsafe { neon::quantize(x, scale, clip, out) },
         _ => scalar::quantize(x, scale, clip, out),
     }
 }
@@ -272,6 +287,20 @@ macro_rules! avx2_int8_dot {
     };
 }
 
+/// `Some(f(args))` with `f` the int8 dot kernel of the active path's
+/// `int8_dot_paths!` module in `neon` when the path is a NEON one, else
+/// `None` (as `avx2_int8_dot!` for x86-64).
+#[cfg(target_arch = "aarch64")]
+macro_rules! neon_int8_dot {
+    ($f:ident($($arg:expr),*)) => {
+        match active() {
+            Isa::Neon => Some(neon::widening::$f($($arg),*)),
+            Isa::NeonDot => Some(neon::sdot::$f($($arg),*)),
+            _ => None,
+        }
+    };
+}
+
 /// Exact `sum w[i] * a[i]`; `a` must not hold -128 (quantized activations
 /// are within ±127), `w` may hold any int8.
 #[inline]
@@ -283,12 +312,12 @@ pub fn dot_i8(w: &[i8], a: &[i8]) -> i64 {
     if let Some(dot) = unsafe { avx2_int8_dot!(dot_i8(w, a)) } {
         return dot;
     }
-    match active() {
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON confirmed by active(); lengths checked above.
-        Isa::Neon => unsafe { neon::dot_i8(w, a) },
-        _ => scalar::dot_i8(w, a),
+    // SAFETY: as above.
+    #[cfg(target_arch = "aarch64")]
+    if let Some(dot) = unsafe { neon_int8_dot!(dot_i8(w, a)) } {
+        return dot;
     }
+    scalar::dot_i8(w, a)
 }
 
 /// Exact dot products of `R` weight rows with `T` activation rows (all of one
@@ -310,11 +339,12 @@ pub fn dot_tile<const R: usize, const T: usize>(w: &[&[i8]; R], a: &[&[i8]; T]) 
     if let Some(sums) = unsafe { avx2_int8_dot!(dot_tile(w, a)) } {
         return sums;
     }
-    match active() {
-        #[cfg(target_arch = "aarch64")]
-        Isa::Neon => core::array::from_fn(|r| core::array::from_fn(|t| dot_i8(w[r], a[t]))),
-        _ => scalar::dot_tile(w, a),
+    // SAFETY: as above.
+    #[cfg(target_arch = "aarch64")]
+    if let Some(sums) = unsafe { neon_int8_dot!(dot_tile(w, a)) } {
+        return sums;
     }
+    scalar::dot_tile(w, a)
 }
 
 /// Dequantized W8A8 outputs of two int8 weight rows by `T` token rows (all
@@ -466,12 +496,17 @@ mod tests {
 
     /// Every aarch64 CPU has NEON (the tests that force each path would
     /// otherwise pass without ever running it, e.g. under an emulator that
-    /// hides the feature).
+    /// hides the feature), and `neondot` is there exactly when the CPU has
+    /// the dot product.
     #[cfg(target_arch = "aarch64")]
     #[test]
     fn neon_is_among_the_paths_the_tests_force() {
-        assert_eq!(supported(), vec![Isa::Scalar, Isa::Neon]);
-        assert_eq!(best_supported(), Isa::Neon);
+        let mut want = vec![Isa::Scalar, Isa::Neon];
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            want.push(Isa::NeonDot);
+        }
+        assert_eq!(supported(), want);
+        assert_eq!(Some(&best_supported()), want.last());
     }
 
     /// Names parse back to their paths; the paths are listed slowest first
@@ -485,6 +520,7 @@ mod tests {
             Isa::Neon,
             Isa::AvxVnni,
             Isa::Avx512Vnni,
+            Isa::NeonDot,
         ];
         for isa in all {
             assert_eq!(Isa::parse(isa.name()).unwrap(), isa);
@@ -502,6 +538,9 @@ mod tests {
         assert_eq!(Isa::parse("auto").unwrap(), best_supported());
         if paths.contains(&Isa::AvxVnni) || paths.contains(&Isa::Avx512Vnni) {
             assert!(paths.contains(&Isa::Avx2), "{paths:?}");
+        }
+        if paths.contains(&Isa::NeonDot) {
+            assert!(paths.contains(&Isa::Neon), "{paths:?}");
         }
         set_isa(best_supported()).unwrap();
     }
