@@ -42,6 +42,7 @@ mod sketch;
 use std::sync::Arc;
 
 use crate::calib::CalibStats;
+use crate::error::try_vec;
 use crate::parallel;
 use crate::scale::{abs_max_bits, first_rejected, kth_smallest_abs, percentile_index, NanPolicy};
 use crate::simd::scalar::INF_BITS;
@@ -764,13 +765,23 @@ pub struct ChannelMaxObserver {
 
 impl ChannelMaxObserver {
     /// An empty observer; `in_features` may be left to the first batch.
+    ///
+    /// # Panics
+    /// When the `in_features` slots cannot be allocated ([`Self::try_new`]
+    /// returns the error instead).
     pub fn new(in_features: Option<usize>, policy: NanPolicy) -> Self {
-        Self {
+        Self::try_new(in_features, policy).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::new`], with `AllocationFailed` when the allocator refuses
+    /// `in_features` slots (a mistyped size, say) instead of aborting.
+    pub fn try_new(in_features: Option<usize>, policy: NanPolicy) -> Result<Self, DynQuantError> {
+        Ok(Self {
             in_features,
-            max_bits: vec![0; in_features.unwrap_or(0)],
+            max_bits: try_vec(in_features.unwrap_or(0), 0)?,
             tokens: 0,
             policy,
-        }
+        })
     }
 
     /// An empty observer with the same settings and channels.
@@ -830,13 +841,18 @@ impl ChannelMaxObserver {
         if self.policy == NanPolicy::Raise && abs_max_bits(data) >= INF_BITS {
             return Err(first_rejected(data, NanPolicy::Raise));
         }
-        let batch = smooth::column_abs_max(data, in_features);
         if self.in_features.is_none() {
+            // Allocated before anything changes, so a refusal leaves the
+            // observer as it was.
+            self.max_bits = try_vec(in_features, 0)?;
             self.in_features = Some(in_features);
-            self.max_bits = vec![0; in_features];
         }
-        for (m, v) in self.max_bits.iter_mut().zip(&batch) {
-            *m = (*m).max(v.to_bits());
+        if tokens > 0 {
+            // No rows, no maxima (and no per-channel buffer to allocate).
+            let batch = smooth::column_abs_max(data, in_features);
+            for (m, v) in self.max_bits.iter_mut().zip(&batch) {
+                *m = (*m).max(v.to_bits());
+            }
         }
         self.tokens += tokens as u64;
         Ok(())

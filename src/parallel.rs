@@ -40,7 +40,34 @@ fn slot() -> &'static RwLock<Slot> {
     })
 }
 
+/// Most threads the pool may have: [`set_num_threads`] refuses more, and a
+/// larger `RAYON_NUM_THREADS` counts as this many (rayon would start them
+/// all: 100000 threads took a 24 GiB machine down).
+pub const MAX_THREADS: usize = 4096;
+
+/// The default size: `RAYON_NUM_THREADS` when it is a positive integer (as
+/// rayon reads it), else the CPU count; at most [`MAX_THREADS`].
+fn default_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    threads_for(std::env::var("RAYON_NUM_THREADS").ok().as_deref(), cpus)
+}
+
+/// [`default_threads`] for a `RAYON_NUM_THREADS` value and a CPU count.
+fn threads_for(env_value: Option<&str>, cpus: usize) -> usize {
+    env_value
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(cpus)
+        .min(MAX_THREADS)
+}
+
+/// A pool of `threads` threads (0: [`default_threads`]).
 fn build(threads: usize) -> Result<ThreadPool, DynQuantError> {
+    let threads = if threads == 0 {
+        default_threads()
+    } else {
+        threads
+    };
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("dynquant-{i}"))
@@ -86,11 +113,11 @@ pub fn num_threads() -> usize {
 }
 
 /// Resizes the pool; `0` means the default (`RAYON_NUM_THREADS` or the CPU
-/// count). Safe while other threads run kernels: they finish on the old pool.
+/// count, at most [`MAX_THREADS`]). Safe while other threads run kernels: they finish on the old pool.
 pub fn set_num_threads(threads: usize) -> Result<(), DynQuantError> {
-    if threads > 4096 {
+    if threads > MAX_THREADS {
         return Err(DynQuantError::InvalidArgument(format!(
-            "num_threads must be between 0 (default) and 4096, got {threads}"
+            "num_threads must be between 0 (default) and {MAX_THREADS}, got {threads}"
         )));
     }
     let fresh = Arc::new(build(threads)?);
@@ -452,6 +479,22 @@ impl RowBlocks {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    /// `RAYON_NUM_THREADS` as rayon reads it (a positive integer, else the
+    /// CPU count), but never more than `set_num_threads` allows.
+    #[test]
+    fn the_default_follows_rayon_num_threads_up_to_the_limit() {
+        assert_eq!(threads_for(None, 2), 2);
+        assert_eq!(threads_for(Some("3"), 2), 3);
+        assert_eq!(threads_for(Some(" 7 "), 2), 7);
+        assert_eq!(threads_for(Some("4096"), 2), 4096);
+        assert_eq!(threads_for(Some("100000"), 2), MAX_THREADS);
+        for ignored in ["0", "", "two", "-1", "1.5", "99999999999999999999999"] {
+            assert_eq!(threads_for(Some(ignored), 2), 2, "{ignored:?}");
+        }
+        assert_eq!(threads_for(None, 10_000), MAX_THREADS);
+        assert!(set_num_threads(MAX_THREADS + 1).is_err());
+    }
 
     /// A product big enough to split (`work` past two grains) into `n` rows.
     fn split_rows(n: usize) -> RowBlocks {

@@ -562,7 +562,7 @@ fn quantize_weights_int4<'py>(
     let (n, k) = (weight.shape()[0], weight.shape()[1]);
     let w = contiguous(weight.as_slice())?;
     let (p, s) = detached(py, || weights::quantize_weights_int4(w, n, k, group_size))?;
-    let groups = s.len().checked_div(n).unwrap_or(0);
+    let groups = weights::int4_groups(k, group_size);
     Ok((
         p.into_pyarray(py).reshape(vec![n, k.div_ceil(2)])?,
         s.into_pyarray(py).reshape(vec![n, groups])?,

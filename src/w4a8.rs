@@ -9,7 +9,7 @@ use crate::error::{check_finite_argument, checked_size};
 use crate::matmul::{ActQuant, QuantizedActs};
 use crate::parallel::{DisjointOut, RowBlocks};
 use crate::simd::{self, scalar::INF_BITS};
-use crate::weights::int4_position;
+use crate::weights;
 use crate::DynQuantError;
 
 /// Shape of a packed int4 weight matrix.
@@ -110,30 +110,6 @@ fn w4a8_block(
     }
 }
 
-/// With an odd `in_features`, each packed row has one unused nibble, which
-/// `pack_int4` sets to 8 (the value 0). Anything else there means the rows
-/// were packed for one more column — the same number of bytes — and the
-/// product would silently drop that column's weights.
-fn check_padding(packed: &[u8], layout: Int4Layout) -> Result<(), DynQuantError> {
-    let k = layout.in_features;
-    if k.is_multiple_of(2) {
-        return Ok(());
-    }
-    let (byte, shift) = int4_position(k, k);
-    let rb = layout.row_bytes();
-    match packed
-        .chunks(rb)
-        .position(|row| (row[byte] >> shift) & 0x0f != 8)
-    {
-        None => Ok(()),
-        Some(row) => Err(DynQuantError::InvalidArgument(format!(
-            "in_features is {k}, but packed row {row} holds a weight in its unused last \
-             nibble: these rows were packed for {} columns",
-            k + 1
-        ))),
-    }
-}
-
 /// Batched W4A8: `out[i, j] = y_ij * s_i (+ bias[j])` where `y_ij` adds up
 /// in f32, in eight lanes by group index mod 8 and then a fixed-order lane
 /// sum, each group's exact integer dot product times the group's scale (see
@@ -175,7 +151,7 @@ pub fn w4a8_matmul_into(
             return Err(DynQuantError::ShapeMismatch { expected, actual });
         }
     }
-    check_padding(packed, layout)?;
+    weights::check_int4_padding(packed, layout.in_features)?;
     check_finite_argument(bias.unwrap_or_default(), "bias")?;
     if m == 0 || n == 0 {
         return check_finite_argument(scales, "scales");

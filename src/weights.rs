@@ -98,7 +98,32 @@ pub fn pack_int4(values: &[i8], cols: usize) -> Result<Vec<u8>, DynQuantError> {
     Ok(packed)
 }
 
+/// With an odd `cols`, each packed row has one unused nibble, which
+/// [`pack_int4`] sets to 8 (the value 0). Anything else there means the rows
+/// were packed for one more column — the same number of bytes — and reading
+/// them as `cols` columns would silently drop that column.
+pub(crate) fn check_int4_padding(packed: &[u8], cols: usize) -> Result<(), DynQuantError> {
+    if cols.is_multiple_of(2) {
+        return Ok(());
+    }
+    let (byte, shift) = int4_position(cols, cols);
+    let rb = cols.div_ceil(2);
+    match packed
+        .chunks(rb)
+        .position(|row| (row[byte] >> shift) & 0x0f != 8)
+    {
+        None => Ok(()),
+        Some(row) => Err(DynQuantError::InvalidArgument(format!(
+            "{cols} columns (in_features), but packed row {row} holds a weight in its unused last \
+             nibble: these rows were packed for {} columns",
+            cols + 1
+        ))),
+    }
+}
+
 /// Unpacks rows of `cols` int4 columns (see the module doc for the layout).
+/// An odd `cols` with a non-zero unused last nibble is an error (see
+/// [`check_int4_padding`]).
 pub fn unpack_int4(packed: &[u8], cols: usize) -> Result<Vec<i8>, DynQuantError> {
     let row_bytes = cols.div_ceil(2);
     if row_bytes == 0 {
@@ -110,6 +135,7 @@ pub fn unpack_int4(packed: &[u8], cols: usize) -> Result<Vec<i8>, DynQuantError>
             actual: packed.len(),
         });
     }
+    check_int4_padding(packed, cols)?;
     let mut values = try_vec(packed.len() / row_bytes * cols, 0i8)?;
     let value = |nibble: u8| (nibble & 0x0f) as i8 - 8;
     for (row, out) in packed.chunks(row_bytes).zip(values.chunks_mut(cols)) {
@@ -217,6 +243,13 @@ fn quantize_int4(w: &[f32], s0: f32, out: &mut [i8]) {
     }
 }
 
+/// Scales per row of [`quantize_weights_int4`]'s output: one per
+/// `group_size` columns (the last group may be short), one per row for
+/// `None`, none for a row without columns.
+pub fn int4_groups(in_features: usize, group_size: Option<usize>) -> usize {
+    in_features.div_ceil(group_size.unwrap_or(in_features).max(1))
+}
+
 /// Int4 weights for `[out, in]` float weights: per group of `group_size`
 /// input columns (or the whole row for `None`), the scale of
 /// [`int4_group_scale`]. Returns `(packed, scales)` with `scales` laid out
@@ -254,7 +287,7 @@ pub fn quantize_weights_int4(
         Some(g) => g,
         None => in_features.max(1),
     };
-    let groups = in_features.div_ceil(group);
+    let groups = int4_groups(in_features, group_size);
     let mut values = try_vec(weights.len(), 0i8)?;
     let mut scales = try_vec(out_features * groups, 0.0f32)?;
     if in_features > 0 {

@@ -421,6 +421,14 @@ CASES: list[Case] = [
     Case("unpack_int4", "cols does not match the bytes", lambda: dq.unpack_int4(PK, 60), SE),
     Case("unpack_int4", "cols = 2**70", lambda: dq.unpack_int4(PK, 2**70), SE),
     Case("unpack_int4", "cols < 0", lambda: dq.unpack_int4(PK, -1), IA),
+    # 63 and 64 columns pack into the same 32 bytes: the unused nibble tells.
+    Case("unpack_int4", "rows packed for 64 columns, cols 63", lambda: dq.unpack_int4(PK, 63), IA),
+    Case(
+        "unpack_int4",
+        "unused nibble 0xF, cols 1",
+        lambda: dq.unpack_int4(np.array([[0xFF]], U8), 1),
+        IA,
+    ),
     Case(
         "QuantizedLinear.__call__",
         "x features != in_features",
@@ -431,7 +439,7 @@ CASES: list[Case] = [
         "QuantizedLinear",
         "bias length != out",
         lambda: dq.QuantizedLinear.from_float(W, bias=np.ones(4, F32)),
-        FD,
+        SE,
     ),
     # shapes too big to exist
     Case(
@@ -490,6 +498,33 @@ CASES: list[Case] = [
         result="packed `(2^40, 0)`, scales `(2^40, 0)`",
         check=lambda r: assert_same((r[0].shape, r[1].shape), ((TIB, 0), (TIB, 0))),
         isolate=True,
+    ),
+    Case(
+        "quantize_weights_int4",
+        "no rows (0, 64), group 32",
+        lambda: (lambda p, s: (p.shape, s.shape, dq.w4a8_matmul(A64, p, s, group_size=32).shape))(
+            *dq.quantize_weights_int4(np.empty((0, 64), F32), 32)
+        ),
+        result="packed `(0, 32)`, scales `(0, 2)`, which `w4a8_matmul` takes: `(2, 0)`",
+        check=lambda r: assert_same(r, ((0, 32), (0, 2), (2, 0))),
+    ),
+    Case(
+        "ChannelMaxObserver",
+        "in_features 2^40 (4 TiB of maxima)",
+        lambda: dq.ChannelMaxObserver(TIB),
+        MemoryError,
+    ),
+    Case(
+        "ChannelMaxObserver",
+        "in_features 2^62 (past usize in bytes)",
+        lambda: dq.ChannelMaxObserver(2**62),
+        MemoryError,
+    ),
+    Case(
+        "ChannelMaxObserver",
+        "update with an empty (0, 2^36) batch",
+        lambda: dq.ChannelMaxObserver().update(np.empty((0, 2**36), F32)),
+        MemoryError,
     ),
     Case(
         "compute_smooth_factors",

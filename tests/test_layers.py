@@ -363,15 +363,17 @@ def test_products_follow_the_reference_nan_policy(per_token: bool) -> None:
         assert e.value.index == 85  # x[1, 5]
 
 
-@pytest.mark.parametrize(("bits", "group"), [(8, None), (4, None), (4, 32), (4, 64)])
+@pytest.mark.parametrize(("bits", "group"), [(8, None), (4, None), (4, 32), (4, 64), (4, 2**34)])
 def test_dequantized_weight_is_each_value_times_its_scale(bits: int, group: int | None) -> None:
-    # in_features 80: groups of 32 and 64 leave a partial last group.
+    # in_features 80: groups of 32 and 64 leave a partial last group; a
+    # group of 2^34 is one group per row (and must not allocate 2^34 floats
+    # per row on the way).
     layer = dq.QuantizedLinear.from_float(W, bits=bits, group_size=group)
     if bits == 8:
         values, scales = layer.weight, np.repeat(layer.weight_scales[:, None], 80, axis=1)
     else:
         values = dq.unpack_int4(layer.weight, 80)
-        scales = layer.weight_scales[:, np.arange(80) // (group or 80)]
+        scales = layer.weight_scales[:, np.arange(80) // min(group or 80, 80)]
     want = (values.astype(F32) * scales).astype(F32)
     assert_same_f32(layer.dequantized_weight(), want, f"bits={bits} group={group}")
     # and it is the weight the layer multiplies by: x @ W_deq^T within rounding

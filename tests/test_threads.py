@@ -210,3 +210,23 @@ def test_kernels_work_in_a_forked_child() -> None:
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "fork:" in r.stdout
+
+
+@pytest.mark.parametrize(("value", "want"), [("3", 3), ("zero", None)])
+def test_rayon_num_threads_sets_the_default(value: str, want: int | None) -> None:
+    # A value rayon ignores ("zero") leaves the CPU count. (The cap at 4096
+    # is a Rust unit test: starting 4096 threads here takes ~12 s.)
+    code = (
+        "import os, dynquant as dq, numpy as np\n"
+        "print(dq.kernel_info().threads, os.cpu_count())\n"
+        "y = dq.w8a8_matmul(np.ones((64, 256), np.float32), np.ones((512, 256), np.int8), "
+        "np.ones(512, np.float32))\n"
+        "assert abs(float(y[0, 0]) - 256.0) < 1e-3, y[0, 0]\n"
+    )
+    env = {**os.environ, "RAYON_NUM_THREADS": value}
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, env=env
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    threads, cpus = (int(v) for v in r.stdout.split())
+    assert threads == (want if want is not None else min(cpus, 4096))

@@ -25,6 +25,7 @@ from .errors import (
     FeatureDimMismatchError,
     InvalidArgumentError,
     NonFiniteError,
+    ShapeMismatchError,
 )
 from .matmul import w4a8_matmul, w8a8_matmul
 from .modes import MaxAbs, Percentile, ScaleMode
@@ -145,10 +146,11 @@ class QuantizedLinear:
         layer.per_token, layer.act_mode = check_bool(per_token, "per_token"), act_mode
         layer.bias = None if bias is None else as_float32(bias, "bias", ndim=1).copy()
         if layer.bias is not None and layer.bias.shape[0] != layer.out_features:
-            raise FeatureDimMismatchError(
+            # The same error as w8a8_matmul's for a bias of the wrong length.
+            raise ShapeMismatchError(
                 f"bias has {layer.bias.shape[0]} values for {layer.out_features} outputs",
-                in_features=layer.out_features,
-                sf_len=layer.bias.shape[0],
+                expected=layer.out_features,
+                actual=layer.bias.shape[0],
             )
         if layer.bias is not None:
             require_finite(layer.bias, "bias")
@@ -249,7 +251,9 @@ class QuantizedLinear:
             values = self.weight.astype(np.float32)
             return values * self.weight_scales[:, None]
         values = unpack_int4(self.weight, self.in_features).astype(np.float32)
-        group = self.group_size or max(self.in_features, 1)
+        # A group wider than the row is one group of in_features columns;
+        # repeating by the nominal width would allocate out x group floats.
+        group = min(self.group_size or self.in_features, self.in_features) or 1
         scales = np.repeat(self.weight_scales, group, axis=1)[:, : self.in_features]
         out: npt.NDArray[np.float32] = values * scales
         return out

@@ -19,7 +19,13 @@ from ._arrays import (
     non_finite_error,
     reword_non_finite,
 )
-from .errors import DTypeError, InvalidArgumentError, NonFiniteError, ShapeMismatchError
+from .errors import (
+    DTypeError,
+    EmptyInputError,
+    InvalidArgumentError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
 from .modes import MaxAbs, ScaleMode, percentile_arg
 
 __all__ = ["w4a8_matmul", "w4a8_matvec", "w8a8_matmul", "w8a8_matvec"]
@@ -39,6 +45,23 @@ def w8a8_matvec(
     w = as_int8(weight_i8, "weight_i8", ndim=2)
     s = as_float32(weight_scales, "weight_scales", ndim=1)
     a = as_float32(activation, "activation", ndim=1)
+    # The reference's checks, in its order, with messages that name the
+    # argument (the core's say only "expected N, got M").
+    if a.shape[0] == 0:
+        raise EmptyInputError("activation is empty: w8a8_matvec needs at least one value")
+    if a.shape[0] != w.shape[1]:
+        raise ShapeMismatchError(
+            f"activation has {a.shape[0]} values, but weight_i8 is {w.shape}: "
+            f"activation must be [{w.shape[1]}]",
+            expected=w.shape[1],
+            actual=a.shape[0],
+        )
+    if s.shape[0] != w.shape[0]:
+        raise ShapeMismatchError(
+            f"weight_scales has {s.shape[0]} values for {w.shape[0]} weight rows",
+            expected=w.shape[0],
+            actual=s.shape[0],
+        )
     try:
         y: npt.NDArray[np.float32] = _core.w8a8_matvec(w, s, a, check_nan_policy(nan_policy))
     except NonFiniteError as e:

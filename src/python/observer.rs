@@ -269,11 +269,10 @@ impl PyChannelMaxObserver {
 #[pymethods]
 impl PyChannelMaxObserver {
     #[new]
-    fn new(in_features: Option<usize>, reference: bool) -> Self {
-        Self(Shared::new(ChannelMaxObserver::new(
-            in_features,
-            nan_policy(reference),
-        )))
+    fn new(py: Python<'_>, in_features: Option<usize>, reference: bool) -> PyResult<Self> {
+        let observer = ChannelMaxObserver::try_new(in_features, nan_policy(reference))
+            .map_err(|e| to_py_err(py, e))?;
+        Ok(Self(Shared::new(observer)))
     }
 
     /// Adds a `[tokens, in_features]` batch.
