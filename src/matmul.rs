@@ -463,7 +463,8 @@ pub fn w8a8_matmul_into(
 ) -> Result<(), DynQuantError> {
     let n = weight_scales.len();
     let k = x.len().checked_div(m).unwrap_or(0);
-    if m > 0 && x.len() != m * k {
+    // With no tokens, x must be empty too (as w4a8_matmul_into checks).
+    if x.len() != m * k {
         return Err(DynQuantError::ShapeMismatch {
             expected: m * k,
             actual: x.len(),
@@ -587,6 +588,38 @@ impl QuantizedActs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No tokens with a non-empty `x` is a shape error (x is not ignored).
+    #[test]
+    fn no_tokens_with_data_is_a_shape_error() {
+        let mut out = vec![];
+        let r = w8a8_matmul_into(
+            &[1.0; 6],
+            0,
+            &[1i8; 6],
+            &[1.0; 2],
+            None,
+            ActQuant::PER_TOKEN,
+            &mut out,
+        );
+        assert_eq!(
+            r,
+            Err(DynQuantError::ShapeMismatch {
+                expected: 0,
+                actual: 6
+            })
+        );
+        let r = w8a8_matmul_into(
+            &[],
+            0,
+            &[1i8; 6],
+            &[1.0; 2],
+            None,
+            ActQuant::PER_TOKEN,
+            &mut out,
+        );
+        assert_eq!(r, Ok(()));
+    }
 
     #[test]
     fn errors_in_the_reference_order() {

@@ -841,6 +841,11 @@ impl ChannelMaxObserver {
         if self.policy == NanPolicy::Raise && abs_max_bits(data) >= INF_BITS {
             return Err(first_rejected(data, NanPolicy::Raise));
         }
+        // Checked before anything changes: an error leaves the observer as it was.
+        let total = self
+            .tokens
+            .checked_add(tokens as u64)
+            .ok_or_else(count_overflow)?;
         if self.in_features.is_none() {
             // Allocated before anything changes, so a refusal leaves the
             // observer as it was.
@@ -854,7 +859,7 @@ impl ChannelMaxObserver {
                 *m = (*m).max(v.to_bits());
             }
         }
-        self.tokens += tokens as u64;
+        self.tokens = total;
         Ok(())
     }
 
@@ -866,8 +871,12 @@ impl ChannelMaxObserver {
                 self.policy, other.policy
             )));
         }
+        let total = self
+            .tokens
+            .checked_add(other.tokens)
+            .ok_or_else(count_overflow)?;
         let Some(theirs) = other.in_features else {
-            self.tokens += other.tokens;
+            self.tokens = total;
             return Ok(());
         };
         self.check_features(theirs)?;
@@ -878,7 +887,7 @@ impl ChannelMaxObserver {
         for (m, &o) in self.max_bits.iter_mut().zip(&other.max_bits) {
             *m = (*m).max(o);
         }
-        self.tokens += other.tokens;
+        self.tokens = total;
         Ok(())
     }
 

@@ -73,7 +73,15 @@ pub fn pack_int4(values: &[i8], cols: usize) -> Result<Vec<u8>, DynQuantError> {
         )));
     }
     if cols == 0 {
-        return Ok(Vec::new());
+        // Rows of no columns hold no values: anything given is misplaced.
+        return if values.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(DynQuantError::ShapeMismatch {
+                expected: 0,
+                actual: values.len(),
+            })
+        };
     }
     if !values.len().is_multiple_of(cols) {
         return Err(DynQuantError::ShapeMismatch {
@@ -127,7 +135,14 @@ pub(crate) fn check_int4_padding(packed: &[u8], cols: usize) -> Result<(), DynQu
 pub fn unpack_int4(packed: &[u8], cols: usize) -> Result<Vec<i8>, DynQuantError> {
     let row_bytes = cols.div_ceil(2);
     if row_bytes == 0 {
-        return Ok(Vec::new());
+        return if packed.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(DynQuantError::ShapeMismatch {
+                expected: 0,
+                actual: packed.len(),
+            })
+        };
     }
     if !packed.len().is_multiple_of(row_bytes) {
         return Err(DynQuantError::ShapeMismatch {
@@ -321,6 +336,20 @@ pub fn quantize_weights_int4(
 mod tests {
     use super::*;
     use crate::simd::scalar::int4_at;
+
+    /// Rows of no columns hold nothing: data given for them is an error,
+    /// not silently dropped.
+    #[test]
+    fn zero_columns_refuse_data() {
+        assert_eq!(pack_int4(&[], 0), Ok(Vec::new()));
+        assert_eq!(unpack_int4(&[], 0), Ok(Vec::new()));
+        let e = DynQuantError::ShapeMismatch {
+            expected: 0,
+            actual: 3,
+        };
+        assert_eq!(pack_int4(&[1, 2, 3], 0), Err(e.clone()));
+        assert_eq!(unpack_int4(&[0x12, 0x34, 0x56], 0), Err(e));
+    }
 
     #[test]
     fn pack_round_trip_and_layout() {

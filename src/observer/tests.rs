@@ -541,3 +541,20 @@ proptest! {
         );
     }
 }
+
+/// The token count cannot wrap: an overflowing update or merge is an error
+/// and leaves the observer as it was.
+#[test]
+fn channel_max_token_count_does_not_wrap() {
+    let mut o = ChannelMaxObserver::new(Some(0), NanPolicy::Raise);
+    o.update(&[], usize::MAX, 0).unwrap();
+    let before = o.clone();
+    let mut one = ChannelMaxObserver::new(Some(0), NanPolicy::Raise);
+    one.update(&[], 1, 0).unwrap();
+    if usize::BITS == 64 {
+        assert!(o.update(&[], 1, 0).is_err());
+        assert!(o.merge(&one).is_err());
+        assert!(o.merge(&o.clone()).is_err());
+    }
+    assert_eq!(o, before);
+}
