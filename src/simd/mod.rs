@@ -465,19 +465,28 @@ pub fn w4a8_tile<const R: usize, const T: usize>(
         // loop would give -0.0).
         return [[0.0; T]; R];
     }
-    #[cfg(target_arch = "x86_64")]
-    if R == 4
-        && T > 0
+    // The SIMD bodies take whole 64-column blocks, and groups that fill a
+    // half-block or whole blocks; anything else goes to the scalar path.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    let simd_shape = T > 0
         && k.is_multiple_of(64)
         && k.is_multiple_of(group)
-        && (group == 32 || group.is_multiple_of(64))
-        && active().runs_avx2()
-    {
+        && (group == 32 || group.is_multiple_of(64));
+    #[cfg(target_arch = "x86_64")]
+    if R == 4 && simd_shape && active().runs_avx2() {
         let w4: &[&[u8]; 4] = w.as_slice().try_into().expect("R == 4");
         let ws4: &[&[f32]; 4] = ws.as_slice().try_into().expect("R == 4");
         // SAFETY: AVX2 confirmed by active(); shapes checked above.
         let y = unsafe { avx2::w4a8_tile(w4, ws4, a, a_sums, group) };
         return core::array::from_fn(|r| y[r]);
+    }
+    #[cfg(target_arch = "aarch64")]
+    if simd_shape {
+        // SAFETY: the path's features confirmed by active(); shapes checked
+        // above, k > 0.
+        if let Some(y) = unsafe { neon_int8_dot!(w4a8_tile(w, ws, a, group)) } {
+            return y;
+        }
     }
     scalar::w4a8_tile(w, ws, a, group)
 }

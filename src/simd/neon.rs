@@ -160,8 +160,134 @@ unsafe fn dot_tile_with<D: Dot16, const R: usize, const T: usize>(
     out
 }
 
-/// The int8 dot kernels of one instruction set: `dot_i8` and `dot_tile`
-/// (see the dispatchers in `simd`), the generic body compiled with the
+/// Packed int4 weights as signed values: the low and the high nibbles of
+/// 16 bytes (each stores `w + 8`), minus 8.
+#[inline(always)]
+unsafe fn int4_nibbles(p: uint8x16_t) -> (int8x16_t, int8x16_t) {
+    let eight = vdupq_n_s8(8);
+    let low = vreinterpretq_s8_u8(vandq_u8(p, vdupq_n_u8(0x0f)));
+    let high = vreinterpretq_s8_u8(vshrq_n_u8::<4>(p));
+    (vsubq_s8(low, eight), vsubq_s8(high, eight))
+}
+
+/// Adds the f32 step of the W4A8 definition (see `simd::w4a8_tile`) for
+/// groups `g0 .. g0 + n` (`1 <= n <= 8`) to the eight lanes `y` of one
+/// token: lane `l` adds `(sums[l] as f32) * ws[g0 + l]`, the product
+/// rounded, then the sum (`fmul`, `fadd`: never fused). Lanes from `n` on
+/// are left as they are, so a row's last, partial chunk changes no lane
+/// the definition does not touch (not even the sign of a zero).
+///
+/// # Safety
+/// NEON available; `g0 + n <= ws.len()`.
+#[inline(always)]
+unsafe fn w4a8_chunk_step(
+    y: &mut [float32x4_t; 2],
+    sums: &[int32x4_t; 8],
+    ws: &[f32],
+    g0: usize,
+    n: usize,
+) {
+    let mut scales = [0.0f32; 8];
+    scales[..n].copy_from_slice(&ws[g0..g0 + n]);
+    // vpaddq(vpaddq(c0, c1), vpaddq(c2, c3)) = [Σc0, Σc1, Σc2, Σc3]: the
+    // exact group sums (they fit in i32; the lanes' wrapping adds are exact
+    // modulo 2^32, so the total is too).
+    let gather = |c: &[int32x4_t]| vpaddq_s32(vpaddq_s32(c[0], c[1]), vpaddq_s32(c[2], c[3]));
+    for half in 0..2 {
+        let exact = gather(&sums[4 * half..4 * half + 4]);
+        // i32 -> f32 rounds to nearest even, as `i64 as f32` does for a
+        // value within i32.
+        let p = vmulq_f32(
+            vcvtq_f32_s32(exact),
+            vld1q_f32(scales.as_ptr().add(4 * half)),
+        );
+        let added = vaddq_f32(y[half], p);
+        y[half] = if n >= 4 * (half + 1) {
+            added
+        } else {
+            let lane: [u32; 4] = core::array::from_fn(|l| (4 * half + l) as u32);
+            let keep_new = vcltq_u32(vld1q_u32(lane.as_ptr()), vdupq_n_u32(n as u32));
+            vbslq_f32(keep_new, added, y[half])
+        };
+    }
+}
+
+/// Body of the `w4a8_tile` kernels: W4A8 of `R` packed int4 rows with `T`
+/// token rows, bit for bit the definition in `simd::w4a8_tile`
+/// (`crate::weights` has the layout). Each 64-column block of a row is
+/// unpacked once (its low nibbles are columns 0..32, its high nibbles
+/// 32..64) for all `T` tokens; the exact group sums go through [`Dot16`]
+/// (weights within [-8, 7], so any int8 activation is exact on either
+/// implementation) into one i32 vector per group, eight groups a chunk, and
+/// [`w4a8_chunk_step`] applies each chunk's f32 step.
+///
+/// # Safety
+/// The CPU supports NEON and `D`'s instructions; `T > 0`; every token row
+/// has `k` values with `0 < k < 2^20`, `k % 64 == 0`, `k % group == 0` and
+/// `group == 32` or `group % 64 == 0`; `w[r].len() >= k / 2` and
+/// `ws[r].len() >= k / group` (the dispatcher asserts all of these).
+#[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
+#[inline(always)]
+unsafe fn w4a8_tile_with<D: Dot16, const R: usize, const T: usize>(
+    dot: D,
+    w: &[&[u8]; R],
+    ws: &[&[f32]; R],
+    a: &[&[i8]; T],
+    group: usize,
+) -> [[f32; T]; R] {
+    let k = a[0].len();
+    let groups = k / group;
+    let zero = vdupq_n_s32(0);
+    let mut out = [[0.0f32; T]; R];
+    for r in 0..R {
+        // -0.0 + p == p: the same as starting a lane with its first product.
+        let mut y = [[vdupq_n_f32(-0.0); 2]; T];
+        let mut sums = [[zero; 8]; T];
+        // Groups g0 .. g are in `sums` (slot g % 8); g0 is a multiple of 8.
+        let (mut g0, mut g) = (0, 0);
+        for b in 0..k / 64 {
+            // 32b + 32 <= k / 2 <= w[r].len(), 64b + 64 <= k: in bounds.
+            let (e0, o0) = int4_nibbles(vld1q_u8(w[r].as_ptr().add(32 * b)));
+            let (e1, o1) = int4_nibbles(vld1q_u8(w[r].as_ptr().add(32 * b + 16)));
+            for t in 0..T {
+                let at = a[t].as_ptr().add(64 * b);
+                let av: [int8x16_t; 4] = core::array::from_fn(|i| vld1q_s8(at.add(16 * i)));
+                if group == 32 {
+                    // Two groups a block; g is even, so both slots are in this chunk.
+                    let s = &mut sums[t];
+                    s[g % 8] = dot.dot16(dot.dot16(zero, e0, av[0]), e1, av[1]);
+                    s[g % 8 + 1] = dot.dot16(dot.dot16(zero, o0, av[2]), o1, av[3]);
+                } else {
+                    let s = &mut sums[t][g % 8];
+                    *s = dot.dot16(dot.dot16(*s, e0, av[0]), e1, av[1]);
+                    *s = dot.dot16(dot.dot16(*s, o0, av[2]), o1, av[3]);
+                }
+            }
+            if group == 32 {
+                g += 2;
+            } else if (64 * (b + 1)).is_multiple_of(group) {
+                g += 1;
+            }
+            if g - g0 == 8 || (g == groups && g > g0) {
+                for t in 0..T {
+                    w4a8_chunk_step(&mut y[t], &sums[t], ws[r], g0, g - g0);
+                    sums[t] = [zero; 8];
+                }
+                g0 = g;
+            }
+        }
+        for t in 0..T {
+            let mut lanes = [0.0f32; 8];
+            vst1q_f32(lanes.as_mut_ptr(), y[t][0]);
+            vst1q_f32(lanes.as_mut_ptr().add(4), y[t][1]);
+            out[r][t] = scalar::lane_sum(&lanes);
+        }
+    }
+    out
+}
+
+/// The int8 dot kernels of one instruction set: `dot_i8`, `dot_tile` and
+/// `w4a8_tile` (see the dispatchers in `simd`), the generic body compiled with the
 /// set's target features and its [`Dot16`].
 ///
 /// Each `pub unsafe fn` requires that the CPU supports `$features` (the
@@ -188,6 +314,18 @@ macro_rules! int8_dot_paths {
             ) -> [[i64; T]; R] {
                 dot_tile_with($dot, w, a)
             }
+
+            /// # Safety
+            /// See [`int8_dot_paths`] and [`w4a8_tile_with`].
+            #[target_feature(enable = $features)]
+            pub unsafe fn w4a8_tile<const R: usize, const T: usize>(
+                w: &[&[u8]; R],
+                ws: &[&[f32]; R],
+                a: &[&[i8]; T],
+                group: usize,
+            ) -> [[f32; T]; R] {
+                w4a8_tile_with($dot, w, ws, a, group)
+            }
         }
     };
 }
@@ -208,6 +346,111 @@ int8_dot_paths!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both paths' `w4a8_tile` against the scalar definition, bit for bit:
+    /// every group form the kernel takes (32, 64, 128, multiples of 64, one
+    /// group per row), full and partial chunks of eight groups, several tile
+    /// shapes, the extreme operands (-8 weights by -128 and 127), and scales
+    /// that make the f32 step delicate (negative, ±0, tiny, huge, ∞, NaN).
+    #[test]
+    fn w4a8_tiles_equal_the_scalar_definition() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let special = [
+            -1.5e-3f32,
+            0.0,
+            -0.0,
+            1e-40,
+            3e38,
+            f32::INFINITY,
+            f32::NAN,
+            2.5e-2,
+        ];
+        let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+        for k in [64usize, 128, 384, 512, 576, 1024, 1088] {
+            for group in [32usize, 64, 128, 192, 256, k] {
+                if !k.is_multiple_of(group) || !(group == 32 || group.is_multiple_of(64)) {
+                    continue;
+                }
+                for extreme in [false, true] {
+                    let rows: Vec<Vec<u8>> = (0..4)
+                        .map(|_| {
+                            (0..k / 2)
+                                .map(|_| if extreme { 0 } else { next() as u8 })
+                                .collect()
+                        })
+                        .collect();
+                    let scales: Vec<Vec<f32>> = (0..4)
+                        .map(|_| {
+                            (0..k / group)
+                                .map(|_| match next() % 4 {
+                                    0 => special[(next() % 8) as usize],
+                                    _ => (next() % 1000) as f32 * 1e-4 - 0.03,
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    let acts: Vec<Vec<i8>> = (0..4)
+                        .map(|t| {
+                            (0..k)
+                                .map(|i| match (extreme, t) {
+                                    (true, 0) => -128,
+                                    (true, _) => {
+                                        if i % 3 == 0 {
+                                            -127
+                                        } else {
+                                            127
+                                        }
+                                    }
+                                    _ => next() as i8,
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    let w: [&[u8]; 4] = core::array::from_fn(|r| &rows[r][..]);
+                    let ws: [&[f32]; 4] = core::array::from_fn(|r| &scales[r][..]);
+                    let a: [&[i8]; 4] = core::array::from_fn(|t| &acts[t][..]);
+                    let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    let want41 = scalar::w4a8_tile(&w, &ws, &[a[0]], group);
+                    let want24 = scalar::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &a, group);
+                    let want33 = scalar::w4a8_tile(
+                        &[w[2], w[0], w[1]],
+                        &[ws[2], ws[0], ws[1]],
+                        &[a[3], a[1], a[2]],
+                        group,
+                    );
+                    let ctx = format!("k {k} group {group} extreme {extreme}");
+                    // SAFETY: every aarch64 CPU has NEON; `sdot` runs only
+                    // where detected; the shapes meet `w4a8_tile_with`'s
+                    // contract (checked by the `continue` above).
+                    unsafe {
+                        let y = widening::w4a8_tile(&w, &ws, &[a[0]], group);
+                        assert_eq!(bits(&y.concat()), bits(&want41.concat()), "neon 4x1 {ctx}");
+                        let y = widening::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &a, group);
+                        assert_eq!(bits(&y.concat()), bits(&want24.concat()), "neon 2x4 {ctx}");
+                        let y = widening::w4a8_tile(
+                            &[w[2], w[0], w[1]],
+                            &[ws[2], ws[0], ws[1]],
+                            &[a[3], a[1], a[2]],
+                            group,
+                        );
+                        assert_eq!(bits(&y.concat()), bits(&want33.concat()), "neon 3x3 {ctx}");
+                        if dotprod {
+                            let y = sdot::w4a8_tile(&w, &ws, &[a[0]], group);
+                            assert_eq!(bits(&y.concat()), bits(&want41.concat()), "sdot 4x1 {ctx}");
+                            let y = sdot::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &a, group);
+                            assert_eq!(bits(&y.concat()), bits(&want24.concat()), "sdot 2x4 {ctx}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// Past one block of [`STEPS_PER_BLOCK`] steps, with the operands that
     /// fill the lanes fastest (-128 weights by ±127 activations, and for
