@@ -34,7 +34,7 @@ use core::fmt;
 ///         E::FeatureDimMismatch { .. } | E::NonFinite { .. } => 1,
 ///         E::NonFiniteArgument { .. } | E::InvalidPercentile(_) => 2,
 ///         E::InvalidEpsilon(_) | E::InvalidArgument(_) => 3,
-///         E::AllocationFailed { .. } => 4,
+///         E::AllocationFailed { .. } | E::FeatureWidthMismatch { .. } => 4,
 ///     }
 /// }
 /// ```
@@ -49,6 +49,15 @@ pub enum DynQuantError {
     InvalidAlpha(f32),
     /// Input feature dimension doesn't match smooth factors length.
     FeatureDimMismatch { in_features: usize, sf_len: usize },
+    /// An input whose feature width (its last dimension) is not the
+    /// `in_features` already fixed, e.g. by an observer's first batch;
+    /// `argument` names the input. (The reference's `FeatureDimMismatch` is
+    /// for smoothing factors only, and its message says so.)
+    FeatureWidthMismatch {
+        argument: &'static str,
+        in_features: usize,
+        actual: usize,
+    },
     /// A NaN or infinity where finite values are required.
     NonFinite { index: usize, value: f32 },
     /// A NaN or infinity in an argument that must be finite whatever the
@@ -123,6 +132,14 @@ impl fmt::Display for DynQuantError {
             } => write!(
                 f,
                 "dimension mismatch: in_features {in_features}, smooth_factors {sf_len}"
+            ),
+            Self::FeatureWidthMismatch {
+                argument,
+                in_features,
+                actual,
+            } => write!(
+                f,
+                "dimension mismatch: in_features {in_features}, {argument} has width {actual}"
             ),
             // No advice here: whether `NanPolicy::Reference` would give a
             // result depends on the caller (the Python layer words its hint).

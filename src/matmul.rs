@@ -323,14 +323,22 @@ pub fn w8a8_matvec_into(
     policy: NanPolicy,
     out: &mut [f32],
 ) -> Result<(), DynQuantError> {
-    let out_size = out.len();
+    // The weights give the row count (`out` is the caller's buffer: a
+    // wrong length is reported as rows, not as weights).
+    let rows = weight_i8.len().checked_div(in_size).unwrap_or(0);
     check_matvec(
         weight_i8.len(),
         weight_scales.len(),
         activation.len(),
-        out_size,
+        rows,
         in_size,
     )?;
+    if out.len() != rows {
+        return Err(DynQuantError::ShapeMismatch {
+            expected: rows,
+            actual: out.len(),
+        });
+    }
     let mut q = try_vec(in_size, 0i8)?;
     let scale = quantize_per_tensor_into(
         activation,
@@ -588,6 +596,45 @@ impl QuantizedActs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `out` of the wrong length is reported in rows (the weights are
+    /// fine), after the reference's checks of the activation and weights.
+    #[test]
+    fn matvec_into_reports_a_wrong_out_length_in_rows() {
+        let (w, s, x) = ([1i8; 6], [1.0f32; 3], [1.0f32; 2]);
+        for len in [0, 2, 4] {
+            let mut out = vec![0.0; len];
+            assert_eq!(
+                w8a8_matvec_into(&w, &s, &x, 2, NanPolicy::Reference, &mut out),
+                Err(DynQuantError::ShapeMismatch {
+                    expected: 3,
+                    actual: len
+                })
+            );
+        }
+        let mut out = vec![0.0; 3];
+        // Weights that are not whole rows, and scales not one per row.
+        assert_eq!(
+            w8a8_matvec_into(&w[..5], &s, &x, 2, NanPolicy::Reference, &mut out),
+            Err(DynQuantError::ShapeMismatch {
+                expected: 4,
+                actual: 5
+            })
+        );
+        assert_eq!(
+            w8a8_matvec_into(&w, &s[..2], &x, 2, NanPolicy::Reference, &mut out),
+            Err(DynQuantError::ShapeMismatch {
+                expected: 3,
+                actual: 2
+            })
+        );
+        assert_eq!(
+            w8a8_matvec_into(&w, &s, &[], 2, NanPolicy::Reference, &mut out),
+            Err(DynQuantError::EmptyInput)
+        );
+        w8a8_matvec_into(&w, &s, &x, 2, NanPolicy::Reference, &mut out).unwrap();
+        assert_eq!(out, vec![2.0; 3]);
+    }
 
     /// No tokens with a non-empty `x` is a shape error (x is not ignored).
     #[test]

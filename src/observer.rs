@@ -42,7 +42,7 @@ mod sketch;
 use std::sync::Arc;
 
 use crate::calib::CalibStats;
-use crate::error::try_vec;
+use crate::error::{checked_size, try_vec};
 use crate::parallel;
 use crate::scale::{abs_max_bits, first_rejected, kth_smallest_abs, percentile_index, NanPolicy};
 use crate::simd::scalar::INF_BITS;
@@ -809,11 +809,17 @@ impl ChannelMaxObserver {
         self.max_bits.iter().map(|&b| f32::from_bits(b)).collect()
     }
 
-    fn check_features(&self, in_features: usize) -> Result<(), DynQuantError> {
+    /// `argument` (of width `in_features`) against the width already seen.
+    fn check_features(
+        &self,
+        in_features: usize,
+        argument: &'static str,
+    ) -> Result<(), DynQuantError> {
         match self.in_features {
-            Some(have) if have != in_features => Err(DynQuantError::FeatureDimMismatch {
+            Some(have) if have != in_features => Err(DynQuantError::FeatureWidthMismatch {
+                argument,
                 in_features: have,
-                sf_len: in_features,
+                actual: in_features,
             }),
             _ => Ok(()),
         }
@@ -826,7 +832,7 @@ impl ChannelMaxObserver {
         tokens: usize,
         in_features: usize,
     ) -> Result<(), DynQuantError> {
-        self.check_features(in_features)?;
+        self.check_features(in_features, "data")?;
         let expected = tokens.checked_mul(in_features).ok_or_else(|| {
             DynQuantError::InvalidArgument(format!(
                 "{tokens} x {in_features} elements overflow usize"
@@ -879,7 +885,7 @@ impl ChannelMaxObserver {
             self.tokens = total;
             return Ok(());
         };
-        self.check_features(theirs)?;
+        self.check_features(theirs, "the merged observer")?;
         if self.in_features.is_none() {
             self.in_features = Some(theirs);
             self.max_bits = vec![0; theirs];
@@ -892,7 +898,10 @@ impl ChannelMaxObserver {
     }
 
     /// SmoothQuant factors for `weights` `[out_features, in_features]`,
-    /// with the formula of [`smooth::compute_smooth_factors`].
+    /// with the formula of [`smooth::compute_smooth_factors`]. The config is
+    /// checked as [`SmoothQuantConfig::try_new`] checks it (its fields are
+    /// public, so a NaN alpha, which the formula would turn into epsilon
+    /// factors, is an error here).
     pub fn smooth_factors(
         &self,
         weights: &[f32],
@@ -904,7 +913,8 @@ impl ChannelMaxObserver {
                 "no activations observed yet: in_features is unknown".into(),
             )
         })?;
-        let expected = out_features.saturating_mul(in_features);
+        SmoothQuantConfig::try_new(config.alpha, config.epsilon)?;
+        let expected = checked_size(out_features, in_features, "weights")?;
         if weights.len() != expected {
             return Err(DynQuantError::ShapeMismatch {
                 expected,

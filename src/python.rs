@@ -55,6 +55,16 @@ fn to_py_err(py: Python<'_>, err: DynQuantError) -> PyErr {
                 kwargs.set_item("sf_len", sf_len)?;
                 "FeatureDimMismatchError"
             }
+            DynQuantError::FeatureWidthMismatch {
+                argument,
+                in_features,
+                actual,
+            } => {
+                kwargs.set_item("in_features", in_features)?;
+                kwargs.set_item("sf_len", actual)?;
+                kwargs.set_item("argument", argument)?;
+                "FeatureDimMismatchError"
+            }
             DynQuantError::NonFinite { index, value } => {
                 kwargs.set_item("index", index)?;
                 kwargs.set_item("value", value)?;

@@ -39,6 +39,9 @@ impl DynQuantTensor {
 
     /// [`Self::dequantize`] into `out`, which must have
     /// [`Self::dequantized_len`] elements.
+    ///
+    /// # Panics
+    /// When `out` has another length.
     pub fn dequantize_into(&self, out: &mut [f32]) {
         dequantize_into(&self.data, &self.scales, self.format, out)
     }
@@ -77,6 +80,10 @@ pub fn dequantized_len(data: &[i8], scales: &[f32], format: DynQuantFormat) -> u
 }
 
 /// Dequantizes the parts of a tensor into `out` (see [`dequantized_len`]).
+///
+/// # Panics
+/// When `out.len()` is not [`dequantized_len`]`(data, scales, format)`: the
+/// buffer is the caller's, sized from that function.
 pub fn dequantize_into(data: &[i8], scales: &[f32], format: DynQuantFormat, out: &mut [f32]) {
     assert_eq!(
         out.len(),

@@ -120,6 +120,15 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], dict[str, Any], list[
         ["3", "2"],
     ),
     (
+        # The Python layer checks widths first; the core's own error (what a
+        # width it missed would raise) maps to the same class, naming the input.
+        "core observer width",
+        lambda: dq.ChannelMaxObserver(3)._impl.update(np.ones((2, 4), F32)),
+        dq.FeatureDimMismatchError,
+        {"in_features": 3, "sf_len": 4, "argument": "data"},
+        ["in_features 3", "data has width 4"],
+    ),
+    (
         "nan",
         lambda: dq.quantize_int8(np.array([[1, 2], [np.nan, 4]], F32)),
         dq.NonFiniteError,

@@ -71,10 +71,14 @@ class InvalidEpsilonError(DynQuantError, ValueError):
 
 
 class FeatureDimMismatchError(DynQuantError, ValueError):
-    """Smoothing factors whose length is not the feature dimension."""
+    """An input whose feature width is not the feature dimension: smoothing
+    factors of the wrong length, or activations, weights or an observer of
+    another width. ``in_features`` is the expected width, ``sf_len`` the
+    width that came in, and ``argument`` names the input when known."""
 
     in_features: int
     sf_len: int
+    argument: str | None = None
 
 
 class NonFiniteError(DynQuantError, ValueError):

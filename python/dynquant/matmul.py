@@ -33,6 +33,16 @@ __all__ = ["w4a8_matmul", "w4a8_matvec", "w8a8_matmul", "w8a8_matvec"]
 _MAX_ABS = MaxAbs()
 
 
+def _check_row_scales(s: npt.NDArray[np.float32], w: npt.NDArray[np.int8]) -> None:
+    """One weight scale per row of ``w``, or a ShapeMismatchError naming both."""
+    if s.shape[0] != w.shape[0]:
+        raise ShapeMismatchError(
+            f"weight_scales has {s.shape[0]} values for {w.shape[0]} weight rows",
+            expected=w.shape[0],
+            actual=s.shape[0],
+        )
+
+
 def w8a8_matvec(
     weight_i8: Any, weight_scales: Any, activation: Any, *, nan_policy: str = "raise"
 ) -> npt.NDArray[np.float32]:
@@ -56,12 +66,7 @@ def w8a8_matvec(
             expected=w.shape[1],
             actual=a.shape[0],
         )
-    if s.shape[0] != w.shape[0]:
-        raise ShapeMismatchError(
-            f"weight_scales has {s.shape[0]} values for {w.shape[0]} weight rows",
-            expected=w.shape[0],
-            actual=s.shape[0],
-        )
+    _check_row_scales(s, w)
     try:
         y: npt.NDArray[np.float32] = _core.w8a8_matvec(w, s, a, check_nan_policy(nan_policy))
     except NonFiniteError as e:
@@ -131,12 +136,7 @@ def w8a8_matmul(
             expected=w.shape[1],
             actual=x2.shape[1],
         )
-    if s.shape[0] != w.shape[0]:
-        raise ShapeMismatchError(
-            f"weight_scales has {s.shape[0]} values for {w.shape[0]} weight rows",
-            expected=w.shape[0],
-            actual=s.shape[0],
-        )
+    _check_row_scales(s, w)
     p = percentile_arg(act_mode)
     try:
         y = _core.w8a8_matmul(

@@ -355,10 +355,29 @@ fn channel_max_bytes_with_tokens_but_no_channels_are_refused() {
 #[test]
 fn channel_max_errors() {
     let mut o = ChannelMaxObserver::new(Some(3), NanPolicy::Raise);
-    assert!(matches!(
-        o.update(&[1.0; 4], 2, 2),
-        Err(DynQuantError::FeatureDimMismatch { .. })
-    ));
+    let err = o.update(&[1.0; 4], 2, 2).unwrap_err();
+    assert_eq!(
+        err,
+        DynQuantError::FeatureWidthMismatch {
+            argument: "data",
+            in_features: 3,
+            actual: 2
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "dimension mismatch: in_features 3, data has width 2"
+    );
+    let mut wide = ChannelMaxObserver::new(Some(4), NanPolicy::Raise);
+    wide.update(&[1.0; 4], 1, 4).unwrap();
+    assert_eq!(
+        o.clone().merge(&wide),
+        Err(DynQuantError::FeatureWidthMismatch {
+            argument: "the merged observer",
+            in_features: 3,
+            actual: 4
+        })
+    );
     assert!(matches!(
         o.update(&[1.0; 5], 2, 3),
         Err(DynQuantError::ShapeMismatch {
@@ -387,6 +406,24 @@ fn channel_max_errors() {
     assert!(ChannelMaxObserver::new(None, NanPolicy::Raise)
         .smooth_factors(&[], 0, &SmoothQuantConfig::default_alpha())
         .is_err());
+    // Weights too many to count, and configs try_new refuses (public
+    // fields): errors, not a saturated size or epsilon factors.
+    assert!(matches!(
+        o.smooth_factors(&[1.0; 3], usize::MAX, &SmoothQuantConfig::default_alpha()),
+        Err(DynQuantError::InvalidArgument(m)) if m.contains("overflow")
+    ));
+    for (alpha, epsilon) in [(f32::NAN, 1e-5), (1.5, 1e-5), (0.5, -1.0), (0.5, f32::NAN)] {
+        let err = o
+            .smooth_factors(&[1.0; 3], 1, &SmoothQuantConfig { alpha, epsilon })
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DynQuantError::InvalidAlpha(_) | DynQuantError::InvalidEpsilon(_)
+            ),
+            "{alpha} {epsilon}: {err}"
+        );
+    }
     // Under the reference policy NaN is skipped, as compute_smooth_factors does.
     let mut r = ChannelMaxObserver::new(None, NanPolicy::Reference);
     r.update(&[1.0, f32::NAN, -f32::INFINITY, 2.0], 2, 2)
