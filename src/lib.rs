@@ -30,6 +30,8 @@ pub mod weights;
 
 #[cfg(feature = "python")]
 mod python;
+#[cfg(test)]
+mod test_rng;
 
 pub use calib::CalibStats;
 pub use error::DynQuantError;

@@ -454,13 +454,8 @@ mod tests {
                 .map(|i| ((i * 29 % 31) as f32 - 15.0) * 2e37)
                 .collect(),
         ];
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut uniform = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        };
+        let mut bits = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
+        let mut uniform = move || (bits() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
         for len in [2usize, 5, 16, 32, 33, 64, 100] {
             for kind in 0..6 {
                 let g: Vec<f32> = (0..len)
@@ -549,13 +544,7 @@ mod tests {
 
     #[test]
     fn group_search_equals_the_one_candidate_at_a_time_reference() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
         for &len in &[1usize, 2, 31, 32, 33, 63, 64, 65, 128, 200, 4096] {
             for &magnitude in &[1.0f32, 1e-3, 3e4, 1e-38, 1e-44, 3e38] {
                 for round in 0..8 {

@@ -1070,6 +1070,7 @@ unsafe fn lane_sum_ps(v: __m256) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::xorshift;
 
     /// `acc + sum of each lane's four products`, in plain integers, wrapping
     /// in i32: what every [`MulAdd`] must compute.
@@ -1134,17 +1135,6 @@ mod tests {
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
     unsafe fn run_avx512_vnni(acc: [i32; 8], u: &[u8; 32], s: &[i8; 32]) -> [i32; 8] {
         run(Avx512Vnni, acc, u, s)
-    }
-
-    /// A xorshift generator: the tests' operands, the same on every run.
-    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
-        let mut state = seed;
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        }
     }
 
     /// Every multiply-add this CPU can run equals the definition on the

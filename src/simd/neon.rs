@@ -354,13 +354,7 @@ mod tests {
     /// that make the f32 step delicate (negative, ±0, tiny, huge, ∞, NaN).
     #[test]
     fn w4a8_tiles_equal_the_scalar_definition() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
         let special = [
             -1.5e-3f32,
             0.0,
