@@ -109,12 +109,18 @@ pub(crate) fn check_finite_argument(
 /// when the allocator refuses (for buffers sized by an argument rather than
 /// by an input that already exists).
 pub(crate) fn try_vec<T: Clone>(n: usize, value: T) -> Result<Vec<T>, DynQuantError> {
+    let mut v = try_reserved(n)?;
+    v.resize(n, value);
+    Ok(v)
+}
+
+/// An empty `Vec` with room for exactly `n` values, or `AllocationFailed`.
+pub(crate) fn try_reserved<T>(n: usize) -> Result<Vec<T>, DynQuantError> {
     let mut v = Vec::new();
     v.try_reserve_exact(n)
         .map_err(|_| DynQuantError::AllocationFailed {
             bytes: n.saturating_mul(core::mem::size_of::<T>()),
         })?;
-    v.resize(n, value);
     Ok(v)
 }
 

@@ -17,6 +17,7 @@
 
 pub mod calib;
 pub mod error;
+mod huge_pages;
 pub mod matmul;
 pub mod observer;
 pub mod parallel;

@@ -13,6 +13,7 @@
 use rayon::prelude::*;
 
 use crate::error::{checked_size, try_vec};
+use crate::huge_pages;
 use crate::parallel;
 use crate::quantize::quantize_per_row_into;
 use crate::scale::{DynamicScaleMode, NanPolicy};
@@ -36,7 +37,7 @@ pub fn quantize_weights_int8(
             actual: weights.len(),
         });
     }
-    let mut q = try_vec(weights.len(), 0i8)?;
+    let mut q = huge_pages::try_vec(weights.len(), 0i8)?;
     let mut scales = try_vec(out_features, 0.0f32)?;
     quantize_per_row_into(
         weights,
@@ -90,7 +91,7 @@ pub fn pack_int4(values: &[i8], cols: usize) -> Result<Vec<u8>, DynQuantError> {
         });
     }
     let row_bytes = cols.div_ceil(2);
-    let mut packed = try_vec(values.len() / cols * row_bytes, 0u8)?;
+    let mut packed = huge_pages::try_vec(values.len() / cols * row_bytes, 0u8)?;
     let nibble = |v: i8| (v + 8) as u8;
     for (row, out) in values.chunks(cols).zip(packed.chunks_mut(row_bytes)) {
         // Block by block (see the module doc): byte j holds columns j and
