@@ -114,7 +114,8 @@ pub(crate) fn try_vec<T: Clone>(n: usize, value: T) -> Result<Vec<T>, DynQuantEr
     Ok(v)
 }
 
-/// An empty `Vec` with room for exactly `n` values, or `AllocationFailed`.
+/// An empty `Vec` with room for at least `n` values (`try_reserve_exact`),
+/// or `AllocationFailed`.
 pub(crate) fn try_reserved<T>(n: usize) -> Result<Vec<T>, DynQuantError> {
     let mut v = Vec::new();
     v.try_reserve_exact(n)

@@ -313,8 +313,8 @@ pub(crate) fn int8_rows_times_vector(
     );
 }
 
-/// W8A8 matrix-vector product into `out` (`out_size` long): quantize the
-/// activation per tensor (MaxAbs), accumulate exactly in integers, and scale.
+/// W8A8 matrix-vector product into `out`: quantize the activation per
+/// tensor (MaxAbs), accumulate exactly in integers, and scale.
 ///
 /// `out.len()` stands for [`w8a8_matvec`]'s `out_size`, and the errors are
 /// that function's, in its order: an `out` of the wrong length is reported

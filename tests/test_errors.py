@@ -109,14 +109,14 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], dict[str, Any], list[
         "factors length",
         lambda: dq.smooth_activations(X, np.ones(4, F32)),
         dq.FeatureDimMismatchError,
-        {"in_features": 3, "sf_len": 4},
+        {"in_features": 3, "sf_len": 4, "argument": "factors"},
         ["3", "4"],
     ),
     (
         "factor in-features",
         lambda: dq.compute_smooth_factors(X, np.ones((5, 2), F32)),
         dq.FeatureDimMismatchError,
-        {"in_features": 3, "sf_len": 2},
+        {"in_features": 3, "sf_len": 2, "argument": "weights"},
         ["3", "2"],
     ),
     (

@@ -452,12 +452,19 @@ def test_channel_max_shapes_and_errors() -> None:
     obs.update(np.full(4, -2.0, np.float32))  # one token
     assert obs.tokens == 7 and obs.in_features == 4
     assert obs.act_max.tolist() == [2.0] * 4
-    with pytest.raises(dq.FeatureDimMismatchError):
+    with pytest.raises(dq.FeatureDimMismatchError) as info:
         obs.update(np.ones((2, 5), np.float32))
-    with pytest.raises(dq.FeatureDimMismatchError):
+    assert (info.value.in_features, info.value.sf_len, info.value.argument) == (4, 5, "activations")
+    with pytest.raises(dq.FeatureDimMismatchError) as info:
         obs.smooth_factors(np.ones((3, 5), np.float32))
-    with pytest.raises(dq.FeatureDimMismatchError):
+    assert (info.value.sf_len, info.value.argument) == (5, "weights")
+    # The core's own check (behind the Python one) names the input too.
+    with pytest.raises(dq.FeatureDimMismatchError) as info:
+        obs._impl.smooth_factors(np.ones((3, 5), np.float32), 0.5, 1e-5)
+    assert (info.value.in_features, info.value.sf_len, info.value.argument) == (4, 5, "weights")
+    with pytest.raises(dq.FeatureDimMismatchError) as info:
         obs.merge(dq.ChannelMaxObserver(6))
+    assert (info.value.sf_len, info.value.argument) == (6, "other")
     with pytest.raises(dq.ShapeMismatchError):
         obs.update(np.float32(1.0))
     with pytest.raises(dq.NonFiniteError) as e:

@@ -74,7 +74,8 @@ class FeatureDimMismatchError(DynQuantError, ValueError):
     """An input whose feature width is not the feature dimension: smoothing
     factors of the wrong length, or activations, weights or an observer of
     another width. ``in_features`` is the expected width, ``sf_len`` the
-    width that came in, and ``argument`` names the input when known."""
+    width that came in, and ``argument`` names the input (None only for the
+    reference's own smoothing functions, whose input is the factors)."""
 
     in_features: int
     sf_len: int

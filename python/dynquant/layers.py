@@ -66,6 +66,7 @@ def _smooth_factors(smooth: Any, weight: npt.NDArray[np.float32]) -> npt.NDArray
                 f"{a.shape[0]} channel maxima for {weight.shape[1]} input features",
                 in_features=weight.shape[1],
                 sf_len=a.shape[0],
+                argument="smooth calibration",
             )
         factors: npt.NDArray[np.float32] = _core.smooth_factors_from_act_max(
             a, weight, config.alpha, config.epsilon
@@ -182,6 +183,7 @@ class QuantizedLinear:
                 f"x has shape {a.shape}; this layer takes [..., {self.in_features}]",
                 in_features=self.in_features,
                 sf_len=a.shape[-1] if a.ndim else 0,
+                argument="x",
             )
         if self.smooth_factors is None:
             return self._product(a, nan_policy)

@@ -409,6 +409,7 @@ class ChannelMaxObserver:
                 f"(activations {a.shape})",
                 in_features=have,
                 sf_len=features,
+                argument="activations",
             )
         try:
             self._impl.update(a.reshape(math.prod(a.shape[:-1]), features))
@@ -440,6 +441,7 @@ class ChannelMaxObserver:
                 f"cannot merge observers of {have} and {theirs} input features",
                 in_features=have,
                 sf_len=theirs,
+                argument="other",
             )
         source = other.copy() if other is self else other
         self._impl.merge(source._impl)
@@ -490,6 +492,7 @@ class ChannelMaxObserver:
                 f"(weights {w.shape})",
                 in_features=have,
                 sf_len=w.shape[1],
+                argument="weights",
             )
         return self._impl.smooth_factors(w, config.alpha, config.epsilon)
 

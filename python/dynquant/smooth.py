@@ -91,6 +91,7 @@ def compute_smooth_factors(
             f"(activations {a.shape}, weights {w.shape})",
             in_features=a.shape[1],
             sf_len=w.shape[1],
+            argument="weights",
         )
     factors: npt.NDArray[np.float32] = _core.smooth_factors(a, w, config.alpha, config.epsilon)
     return factors
@@ -158,6 +159,7 @@ def _apply(
             f"{f.shape[0]} smoothing factors for {in_features} input features ({name} {src.shape})",
             in_features=in_features,
             sf_len=f.shape[0],
+            argument="factors",
         )
     if not reference:
         check_finite(src, name)

@@ -306,9 +306,10 @@ impl PyChannelMaxObserver {
         let (out_features, cols) = (weights.shape()[0], weights.shape()[1]);
         if let Some(in_features) = self.get().in_features() {
             if cols != in_features {
-                let err = DynQuantError::FeatureDimMismatch {
+                let err = DynQuantError::FeatureWidthMismatch {
+                    argument: "weights",
                     in_features,
-                    sf_len: cols,
+                    actual: cols,
                 };
                 return Err(to_py_err(py, err));
             }

@@ -437,8 +437,8 @@ pub fn w8a8_row_pairs<const T: usize>(
 /// No columns (`k == 0`): every result is +0.0, with no scale read.
 ///
 /// `a_sums[t]` must hold, per group, `8 * sum(a)` over the group's columns
-/// (see [`int4_group_sums`]): the SIMD path multiplies the stored nibbles
-/// `w + 8` and subtracts it; the scalar path does not need it.
+/// (see [`int4_group_sums`]): the AVX2 body multiplies the stored nibbles
+/// `w + 8` and subtracts it; the NEON and scalar bodies do not need it.
 #[inline]
 pub fn w4a8_tile<const R: usize, const T: usize>(
     w: &[&[u8]; R],

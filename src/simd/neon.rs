@@ -6,8 +6,8 @@
 //! The int8 dot kernels are one generic body over [`Dot16`], compiled for
 //! plain NEON (`widening`) and for the ARMv8.2 dot product (`sdot`).
 //!
-//! Each `pub unsafe fn` requires NEON (the dispatcher checks) and equal
-//! lengths for paired slices (the dispatcher asserts).
+//! Each `pub unsafe fn` requires NEON (the dispatcher checks) and the slice
+//! lengths its `# Safety` names (the dispatcher asserts them).
 
 use core::arch::aarch64::*;
 
@@ -178,7 +178,7 @@ unsafe fn int4_nibbles(p: uint8x16_t) -> (int8x16_t, int8x16_t) {
 /// the definition does not touch (not even the sign of a zero).
 ///
 /// # Safety
-/// NEON available; `g0 + n <= ws.len()`.
+/// NEON available. (`ws[g0..g0 + n]` is checked slicing.)
 #[inline(always)]
 unsafe fn w4a8_chunk_step(
     y: &mut [float32x4_t; 2],
@@ -291,7 +291,8 @@ unsafe fn w4a8_tile_with<D: Dot16, const R: usize, const T: usize>(
 /// set's target features and its [`Dot16`].
 ///
 /// Each `pub unsafe fn` requires that the CPU supports `$features` (the
-/// dispatcher checks) and equal row lengths (the dispatcher asserts).
+/// dispatcher checks) and the row lengths its `# Safety` names (the
+/// dispatcher asserts them).
 macro_rules! int8_dot_paths {
     ($(#[$doc:meta])* $name:ident, $features:literal, $dot:expr) => {
         $(#[$doc])*
