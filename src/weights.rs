@@ -73,27 +73,16 @@ pub fn pack_int4(values: &[i8], cols: usize) -> Result<Vec<u8>, DynQuantError> {
             values[i]
         )));
     }
-    if cols == 0 {
-        // Rows of no columns hold no values: anything given is misplaced.
-        return if values.is_empty() {
-            Ok(Vec::new())
-        } else {
-            Err(DynQuantError::ShapeMismatch {
-                expected: 0,
-                actual: values.len(),
-            })
-        };
-    }
-    if !values.len().is_multiple_of(cols) {
-        return Err(DynQuantError::ShapeMismatch {
-            expected: values.len() / cols * cols,
-            actual: values.len(),
-        });
-    }
+    let rows = whole_rows(values.len(), cols)?;
     let row_bytes = cols.div_ceil(2);
-    let mut packed = huge_pages::try_vec(values.len() / cols * row_bytes, 0u8)?;
+    let mut packed = huge_pages::try_vec(rows * row_bytes, 0u8)?;
     let nibble = |v: i8| (v + 8) as u8;
-    for (row, out) in values.chunks(cols).zip(packed.chunks_mut(row_bytes)) {
+    // With no columns there are no values (whole_rows): max(1) only keeps
+    // chunks() from panicking.
+    for (row, out) in values
+        .chunks(cols.max(1))
+        .zip(packed.chunks_mut(row_bytes.max(1)))
+    {
         // Block by block (see the module doc): byte j holds columns j and
         // j + h of the block; a missing last high column stores 8 (zero).
         for (block, out) in row.chunks(64).zip(out.chunks_mut(32)) {
@@ -105,6 +94,21 @@ pub fn pack_int4(values: &[i8], cols: usize) -> Result<Vec<u8>, DynQuantError> {
         }
     }
     Ok(packed)
+}
+
+/// How many rows of `width` items `len` items make: a whole number, and
+/// none when `width` is 0 (rows of no items hold nothing, so anything given
+/// for them is misplaced), else `ShapeMismatch`.
+fn whole_rows(len: usize, width: usize) -> Result<usize, DynQuantError> {
+    let rows = len.checked_div(width).unwrap_or(0);
+    if rows * width == len {
+        Ok(rows)
+    } else {
+        Err(DynQuantError::ShapeMismatch {
+            expected: rows * width,
+            actual: len,
+        })
+    }
 }
 
 /// With an odd `cols`, each packed row has one unused nibble, which
@@ -135,26 +139,15 @@ pub(crate) fn check_int4_padding(packed: &[u8], cols: usize) -> Result<(), DynQu
 /// [`check_int4_padding`]).
 pub fn unpack_int4(packed: &[u8], cols: usize) -> Result<Vec<i8>, DynQuantError> {
     let row_bytes = cols.div_ceil(2);
-    if row_bytes == 0 {
-        return if packed.is_empty() {
-            Ok(Vec::new())
-        } else {
-            Err(DynQuantError::ShapeMismatch {
-                expected: 0,
-                actual: packed.len(),
-            })
-        };
-    }
-    if !packed.len().is_multiple_of(row_bytes) {
-        return Err(DynQuantError::ShapeMismatch {
-            expected: packed.len() / row_bytes * row_bytes,
-            actual: packed.len(),
-        });
-    }
+    let rows = whole_rows(packed.len(), row_bytes)?;
     check_int4_padding(packed, cols)?;
-    let mut values = try_vec(packed.len() / row_bytes * cols, 0i8)?;
+    let mut values = try_vec(rows * cols, 0i8)?;
+    // As in pack_int4: max(1) only keeps chunks() from panicking.
     let value = |nibble: u8| (nibble & 0x0f) as i8 - 8;
-    for (row, out) in packed.chunks(row_bytes).zip(values.chunks_mut(cols)) {
+    for (row, out) in packed
+        .chunks(row_bytes.max(1))
+        .zip(values.chunks_mut(cols.max(1)))
+    {
         // Block by block, as `pack_int4` writes them.
         for (bytes, out) in row.chunks(32).zip(out.chunks_mut(64)) {
             let (low, high) = out.split_at_mut(out.len().div_ceil(2));
