@@ -836,6 +836,22 @@ CASES: list[Case] = [
         NF,
     ),
     Case(
+        "compute_smooth_factors",
+        "NaN weight",
+        lambda: dq.compute_smooth_factors(X, np.where(np.eye(*W.shape, dtype=bool), np.nan, W)),
+        NF,
+    ),
+    Case(
+        "ChannelMaxObserver",
+        "Inf weight in smooth_factors",
+        lambda: (
+            dq.ChannelMaxObserver()
+            .update(X)
+            .smooth_factors(np.where(np.eye(*W.shape, dtype=bool), np.inf, W))
+        ),
+        NF,
+    ),
+    Case(
         "smooth_activations",
         "NaN / Inf",
         lambda: dq.smooth_activations([[np.nan, np.inf]], [1.0, 1.0]),

@@ -554,3 +554,28 @@ def test_observer_bench_runs() -> None:
     )
     assert collect["peak_rss_mib"] > 0 and obs["peak_growth_mib"] >= 0
     assert "observer" in observer_bench.format_table(rows)
+
+
+def test_channel_max_smooth_factors_refuse_non_finite_weights() -> None:
+    obs = dq.ChannelMaxObserver().update(np.ones((4, 3), np.float32))
+    w = np.array([[1.0, 2.0, np.inf]], np.float32)
+    with pytest.raises(dq.NonFiniteError, match="index 2 of weights"):
+        obs.smooth_factors(w)
+    ref_obs = dq.ChannelMaxObserver(nan_policy="reference").update(np.ones((4, 3), np.float32))
+    got = ref_obs.smooth_factors(w)
+    want = dq.compute_smooth_factors(np.ones((4, 3), np.float32), w, nan_policy="reference")
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        ([[1.0, 2.0], [3.0]], dq.ShapeMismatchError, "rectangular"),
+        ("abc", dq.DTypeError, "dtype <U3"),
+        (None, dq.DTypeError, "dtype object"),
+        (3.0, dq.ShapeMismatchError, "feature axis"),
+    ],
+)
+def test_channel_max_update_refuses_non_arrays(value: Any, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        dq.ChannelMaxObserver().update(value)

@@ -269,10 +269,14 @@ def test_factors_reference_nan_policy() -> None:
     clean = dq.compute_smooth_factors(np.array([[1.0, 2.0, 0.0]], F32), w)
     assert_same_f32(got[:2], clean[:2])
     assert got[2] == np.inf
-    # NaN in the weights is skipped the same way (weights are not checked).
+    # NaN in the weights is skipped the same way under "reference" (the
+    # default policy refuses it: test_non_finite_weights_raise_unless_reference).
     wn = np.array([[np.nan, 1, 1], [1, 1, 1]], F32)
     one = np.ones((1, 3), F32)
-    assert_same_f32(dq.compute_smooth_factors(one, wn), dq.compute_smooth_factors(one, one))
+    assert_same_f32(
+        dq.compute_smooth_factors(one, wn, nan_policy="reference"),
+        dq.compute_smooth_factors(one, one),
+    )
 
 
 # ─── applying factors ─────────────────────────────────────────────────────
@@ -400,3 +404,17 @@ def test_out_aliasing_the_input_through_another_view(fn: object) -> None:
     except dq.DynQuantError:
         return  # a clear dynquant error is acceptable too
     assert_same_f32(a, want)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_raise_unless_reference(bad: float) -> None:
+    """NaN/Inf in the weights would give NaN, 1e-5 or huge factors: the
+    default policy refuses them naming ``weights``; "reference" passes them
+    through as the reference does."""
+    a = np.ones((4, 3), np.float32)
+    w = np.array([[2.0, bad, 3.0]], np.float32)
+    with pytest.raises(dq.NonFiniteError, match="index 1 of weights") as info:
+        dq.compute_smooth_factors(a, w)
+    assert info.value.argument == "weights"
+    got = dq.compute_smooth_factors(a, w, nan_policy="reference")
+    assert_same_f32(got, ref.smooth_factors(a, w, 0.5, 1e-5, powf=libm_pow))

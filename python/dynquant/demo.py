@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 import dynquant as dq
 
+from .kernels import MAX_THREADS
 from .models import DEMO_SENTENCES, MiniLM, MiniLMConfig, ModelNotInstalledError
 from .models.minilm import LINEAR_KINDS
 from .models.minilm_torch import (
@@ -572,6 +573,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _thread_count(text: str) -> int:
+    """argparse type: a thread count, 1..MAX_THREADS (what set_num_threads takes)."""
+    value = _positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, got {value}")
+    return value
+
+
 def _sentence_count(text: str) -> int:
     """argparse type: how many built-in sentences, 2..len(DEMO_SENTENCES)."""
     value = _positive_int(text)
@@ -630,7 +639,7 @@ def build_parser(prog: str = "python -m dynquant demo") -> argparse.ArgumentPars
     )
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=_thread_count,
         default=None,
         metavar="N",
         help="threads for dynquant's kernels and, with threadpoolctl, NumPy's BLAS "

@@ -45,11 +45,15 @@ def set_kernel(name: str) -> None:
     _core.set_kernel(name)
 
 
+MAX_THREADS = 4096
+"""The most threads ``set_num_threads`` takes (the Rust side's limit)."""
+
+
 def set_num_threads(n: int) -> None:
     """Threads for the kernels; 0 restores the default (``RAYON_NUM_THREADS``
     or the CPU count). Safe while other threads run kernels."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= 4096:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= MAX_THREADS:
         from .errors import InvalidArgumentError
 
-        raise InvalidArgumentError(f"set_num_threads needs an int in [0, 4096], got {n!r}")
+        raise InvalidArgumentError(f"set_num_threads needs an int in [0, {MAX_THREADS}], got {n!r}")
     _core.set_num_threads(int(n))

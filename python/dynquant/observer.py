@@ -24,6 +24,7 @@ from ._arrays import (
     NAN_IN_CALIBRATION,
     as_float32,
     check_bool,
+    check_finite,
     check_nan_policy,
     reword_non_finite,
 )
@@ -394,13 +395,13 @@ class ChannelMaxObserver:
     def update(self, activations: Any) -> ChannelMaxObserver:
         """Add activations ``[tokens, in]`` (or ``[..., in]``; 1-D is one
         token); returns self."""
-        if np.ndim(activations) == 0:
+        a = as_float32(activations, "activations")
+        if a.ndim == 0:
             raise ShapeMismatchError(
                 "activations must have a feature axis, got a scalar",
                 expected="[..., in]",
                 actual=(),
             )
-        a = as_float32(activations, "activations")
         features = a.shape[-1]
         have = self.in_features
         if have is not None and features != have:
@@ -494,6 +495,8 @@ class ChannelMaxObserver:
                 sf_len=w.shape[1],
                 argument="weights",
             )
+        if not self._impl.reference:
+            check_finite(w, "weights")
         return self._impl.smooth_factors(w, config.alpha, config.epsilon)
 
     def to_bytes(self) -> bytes:

@@ -85,6 +85,7 @@ def compute_smooth_factors(
     w = as_float32(weights, "weights", ndim=2)
     if not check_nan_policy(nan_policy):
         check_finite(a, "activations")
+        check_finite(w, "weights")
     if a.shape[1] != w.shape[1]:
         raise FeatureDimMismatchError(
             f"activations have {a.shape[1]} input features but weights have {w.shape[1]} "

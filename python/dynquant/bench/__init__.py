@@ -21,6 +21,7 @@ from typing import Any
 
 import dynquant as dq
 
+from ..kernels import MAX_THREADS
 from ._cases import Case, Config, iter_cases
 from ._harness import (
     Row,
@@ -112,8 +113,12 @@ def _parse(argv: list[str] | None, prog: str) -> argparse.Namespace:
         args.thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
     except ValueError:
         ap.error(f"--threads must be comma-separated integers, got {args.threads!r}")
-    if not args.thread_counts or min(args.thread_counts) < 1:
-        ap.error("--threads needs at least one count, each >= 1")
+    if not args.thread_counts or not all(1 <= t <= MAX_THREADS for t in args.thread_counts):
+        ap.error(f"--threads needs at least one count, each in [1, {MAX_THREADS}]")
+    if args.json:
+        parent = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(parent):
+            ap.error(f"--json: directory {parent!r} does not exist")
     if args.repeat is None:
         args.repeat = 1 if args.quick else 7
     if args.repeat < 1:
