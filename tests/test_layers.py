@@ -5,6 +5,7 @@ weights, one column, odd widths, partial groups, empty batches."""
 
 from __future__ import annotations
 
+import copy
 import pickle
 from typing import Any
 
@@ -514,3 +515,15 @@ def test_smoothing_into_the_factors_own_buffer() -> None:
     out = f.reshape(1, 80)  # the output is the factors' memory
     got = dq.smooth_activations(a, f, out=out)
     assert_same_f32(got, want, "out aliasing the factors")
+
+
+def test_calling_the_class_points_to_from_float() -> None:
+    w = np.ones((2, 4), np.float32)
+    with pytest.raises(dq.ArgumentTypeError, match=r"QuantizedLinear.from_float\(weight"):
+        dq.QuantizedLinear(w)
+    with pytest.raises(TypeError, match="from_float"):
+        dq.QuantizedLinear()
+    layer = dq.QuantizedLinear.from_float(w)
+    again = pickle.loads(pickle.dumps(layer))
+    assert repr(again) == repr(layer)
+    assert repr(copy.deepcopy(layer)) == repr(layer)

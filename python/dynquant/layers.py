@@ -112,6 +112,13 @@ class QuantizedLinear:
     smooth_factors: npt.NDArray[np.float32] | None
     smooth_alpha: float | None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Built only by from_float (and by unpickling, which skips __init__).
+        raise ArgumentTypeError(
+            "QuantizedLinear is built with QuantizedLinear.from_float(weight, bias=None, *, "
+            "bits=8, ...), not by calling the class"
+        )
+
     @classmethod
     def from_float(
         cls,
