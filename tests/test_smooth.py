@@ -417,4 +417,7 @@ def test_non_finite_weights_raise_unless_reference(bad: float) -> None:
         dq.compute_smooth_factors(a, w)
     assert info.value.argument == "weights"
     got = dq.compute_smooth_factors(a, w, nan_policy="reference")
-    assert_same_f32(got, ref.smooth_factors(a, w, 0.5, 1e-5, powf=libm_pow))
+    if LIBM_POWF is not None:  # the reference's f32 powf, bit for bit
+        assert_same_f32(got, ref.smooth_factors(a, w, 0.5, 1e-5, powf=libm_pow))
+    else:
+        assert got.shape == (3,) and np.isfinite(got[[0, 2]]).all()
