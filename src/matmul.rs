@@ -1,8 +1,10 @@
 //! W8A8 products: int8 weights times dynamically quantized activations.
 
 use core::ops::Range;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::error::{check_finite_argument, checked_size, try_vec};
+use crate::pair_split::SplitRows;
 use crate::parallel::{DisjointOut, RowBlocks};
 use crate::quantize::{
     quantize_per_row_into, quantize_per_row_strided_into, quantize_per_tensor_into, INT8_CLIP,
@@ -82,11 +84,11 @@ impl<'a> Tokens<'a> {
     }
 
     #[inline(always)]
-    fn row(&self, i: usize) -> &'a [i8] {
+    pub(crate) fn row(&self, i: usize) -> &'a [i8] {
         &self.q[i * self.stride..i * self.stride + self.k]
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         if self.q.is_empty() || self.q.len() < self.k {
             0
         } else {
@@ -166,14 +168,74 @@ impl Sink<'_> {
                 d.bias.map(|b| &b[j..j_end]),
                 &mut y[..count],
             );
-            for (p, pair) in y[..count].iter().enumerate() {
-                for (t, values) in pair.iter().enumerate() {
-                    // SAFETY: the caller owns these columns (bounds checked
-                    // inside `write_run`).
-                    unsafe { self.out.write_run((m0 + t) * self.n + j + 2 * p, values) };
+            // SAFETY: the caller owns these columns.
+            unsafe { self.write_pairs(m0, j, &y[..count]) };
+            p0 += count;
+        }
+    }
+
+    /// [`Sink::row_pairs`] in the offset form: `split` holds the caller's
+    /// block of rows (starting at weight row `block_start`) split, `u` the
+    /// tokens with their top bit flipped.
+    ///
+    /// # Safety
+    /// The caller's task owns weight rows `j0..j0 + 2 * pairs`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn row_pairs_offset<const T: usize>(
+        &self,
+        split: &SplitRows,
+        block_start: usize,
+        u: Tokens<'_>,
+        m0: usize,
+        j0: usize,
+        pairs: usize,
+    ) {
+        const CHUNK: usize = 16;
+        let offset_tokens: [&[i8]; T] = core::array::from_fn(|t| u.row(m0 + t));
+        let d = &self.dequant;
+        let ts: [f32; T] = core::array::from_fn(|t| d.token_scales[m0 + t]);
+        let mut y = [[[0.0f32; 2]; T]; CHUNK];
+        let mut extras = [[[0i32; 2]; T]; CHUNK];
+        let mut p0 = 0;
+        while p0 < pairs {
+            let count = CHUNK.min(pairs - p0);
+            let (j, j_end) = (j0 + 2 * p0, j0 + 2 * (p0 + count));
+            for (p, e) in extras[..count].iter_mut().enumerate() {
+                for i in 0..2 {
+                    let r = j + 2 * p + i - block_start;
+                    for (t, e) in e.iter_mut().enumerate() {
+                        e[i] = split.extra(r, m0 + t);
+                    }
                 }
             }
+            simd::w8a8_row_pairs_offset(
+                split.clip_rows(j - block_start..j_end - block_start),
+                &offset_tokens,
+                &extras[..count],
+                &d.weight_scales[j..j_end],
+                ts,
+                d.bias.map(|b| &b[j..j_end]),
+                &mut y[..count],
+            );
+            // SAFETY: the caller owns these columns.
+            unsafe { self.write_pairs(m0, j, &y[..count]) };
             p0 += count;
+        }
+    }
+
+    /// Writes `y[p][t]` to token `m0 + t`, weight rows `j + 2p`, `j + 2p + 1`.
+    ///
+    /// # Safety
+    /// The caller owns these columns.
+    #[inline(always)]
+    unsafe fn write_pairs<const T: usize>(&self, m0: usize, j: usize, y: &[[[f32; 2]; T]]) {
+        for (p, pair) in y.iter().enumerate() {
+            for (t, values) in pair.iter().enumerate() {
+                // SAFETY: the caller owns these columns (bounds checked
+                // inside `write_run`).
+                unsafe { self.out.write_run((m0 + t) * self.n + j + 2 * p, values) };
+            }
         }
     }
 }
@@ -186,15 +248,21 @@ impl Sink<'_> {
 unsafe fn pair_rows<const T: usize>(
     w: &[i8],
     q: Tokens<'_>,
+    offset: Option<(&SplitRows, Tokens<'_>)>,
     rows: Range<usize>,
     m0: usize,
     sink: &Sink<'_>,
 ) {
     let pairs = rows.len() / 2;
     let odd = rows.start + 2 * pairs;
-    // SAFETY (both calls): rows in `rows` belong to this task.
+    // SAFETY (all calls): rows in `rows` belong to this task.
     unsafe {
-        sink.row_pairs::<T>(w, q, m0, rows.start, pairs);
+        match offset {
+            Some((split, u)) => {
+                sink.row_pairs_offset::<T>(split, rows.start, u, m0, rows.start, pairs)
+            }
+            None => sink.row_pairs::<T>(w, q, m0, rows.start, pairs),
+        }
         if odd < rows.end {
             tile_rows::<1, T>(w, q, odd..rows.end, m0, sink);
         }
@@ -229,27 +297,140 @@ unsafe fn tile_rows<const R: usize, const T: usize>(
 }
 
 /// All tokens against weight rows `rows`: tokens four at a time, so each
-/// block of weight rows stays in cache while the tokens stream past.
+/// block of weight rows stays in cache while the tokens stream past. With
+/// `offset_tokens` (the tokens with their top bit flipped) the block is
+/// split for the offset form first, unless its weights have too many
+/// residuals for that to pay.
 ///
 /// # Safety
 /// The caller's task owns weight rows `rows`.
-unsafe fn gemm_block(w: &[i8], q: Tokens<'_>, m: usize, rows: Range<usize>, sink: &Sink<'_>) {
-    let mut m0 = 0;
+unsafe fn gemm_block(
+    w: &[i8],
+    q: Tokens<'_>,
+    offset_tokens: Option<OffsetTokens<'_>>,
+    m: usize,
+    rows: Range<usize>,
+    sink: &Sink<'_>,
+) {
+    let k = q.k;
+    if m == 1 {
+        // One token (a matrix-vector product): four rows at a time.
+        // SAFETY: the rows are the caller's.
+        return unsafe { tile_rows::<4, 1>(w, q, rows, 0, sink) };
+    }
+    if let Some(OffsetTokens { u, qt, always }) = offset_tokens {
+        let block = &w[rows.start * k..rows.end * k];
+        let done = SplitRows::with_split(block, k, !always, |split| {
+            // The per-output corrections for a chunk of tokens at a time,
+            // so their buffer stays small however many tokens there are.
+            for t0 in (0..m).step_by(EXTRA_TOKENS) {
+                let tokens = t0..(t0 + EXTRA_TOKENS).min(m);
+                split.fill_extras(block, q, qt, m, tokens.clone());
+                // SAFETY: the rows are the caller's.
+                unsafe { token_groups(w, q, Some((split, u)), tokens, rows.clone(), sink) }
+            }
+        });
+        if done.is_some() {
+            return;
+        }
+    }
+    // SAFETY: the rows are the caller's.
+    unsafe { token_groups(w, q, None, 0..m, rows, sink) }
+}
+
+/// Tokens per chunk of [`SplitRows::fill_extras`]: its buffer holds at most
+/// this many i32 per row of the block.
+const EXTRA_TOKENS: usize = 512;
+
+/// [`pair_rows`] for every group of four of the tokens `tokens`, then the
+/// rest.
+///
+/// # Safety
+/// The caller's task owns weight rows `rows`.
+unsafe fn token_groups(
+    w: &[i8],
+    q: Tokens<'_>,
+    offset: Option<(&SplitRows, Tokens<'_>)>,
+    tokens: Range<usize>,
+    rows: Range<usize>,
+    sink: &Sink<'_>,
+) {
+    let (mut m0, m) = (tokens.start, tokens.end);
     // SAFETY (all calls): the rows are the caller's.
     unsafe {
-        if m == 1 {
-            // One token (a matrix-vector product): four rows at a time.
-            return tile_rows::<4, 1>(w, q, rows, m0, sink);
-        }
         while m0 + 4 <= m {
-            pair_rows::<4>(w, q, rows.clone(), m0, sink);
+            pair_rows::<4>(w, q, offset, rows.clone(), m0, sink);
             m0 += 4;
         }
         match m - m0 {
-            3 => pair_rows::<3>(w, q, rows, m0, sink),
-            2 => pair_rows::<2>(w, q, rows, m0, sink),
-            1 => pair_rows::<1>(w, q, rows, m0, sink),
+            3 => pair_rows::<3>(w, q, offset, rows, m0, sink),
+            2 => pair_rows::<2>(w, q, offset, rows, m0, sink),
+            1 => pair_rows::<1>(w, q, offset, rows, m0, sink),
             _ => {}
+        }
+    }
+}
+
+/// Which form the W8A8 GEMM's AVX2 kernel takes for signed int8 products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmForm {
+    /// The offset form from [`OFFSET_MIN_TOKENS`] tokens on the AVX2 path
+    /// (not the VNNI ones, whose `vpdpbusd` needs no split), else the sign
+    /// form.
+    Auto,
+    /// `|w|` times `a` with `w`'s sign (`abs`, `sign`, then the multiply).
+    Sign,
+    /// Pair-safe weights times `a + 128` ([`crate::pair_split`]) for any
+    /// product of two or more tokens with 32 or more columns, on every path
+    /// (the scalar twin where there is no AVX2) — for tests.
+    Offset,
+}
+
+static GEMM_FORM: AtomicU8 = AtomicU8::new(0);
+
+/// Forces the GEMM's form for later calls (tests and benchmarks); every
+/// form gives the same bits.
+pub fn set_gemm_form(form: GemmForm) {
+    let code = match form {
+        GemmForm::Auto => 0,
+        GemmForm::Sign => 1,
+        GemmForm::Offset => 2,
+    };
+    GEMM_FORM.store(code, Ordering::Relaxed);
+}
+
+/// The form [`set_gemm_form`] last set.
+pub fn gemm_form() -> GemmForm {
+    match GEMM_FORM.load(Ordering::Relaxed) {
+        1 => GemmForm::Sign,
+        2 => GemmForm::Offset,
+        _ => GemmForm::Auto,
+    }
+}
+
+/// From this many tokens and columns the offset form's split of each
+/// weight block (a pass over it), its per-call token copies and per-tile
+/// corrections cost less than the `sign` per product it saves (measured on
+/// Zen 3 at 2 threads: 0.92 of the sign form's time at 64 x 4096 x 4096,
+/// 0.84 at 128 tokens, 0.95 at 128 x 4096 x 1024; slower at 16 tokens or
+/// MiniLM's 384 columns).
+pub const OFFSET_MIN_TOKENS: usize = 64;
+/// See [`OFFSET_MIN_TOKENS`].
+pub const OFFSET_MIN_COLUMNS: usize = 1024;
+
+/// Where an `m`-token product over `k` columns takes the offset form:
+/// `None` nowhere, `Some(false)` in the weight blocks where it pays (see
+/// [`SplitRows::with_split`]), `Some(true)` in every block (tests).
+fn offset_form_use(form: GemmForm, m: usize, k: usize) -> Option<bool> {
+    if !(32..simd::EXACT_I32_TOTAL).contains(&k) || m < 2 {
+        return None;
+    }
+    match form {
+        GemmForm::Sign => None,
+        GemmForm::Offset => Some(true),
+        GemmForm::Auto => {
+            (m >= OFFSET_MIN_TOKENS && k >= OFFSET_MIN_COLUMNS && simd::active() == simd::Isa::Avx2)
+                .then_some(false)
         }
     }
 }
@@ -286,7 +467,7 @@ pub(crate) fn int8_gemm(
         dequant,
     };
     // SAFETY: RowBlocks hands each task a distinct block of rows.
-    RowBlocks::weight_rows(m, n, k).run(|rows| unsafe { gemm_block(w, q, m, rows, &sink) });
+    RowBlocks::weight_rows(m, n, k).run(|rows| unsafe { gemm_block(w, q, None, m, rows, &sink) });
 }
 
 /// `out[o] = (dot(w[o], q) as f32 * w_scales[o]) * q_scale` — the
@@ -466,6 +647,22 @@ pub fn w8a8_matmul_into(
     act: ActQuant,
     out: &mut [f32],
 ) -> Result<(), DynQuantError> {
+    let form = gemm_form();
+    w8a8_matmul_in_form(x, m, weight_i8, weight_scales, bias, act, out, form)
+}
+
+/// [`w8a8_matmul_into`] in the given form (every form gives the same bits).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn w8a8_matmul_in_form(
+    x: &[f32],
+    m: usize,
+    weight_i8: &[i8],
+    weight_scales: &[f32],
+    bias: Option<&[f32]>,
+    act: ActQuant,
+    out: &mut [f32],
+    form: GemmForm,
+) -> Result<(), DynQuantError> {
     let n = weight_scales.len();
     let k = x.len().checked_div(m).unwrap_or(0);
     // With no tokens, x must be empty too (as w4a8_matmul_into checks).
@@ -509,18 +706,93 @@ pub fn w8a8_matmul_into(
             },
         };
         // SAFETY: RowBlocks hands each task a distinct block of rows.
-        unsafe { gemm_block(weight_i8, acts.tokens(), m, rows, &sink) }
+        unsafe {
+            gemm_block(
+                weight_i8,
+                acts.tokens(),
+                acts.offset_tokens(),
+                m,
+                rows,
+                &sink,
+            )
+        }
     };
     let blocks = RowBlocks::weight_rows(m, n, k);
     let stride = token_stride(k);
+    let offset = offset_form_use(form, m, k);
     if act.per_token {
         // Quantized while the helper threads wake up.
-        blocks.run_prepared(|| QuantizedActs::per_token(x, m, k, act, stride), gemm)
+        blocks.run_prepared(
+            || QuantizedActs::per_token(x, m, k, act, stride).map(|a| a.with_offset(offset)),
+            gemm,
+        )
     } else {
-        let acts = QuantizedActs::per_tensor(x, m, k, act, stride)?;
+        let acts = QuantizedActs::per_tensor(x, m, k, act, stride)?.with_offset(offset);
         blocks.run(|rows| gemm(&acts, rows));
         Ok(())
     }
+}
+
+/// The `m` tokens `q` transposed: `[k, m]`, column `c`'s tokens side by
+/// side. Whole 8 x 8 blocks go through [`transpose8x8`].
+fn transpose_tokens(q: Tokens<'_>, m: usize) -> Vec<i8> {
+    let k = q.k;
+    let mut qt = vec![0i8; k * m];
+    let (m8, k8) = (m / 8 * 8, k / 8 * 8);
+    for t0 in (0..m8).step_by(8) {
+        let rows: [&[i8]; 8] = core::array::from_fn(|i| q.row(t0 + i));
+        for c0 in (0..k8).step_by(8) {
+            let block = transpose8x8(core::array::from_fn(|i| {
+                u64::from_le_bytes(core::array::from_fn(|j| rows[i][c0 + j] as u8))
+            }));
+            for (j, column) in block.iter().enumerate() {
+                let out = &mut qt[(c0 + j) * m + t0..(c0 + j) * m + t0 + 8];
+                for (o, b) in out.iter_mut().zip(column.to_le_bytes()) {
+                    *o = b as i8;
+                }
+            }
+        }
+    }
+    // The rest: tokens past the last whole block, then columns past it.
+    for t in 0..m {
+        let row = q.row(t);
+        let columns = if t < m8 { k8..k } else { 0..k };
+        for c in columns {
+            qt[c * m + t] = row[c];
+        }
+    }
+    qt
+}
+
+/// Transposes an 8 x 8 byte matrix held as eight little-endian rows (byte
+/// `c` of `x[r]` is element `(r, c)`): three rounds of swapping the
+/// off-diagonal blocks of 4, 2 and 1 bytes.
+fn transpose8x8(mut x: [u64; 8]) -> [u64; 8] {
+    for (shift, mask, pairs) in [
+        (
+            32,
+            0x0000_0000_ffff_ffffu64,
+            [(0, 4), (1, 5), (2, 6), (3, 7)],
+        ),
+        (16, 0x0000_ffff_0000_ffff, [(0, 2), (1, 3), (4, 6), (5, 7)]),
+        (8, 0x00ff_00ff_00ff_00ff, [(0, 1), (2, 3), (4, 5), (6, 7)]),
+    ] {
+        for (a, b) in pairs {
+            let t = ((x[a] >> shift) ^ x[b]) & mask;
+            x[b] ^= t;
+            x[a] ^= t << shift;
+        }
+    }
+    x
+}
+
+/// What the GEMM's offset form needs of the tokens (see
+/// [`QuantizedActs::offset_q`]).
+#[derive(Clone, Copy)]
+struct OffsetTokens<'a> {
+    u: Tokens<'a>,
+    qt: &'a [i8],
+    always: bool,
 }
 
 /// A product's quantized activations: token `i` is
@@ -530,6 +802,10 @@ pub(crate) struct QuantizedActs {
     pub scales: Vec<f32>,
     pub k: usize,
     pub stride: usize,
+    /// For the GEMM's offset form: `q` with every top bit flipped (`q +
+    /// 128` as unsigned bytes), `q` transposed (`[k, m]`), and whether
+    /// every weight block takes the form.
+    pub offset_q: Option<(Vec<i8>, Vec<i8>, bool)>,
 }
 
 impl QuantizedActs {
@@ -550,6 +826,7 @@ impl QuantizedActs {
             scales,
             k,
             stride,
+            offset_q: None,
         })
     }
 
@@ -578,6 +855,7 @@ impl QuantizedActs {
             scales,
             k,
             stride,
+            offset_q: None,
         })
     }
 
@@ -587,6 +865,29 @@ impl QuantizedActs {
             k: self.k,
             stride: self.stride,
         }
+    }
+
+    /// Adds the offset tokens for the offset form's use (see
+    /// [`offset_form_use`]).
+    fn with_offset(mut self, offset: Option<bool>) -> Self {
+        if let Some(always) = offset {
+            let flipped = self.q.iter().map(|&v| v ^ i8::MIN).collect();
+            let transposed = transpose_tokens(self.tokens(), self.scales.len());
+            self.offset_q = Some((flipped, transposed, always));
+        }
+        self
+    }
+
+    fn offset_tokens(&self) -> Option<OffsetTokens<'_>> {
+        self.offset_q.as_ref().map(|(q, qt, always)| OffsetTokens {
+            u: Tokens {
+                q,
+                k: self.k,
+                stride: self.stride,
+            },
+            qt,
+            always: *always,
+        })
     }
 }
 
@@ -792,17 +1093,186 @@ mod tests {
         let mut results = Vec::new();
         for isa in simd::supported() {
             simd::set_isa(isa).unwrap();
-            let mut y = vec![0.0; m * n];
-            w8a8_matmul_into(x, m, w, s, Some(b), ActQuant::PER_TOKEN, &mut y).unwrap();
-            for i in 0..m {
-                let row = w8a8_matvec(w, s, &x[i * k..(i + 1) * k], n, k).unwrap();
-                let want: Vec<f32> = row.iter().zip(b).map(|(v, b)| v + b).collect();
-                assert_eq!(&y[i * n..(i + 1) * n], want.as_slice(), "{isa:?} token {i}");
+            for form in [GemmForm::Sign, GemmForm::Offset] {
+                let mut y = vec![0.0; m * n];
+                let act = ActQuant::PER_TOKEN;
+                w8a8_matmul_in_form(x, m, w, s, Some(b), act, &mut y, form).unwrap();
+                for i in 0..m {
+                    let row = w8a8_matvec(w, s, &x[i * k..(i + 1) * k], n, k).unwrap();
+                    let want: Vec<f32> = row.iter().zip(b).map(|(v, b)| v + b).collect();
+                    let got = &y[i * n..(i + 1) * n];
+                    assert_eq!(got, want.as_slice(), "{isa:?} {form:?} token {i}");
+                }
+                results.push(y);
             }
-            results.push(y);
         }
         simd::set_isa(simd::best_supported()).unwrap();
         assert!(results.windows(2).all(|p| p[0] == p[1]));
+    }
+
+    /// Weights like real ones: mostly small, a few pairs that are not
+    /// pair-safe (both large, one sign), plus the extremes at fixed places.
+    fn realistic_weights(n: usize, k: usize, seed: u64) -> Vec<i8> {
+        let mut next = crate::test_rng::xorshift(seed);
+        let mut w: Vec<i8> = (0..n * k)
+            .map(|_| {
+                let sum: i32 = (0..4).map(|_| (next() % 65) as i32 - 32).sum();
+                sum.clamp(-128, 127) as i8
+            })
+            .collect();
+        for (i, pair) in [
+            [127, 127],
+            [-128, -128],
+            [-128, -1],
+            [1, 127],
+            [-128, 127],
+            [64, 65],
+        ]
+        .iter()
+        .enumerate()
+        {
+            let at = ((2 * i * 37) % (n * k - 1)) & !1;
+            w[at..at + 2].copy_from_slice(pair);
+        }
+        w
+    }
+
+    /// The offset form (pair-safe weights times `q + 128`, residuals added
+    /// back) gives the sign form's bits and `w8a8_matvec`'s, on every path,
+    /// for both activation modes, with and without a bias: odd and short
+    /// rows (tails of 1..31 columns), one and several token groups.
+    #[test]
+    fn offset_form_equals_sign_form_and_matvec() {
+        for (m, n, k) in [
+            (2, 3, 32),
+            (5, 7, 33),
+            (9, 6, 95),
+            (17, 10, 385),
+            (4, 9, 1024),
+            (66, 5, 64),
+            (1030, 3, 40), // more tokens than one chunk of extras
+        ] {
+            let mut x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 0.013)
+                .collect();
+            // Tokens of all +127 and all -127: the sums nearest i16 saturation.
+            x[..k].fill(1.0);
+            x[k..2 * k].fill(-1.0);
+            let w = realistic_weights(n, k, 0x5eed + k as u64);
+            let s: Vec<f32> = (0..n).map(|j| 0.002 + j as f32 * 0.001).collect();
+            let b: Vec<f32> = (0..n).map(|j| j as f32 - 2.5).collect();
+            matmul_rows_equal_matvec_plus_bias_on_every_path(&x, &w, &s, &b);
+            for act in [ActQuant::PER_TOKEN, ActQuant::PER_TENSOR] {
+                let mut results = Vec::new();
+                for isa in simd::supported() {
+                    simd::set_isa(isa).unwrap();
+                    for form in [GemmForm::Sign, GemmForm::Offset] {
+                        let mut y = vec![0.0; m * n];
+                        w8a8_matmul_in_form(&x, m, &w, &s, None, act, &mut y, form).unwrap();
+                        results.push(y);
+                    }
+                }
+                simd::set_isa(simd::best_supported()).unwrap();
+                assert!(
+                    results.windows(2).all(|p| p[0] == p[1]),
+                    "{m}x{n}x{k} {act:?}"
+                );
+            }
+        }
+    }
+
+    /// A block whose weights are dense in unsafe pairs (uniform bytes) takes
+    /// the sign form, the others the offset form, in one product with the
+    /// same bits as either form throughout.
+    #[test]
+    fn offset_form_declines_dense_blocks() {
+        let (m, n, k) = (5, 200, 4096);
+        let mut w = realistic_weights(n, k, 7);
+        let mut next = crate::test_rng::xorshift(11);
+        let rows_per_block = 64; // RowBlocks::weight_rows for k = 4096
+        for v in &mut w[..rows_per_block * k] {
+            *v = next() as u8 as i8;
+        }
+        let block = |b: usize| &w[b * rows_per_block * k..((b + 1) * rows_per_block).min(n) * k];
+        assert!(SplitRows::with_split(block(0), k, true, |_| ()).is_none());
+        assert!(SplitRows::with_split(block(0), k, false, |_| ()).is_some());
+        for b in 1..4 {
+            assert!(SplitRows::with_split(block(b), k, true, |_| ()).is_some());
+        }
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 613 % 419) as f32 - 209.0) * 0.021)
+            .collect();
+        let s = vec![0.01f32; n];
+        let b: Vec<f32> = (0..n).map(|j| j as f32 * 0.5).collect();
+        matmul_rows_equal_matvec_plus_bias_on_every_path(&x, &w, &s, &b);
+    }
+
+    /// Every one of the 65536 weight pairs, on every path: `clip` is
+    /// pair-safe, `clip + residual == w`, the residual sits only on changed
+    /// second values, and the sums and residuals agree across paths.
+    #[test]
+    fn split_pair_safe_on_every_pair() {
+        let w: Vec<i8> = (0..=u16::MAX)
+            .flat_map(|p| p.to_le_bytes())
+            .map(|b| b as i8)
+            .collect();
+        let mut results = Vec::new();
+        for isa in simd::supported() {
+            simd::set_isa(isa).unwrap();
+            let mut clip = vec![0i8; w.len()];
+            let (mut cols, mut vals) = (vec![0u32; w.len() / 2], vec![0i8; w.len() / 2]);
+            let (sum, count) = simd::split_pair_safe(&w, &mut clip, &mut cols, &mut vals);
+            let mut rebuilt: Vec<i32> = clip.iter().map(|&c| c as i32).collect();
+            for (&c, &v) in cols[..count].iter().zip(&vals[..count]) {
+                assert_eq!(c % 2, 1, "{isa:?}: residual on a first value");
+                rebuilt[c as usize] += v as i32;
+            }
+            let original: Vec<i32> = w.iter().map(|&v| v as i32).collect();
+            assert_eq!(rebuilt, original, "{isa:?}");
+            for p in clip.chunks_exact(2) {
+                let (a, b) = (p[0] as i32, p[1] as i32);
+                assert!(
+                    a.max(0) + b.max(0) <= 128 && a.min(0) + b.min(0) >= -128,
+                    "{isa:?} {p:?}"
+                );
+                // maddubs' worst cases stay within i16.
+                assert!((255 * (a.max(0) + b.max(0))) <= i16::MAX as i32);
+                assert!((255 * (a.min(0) + b.min(0))) >= i16::MIN as i32);
+            }
+            assert_eq!(sum, clip.iter().map(|&c| c as i32).sum::<i32>(), "{isa:?}");
+            // Unsafe pairs: both of one sign, magnitudes summing past 128.
+            let unsafe_pairs = w
+                .chunks_exact(2)
+                .filter(|p| {
+                    let (a, b) = (p[0] as i32, p[1] as i32);
+                    (a > 0 && b > 0 && a + b > 128) || (a < 0 && b < 0 && a + b < -128)
+                })
+                .count();
+            assert_eq!(count, unsafe_pairs, "{isa:?}");
+            results.push((clip, cols[..count].to_vec(), vals[..count].to_vec(), sum));
+        }
+        simd::set_isa(simd::best_supported()).unwrap();
+        assert!(results.windows(2).all(|p| p[0] == p[1]));
+    }
+
+    /// The 8 x 8 block transpose and its edges against the definition, for
+    /// token counts and widths around the block size, with padded rows.
+    #[test]
+    fn transpose_tokens_matches_the_definition() {
+        for m in [1, 7, 8, 9, 17] {
+            for (k, stride) in [(1, 1), (8, 8), (13, 16), (64, 64), (70, 100)] {
+                let q: Vec<i8> = (0..(m - 1) * stride + k)
+                    .map(|i| (i * 37 % 256) as u8 as i8)
+                    .collect();
+                let tokens = Tokens { q: &q, k, stride };
+                let qt = transpose_tokens(tokens, m);
+                for t in 0..m {
+                    for c in 0..k {
+                        assert_eq!(qt[c * m + t], q[t * stride + c], "m {m} k {k} ({t}, {c})");
+                    }
+                }
+            }
+        }
     }
 
     /// The batched product refuses NaN/Inf weight scales and bias (naming

@@ -291,6 +291,27 @@ fn set_kernel(py: Python<'_>, name: &str) -> PyResult<()> {
         .map_err(|e| to_py_err(py, e))
 }
 
+/// Forces the W8A8 GEMM's form ("auto", "sign" or "offset"; tests and
+/// benchmarks — every form gives the same bits).
+#[pyfunction]
+fn set_gemm_form(py: Python<'_>, name: &str) -> PyResult<()> {
+    let form = match name {
+        "auto" => matmul::GemmForm::Auto,
+        "sign" => matmul::GemmForm::Sign,
+        "offset" => matmul::GemmForm::Offset,
+        _ => {
+            return Err(to_py_err(
+                py,
+                DynQuantError::InvalidArgument(format!(
+                    "GEMM form must be 'auto', 'sign' or 'offset', got {name:?}"
+                )),
+            ))
+        }
+    };
+    matmul::set_gemm_form(form);
+    Ok(())
+}
+
 #[pyfunction]
 fn set_num_threads(py: Python<'_>, threads: usize) -> PyResult<()> {
     detached(py, || parallel::set_num_threads(threads))
@@ -670,6 +691,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(noop, m)?)?;
     m.add_function(wrap_pyfunction!(kernel_info, m)?)?;
     m.add_function(wrap_pyfunction!(set_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(set_gemm_form, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(compute_scale, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_per_tensor, m)?)?;

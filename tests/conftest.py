@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import dynquant as dq
 import numpy as np
 import pytest
+from dynquant import _core
 from hypothesis import HealthCheck, settings
 
 # Modest example counts keep the whole suite well under three minutes on a
@@ -24,9 +25,11 @@ settings.load_profile("dynquant")
 
 @pytest.fixture(autouse=True)
 def _restore_kernel_and_threads() -> Iterator[None]:
-    """Tests that force a kernel path or a thread count must not leak it."""
+    """Tests that force a kernel path, a GEMM form or a thread count must
+    not leak it."""
     before = dq.kernel_info()
     yield
+    _core.set_gemm_form("auto")
     after = dq.kernel_info()
     if after.isa != before.isa:
         dq.set_kernel(before.isa)  # e.g. the path DYNQUANT_KERNEL chose for this run

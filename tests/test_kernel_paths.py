@@ -17,6 +17,9 @@ import dynquant as dq
 import numpy as np
 import pytest
 import reference_np as ref
+from dynquant import _core
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from strategies import assert_same_f32, assert_same_i8
 
 F32 = np.float32
@@ -300,3 +303,75 @@ def test_spin_env_var_controls_the_always_awake_helper(value: str | None, helper
     count, y = r.stdout.split()
     assert int(count) == helpers
     assert float(y) == pytest.approx(512.0, rel=1e-6)
+
+
+FORMS = ["sign", "offset"]
+
+
+def _gemm_weights(rng: np.random.Generator, n: int, k: int, kind: str) -> np.ndarray:
+    """int8 weights: 'real' (quantize_weights_int8 of Gaussians: few pairs
+    that are not pair-safe), 'uniform' (every byte: dense unsafe pairs, so
+    the offset form declines the block), 'extreme' (127/-128 pairs)."""
+    if kind == "real":
+        w, _ = dq.quantize_weights_int8(rng.standard_normal((n, k)).astype(F32))
+        return w
+    if kind == "uniform":
+        return rng.integers(-128, 128, (n, k)).astype(np.int8)
+    w = np.zeros((n, k), np.int8)
+    w[:, 0::2] = rng.choice(np.array([127, -128, 64, -64, 1], np.int8), (n, (k + 1) // 2))
+    w[:, 1::2] = rng.choice(np.array([127, -128, 65, -65, 0], np.int8), (n, k // 2))
+    return w
+
+
+@pytest.mark.parametrize("kind", ["real", "uniform", "extreme"])
+@pytest.mark.parametrize(("m", "n", "k"), [(2, 3, 32), (9, 17, 95), (70, 40, 1024), (66, 70, 1061)])
+def test_gemm_forms_give_the_same_bits_on_every_path(
+    m: int, n: int, k: int, kind: str, rng: np.random.Generator, two_threads: None
+) -> None:
+    """The offset form (pair-safe weights times q + 128, residuals added
+    back) and the sign form give identical W8A8 GEMM results on every kernel
+    path, equal to w8a8_matvec per token (so to the reference)."""
+    w = _gemm_weights(rng, n, k, kind)
+    ws = rng.uniform(0.001, 0.02, n).astype(F32)
+    x = (rng.standard_normal((m, k)) * rng.uniform(0.1, 30, (m, 1))).astype(F32)
+    # Tokens of all +127 and all -127: the sums nearest i16 saturation.
+    x[0], x[1] = 1.0, -1.0
+    bias = rng.standard_normal(n).astype(F32)
+    want = np.stack([dq.w8a8_matvec(w, ws, row) for row in x]) + bias
+    for path in PATHS:
+        dq.set_kernel(path)
+        for form in FORMS:
+            _core.set_gemm_form(form)
+            assert_same_f32(dq.w8a8_matmul(x, w, ws, bias=bias), want, f"{path} {form}")
+            per_tensor = dq.w8a8_matmul(x, w, ws, per_token=False)
+            _core.set_gemm_form("sign")
+            assert_same_f32(per_tensor, dq.w8a8_matmul(x, w, ws, per_token=False), f"{path} {form}")
+
+
+@settings(max_examples=60)
+@given(
+    m=st.integers(2, 40),
+    k=st.integers(32, 200),
+    n=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+    spread=st.sampled_from([1.0, 20.0, 60.0]),
+)
+def test_gemm_forms_agree_on_random_weights(
+    m: int, k: int, n: int, seed: int, spread: float
+) -> None:
+    """Property: for int8 weights of any spread (from mostly pair-safe to
+    mostly not), the forced offset form equals the sign form bit for bit."""
+    rng = np.random.default_rng(seed)
+    w = np.clip(np.round(rng.standard_normal((n, k)) * spread), -128, 127).astype(np.int8)
+    ws = rng.uniform(0.001, 0.02, n).astype(F32)
+    x = rng.standard_normal((m, k)).astype(F32)
+    _core.set_gemm_form("offset")
+    offset = dq.w8a8_matmul(x, w, ws)
+    _core.set_gemm_form("sign")
+    assert_same_f32(offset, dq.w8a8_matmul(x, w, ws))
+
+
+def test_set_gemm_form_errors() -> None:
+    with pytest.raises(dq.InvalidArgumentError) as info:
+        _core.set_gemm_form("fast")
+    assert "fast" in str(info.value) and "offset" in str(info.value)

@@ -5,7 +5,7 @@
 
 use core::arch::x86_64::*;
 
-use super::scalar;
+use super::{scalar, EXACT_I32_TOTAL};
 
 const LANES: usize = 8;
 
@@ -309,10 +309,6 @@ unsafe fn dot32<M: MulAdd>(mul: M, acc: __m256i, w: __m256i, a: __m256i) -> __m2
 /// (2^14 * 130560 < 2^31; its corrected sums are bounded as the sign form's).
 const STEPS_PER_BLOCK: usize = 1 << 14;
 
-/// Below this many columns a whole dot product fits in i32
-/// (|sum| <= k * 128 * 127 < 2^31), so lanes may be summed in i32.
-pub(super) const EXACT_I32_TOTAL: usize = (i32::MAX as usize) / (128 * 127);
-
 /// Body of the `dot_i8` kernels: exact `sum w[i] * a[i]` (`a` without -128).
 ///
 /// # Safety
@@ -564,6 +560,34 @@ unsafe fn w8a8_tile_with<M: MulAdd, const T: usize>(
     let body = k / 32 * 32;
     // body <= k == every row's length.
     let acc = tile_sums(mul, w, a, 0, body);
+    // The last k % 32 columns, exactly, in scalar.
+    let tail = |r: usize, t: usize| scalar::dot_i8(&w[r][body..], &a[t][body..]) as i32;
+    finish_pair_tile(
+        &acc,
+        |t, u| (body < k).then(|| _mm_setr_epi32(tail(0, t), tail(1, t), tail(0, u), tail(1, u))),
+        ws,
+        ts,
+        bias,
+    )
+}
+
+/// Dequantizes a tile of two rows by `T` tokens from its i32 lane sums:
+/// four sums at a time — rows 0 and 1 of tokens `t` and `u = t + 1` — are
+/// reduced into one vector, `extra(t, u)` (the same four, in that order)
+/// added when it is `Some`, and the result is the layout of `out[t]`,
+/// `out[u]`. Sums wrap in i32, so any parts whose true total fits in i32
+/// give that total exactly.
+///
+/// # Safety
+/// AVX2 available.
+#[inline(always)]
+unsafe fn finish_pair_tile<const T: usize>(
+    acc: &[[__m256i; T]; 2],
+    extra: impl Fn(usize, usize) -> Option<__m128i>,
+    ws: [f32; 2],
+    ts: [f32; T],
+    bias: Option<[f32; 2]>,
+) -> [[f32; 2]; T] {
     let w_scale = _mm_setr_ps(ws[0], ws[1], ws[0], ws[1]);
     let b = bias.map(|b| _mm_setr_ps(b[0], b[1], b[0], b[1]));
     let mut out = [[0.0f32; 2]; T];
@@ -571,10 +595,7 @@ unsafe fn w8a8_tile_with<M: MulAdd, const T: usize>(
     while t < T {
         let u = (t + 1).min(T - 1); // the second token (or t again, unused)
         let mut sums = hsum4_i32([acc[0][t], acc[1][t], acc[0][u], acc[1][u]]);
-        if body < k {
-            // The last k % 32 columns, exactly, in scalar.
-            let tail = |r: usize, t: usize| scalar::dot_i8(&w[r][body..], &a[t][body..]) as i32;
-            let extra = _mm_setr_epi32(tail(0, t), tail(1, t), tail(0, u), tail(1, u));
+        if let Some(extra) = extra(t, u) {
             sums = _mm_add_epi32(sums, extra);
         }
         let token_scale = _mm_setr_ps(ts[t], ts[t], ts[u], ts[u]);
@@ -591,6 +612,145 @@ unsafe fn w8a8_tile_with<M: MulAdd, const T: usize>(
         t += 2;
     }
     out
+}
+
+/// See [`super::split_pair_safe`]: 32 columns (16 pairs) at a time. In a
+/// pair `(a, b)` that is not pair-safe both values have one sign, and the
+/// safe second value is `128 - a` for positive and `-128 - a` for negative
+/// ones: the same byte, `-128 - a` wrapping. A step with no such pair (most
+/// of them, for real weights) is stored as it is.
+///
+/// # Safety
+/// AVX2 available; `w.len() == clip.len()`, a multiple of 32 (every load
+/// and store below is within `i..i + 32` for `i + 32 <= w.len()`).
+/// The residuals go into slices, not vectors: a call in the loop would
+/// make the compiler keep the running sum in memory.
+#[target_feature(enable = "avx2")]
+pub unsafe fn split_pair_safe(
+    w: &[i8],
+    clip: &mut [i8],
+    cols: &mut [u32],
+    vals: &mut [i8],
+) -> (i32, usize) {
+    debug_assert!(w.len() == clip.len() && w.len().is_multiple_of(32));
+    debug_assert!(cols.len() >= w.len() / 2 && vals.len() >= w.len() / 2);
+    let mut count = 0;
+    let zero = _mm256_setzero_si256();
+    let ones8 = _mm256_set1_epi8(1);
+    let ones16 = _mm256_set1_epi16(1);
+    let limit = _mm256_set1_epi16(128);
+    let minus_128 = _mm256_set1_epi8(i8::MIN);
+    let second_bytes = _mm256_set1_epi16(0xff00u16 as i16);
+    let mut sums = zero;
+    let mut i = 0;
+    while i + 32 <= w.len() {
+        let v = load32_i8(w, i);
+        // Pair sums of the positive parts (0..=127 each) and of the
+        // magnitudes of the negative parts (0..=128 each, unsigned bytes).
+        let pos = _mm256_maddubs_epi16(_mm256_max_epi8(v, zero), ones8);
+        let neg = _mm256_maddubs_epi16(_mm256_abs_epi8(_mm256_min_epi8(v, zero)), ones8);
+        let unsafe_pairs = _mm256_or_si256(
+            _mm256_cmpgt_epi16(pos, limit),
+            _mm256_cmpgt_epi16(neg, limit),
+        );
+        let safe = if _mm256_testz_si256(unsafe_pairs, unsafe_pairs) == 1 {
+            v
+        } else {
+            // Each pair's first value moved up into its second byte.
+            let first = _mm256_slli_epi16::<8>(v);
+            let lowered = _mm256_sub_epi8(minus_128, first);
+            let fix = _mm256_and_si256(unsafe_pairs, second_bytes);
+            let safe = _mm256_blendv_epi8(v, lowered, fix);
+            // v - safe: the residual, exact in i8 (see the scalar twin).
+            let mut residual = [0i8; 32];
+            _mm256_storeu_si256(
+                residual.as_mut_ptr() as *mut __m256i,
+                _mm256_sub_epi8(v, safe),
+            );
+            let mut bits = _mm256_movemask_epi8(fix) as u32;
+            // At most one residual per pair: count < w.len() / 2 here.
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                cols[count] = (i + b) as u32;
+                vals[count] = residual[b];
+                count += 1;
+                bits &= bits - 1;
+            }
+            safe
+        };
+        _mm256_storeu_si256(clip.as_mut_ptr().add(i) as *mut __m256i, safe);
+        // maddubs(1, safe): signed pair sums within ±256.
+        sums = _mm256_add_epi32(
+            sums,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, safe), ones16),
+        );
+        i += 32;
+    }
+    // |sum| <= 128 * len, within i32 for the rows the GEMM splits.
+    (hsum_i32_to_i64(sums) as i32, count)
+}
+
+/// See [`super::add_products`]: the scalar loop, compiled for AVX2 (eight
+/// widening multiply-adds per instruction triple).
+///
+/// # Safety
+/// AVX2 available.
+#[target_feature(enable = "avx2")]
+pub unsafe fn add_products(acc: &mut [i32], column: &[i8], val: i8) {
+    scalar::add_products(acc, column, val)
+}
+
+/// See [`super::w8a8_row_pairs_offset`]: per pair of rows, `maddubs` of the
+/// offset tokens by the pair-safe weights, which never saturates, so each
+/// product costs `maddubs`, `madd` and `add` — the sign form's `sign` per
+/// product is gone.
+///
+/// # Safety
+/// AVX2 available; `clip` holds `2 * out.len()` rows of `k` values whose
+/// column pairs are pair-safe, every `u` row is `k` long, `extras` and `ws`
+/// (and `bias`) match `out` (the dispatcher checks all of it).
+#[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
+#[target_feature(enable = "avx2")]
+pub unsafe fn w8a8_row_pairs_offset<const T: usize>(
+    clip: &[i8],
+    u: &[&[i8]; T],
+    extras: &[[[i32; 2]; T]],
+    ws: &[f32],
+    ts: [f32; T],
+    bias: Option<&[f32]>,
+    out: &mut [[[f32; 2]; T]],
+) {
+    let mul = Maddubs::new();
+    let k = u[0].len();
+    let body = k / 32 * 32;
+    for (p, y) in out.iter_mut().enumerate() {
+        let j = 2 * p;
+        let rows = [&clip[j * k..(j + 1) * k], &clip[(j + 1) * k..(j + 2) * k]];
+        let mut acc = [[_mm256_setzero_si256(); T]; 2];
+        let mut i = 0;
+        // i + 32 <= body <= every row's length.
+        while i < body {
+            let mut uv = [_mm256_setzero_si256(); T];
+            for t in 0..T {
+                uv[t] = load32_i8(u[t], i);
+            }
+            for r in 0..2 {
+                let wv = load32_i8(rows[r], i);
+                for t in 0..T {
+                    acc[r][t] = mul.mul_add(acc[r][t], uv[t], wv);
+                }
+            }
+            i += 32;
+        }
+        let e = &extras[p];
+        *y = finish_pair_tile(
+            &acc,
+            |t, u| Some(_mm_setr_epi32(e[t][0], e[t][1], e[u][0], e[u][1])),
+            [ws[j], ws[j + 1]],
+            ts,
+            bias.map(|b| [b[j], b[j + 1]]),
+        );
+    }
 }
 
 /// The int8 dot kernels of one instruction set: `dot_i8`, `dot_tile`,

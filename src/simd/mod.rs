@@ -211,6 +211,10 @@ pub fn set_isa(isa: Isa) -> Result<(), DynQuantError> {
     Ok(())
 }
 
+/// Below this many columns every exact int8 dot product fits in i32
+/// (|sum| <= k * 128 * 127 < 2^31), so lanes may be summed in i32.
+pub const EXACT_I32_TOTAL: usize = (i32::MAX as usize) / (128 * 127);
+
 // ─── Dispatched kernels ─────────────────────────────────────────────────────
 //
 // Each `match` arm for a SIMD path is sound because `active()` only returns a
@@ -366,7 +370,7 @@ pub fn w8a8_tile<const T: usize>(
         "w8a8_tile: rows of unequal length"
     );
     #[cfg(target_arch = "x86_64")]
-    if T > 0 && k < avx2::EXACT_I32_TOTAL {
+    if T > 0 && k < EXACT_I32_TOTAL {
         // SAFETY: the path's features confirmed by active(); equal row
         // lengths checked above, and k is small enough for i32 sums.
         if let Some(y) = unsafe { avx2_int8_dot!(w8a8_tile(w, a, ws, ts, bias)) } {
@@ -399,7 +403,7 @@ pub fn w8a8_row_pairs<const T: usize>(
         "w8a8_row_pairs: shapes"
     );
     #[cfg(target_arch = "x86_64")]
-    if T > 0 && k < avx2::EXACT_I32_TOTAL {
+    if T > 0 && k < EXACT_I32_TOTAL {
         // SAFETY: the path's features confirmed by active(); shapes checked
         // above, and k is small enough for i32 sums.
         if let Some(()) = unsafe { avx2_int8_dot!(w8a8_row_pairs(w, a, ws, ts, bias, out)) } {
@@ -412,6 +416,125 @@ pub fn w8a8_row_pairs<const T: usize>(
         *y = w8a8_tile(
             &pair,
             a,
+            [ws[j], ws[j + 1]],
+            ts,
+            bias.map(|b| [b[j], b[j + 1]]),
+        );
+    }
+}
+
+/// Whether the active path runs the AVX2 int8 kernels (AVX2 or a VNNI
+/// path on top of it), so [`split_pair_safe`] and [`w8a8_row_pairs_offset`]
+/// have a SIMD body.
+#[cfg(target_arch = "x86_64")]
+fn runs_avx2_int8() -> bool {
+    active().runs_avx2()
+}
+
+/// Splits int8 weights `w` (a multiple of 32 columns, e.g. a row's body)
+/// into pair-safe values `clip` and a sparse residual, so that
+/// `w = clip + residual` exactly; returns `sum(clip)` and the residual's
+/// length `n`, whose columns (within `w`) and values are `cols[..n]` and
+/// `vals[..n]` (each at least `w.len() / 2` long: one residual per pair at
+/// most).
+///
+/// `maddubs` multiplies unsigned by signed bytes and saturates the sum of
+/// each column pair `(2i, 2i + 1)` to i16. With tokens offset to unsigned
+/// bytes (`q + 128`, 0..=255), a weight pair `(s0, s1)` never saturates for
+/// any tokens if and only if its positive values sum to at most 128 and its
+/// negative values to at least -128: "pair-safe". `clip` keeps every
+/// pair-safe pair; in any other pair the second value's magnitude is
+/// lowered to `128 - |s0|`, and the difference (within -128..=126) is the
+/// residual. Real weights have few such pairs (about 0.3–1.2% of values in
+/// MiniLM's and Gaussian rows); uniform random bytes have ~12%.
+pub fn split_pair_safe(
+    w: &[i8],
+    clip: &mut [i8],
+    cols: &mut [u32],
+    vals: &mut [i8],
+) -> (i32, usize) {
+    let half = w.len() / 2;
+    assert!(
+        w.len() == clip.len()
+            && w.len().is_multiple_of(32)
+            && cols.len() >= half
+            && vals.len() >= half,
+        "split_pair_safe: lengths"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if runs_avx2_int8() {
+        // SAFETY: AVX2 confirmed by active(); lengths checked above.
+        return unsafe { avx2::split_pair_safe(w, clip, cols, vals) };
+    }
+    scalar::split_pair_safe(w, clip, cols, vals)
+}
+
+/// `acc[t] += val * column[t]` for every `t`, wrapping in i32 (the
+/// residual's products in the GEMM's offset form, one weight for all
+/// tokens); `acc` and `column` have one length.
+pub fn add_products(acc: &mut [i32], column: &[i8], val: i8) {
+    assert_eq!(acc.len(), column.len(), "add_products: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if runs_avx2_int8() {
+        // SAFETY: AVX2 confirmed by active().
+        return unsafe { avx2::add_products(acc, column, val) };
+    }
+    scalar::add_products(acc, column, val)
+}
+
+/// The offset form of [`w8a8_row_pairs`]: `clip` holds `2 * out.len()`
+/// pair-safe rows of `k` values (from [`split_pair_safe`] over the first
+/// `k / 32 * 32` columns), `u` the tokens with their top bit flipped
+/// (`q + 128` as unsigned bytes), and `out[p][t][r]` gets
+/// `(acc as f32 * ws[r]) * ts[t] (+ bias[r])` for row `r = 2p + i` with
+///
+/// `acc = (sum over the first k / 32 * 32 columns of u * clip) + extras[p][t][i]`
+///
+/// in wrapping i32 arithmetic. With `extras` holding `-128 * sum(clip)`, the
+/// residual's and the last `k % 32` columns' exact products, `acc` is the
+/// exact `sum q * w` whenever that fits in i32, so every value equals
+/// [`w8a8_row_pairs`]'s. The sums of pair-safe rows never saturate, so
+/// AVX2 needs no `sign` per product.
+#[allow(clippy::too_many_arguments)]
+pub fn w8a8_row_pairs_offset<const T: usize>(
+    clip: &[i8],
+    u: &[&[i8]; T],
+    extras: &[[[i32; 2]; T]],
+    ws: &[f32],
+    ts: [f32; T],
+    bias: Option<&[f32]>,
+    out: &mut [[[f32; 2]; T]],
+) {
+    let k = u.first().map_or(0, |row| row.len());
+    let rows = 2 * out.len();
+    assert!(
+        u.iter().all(|row| row.len() == k)
+            && clip.len() == rows * k
+            && extras.len() == out.len()
+            && ws.len() == rows
+            && bias.is_none_or(|b| b.len() == rows),
+        "w8a8_row_pairs_offset: shapes"
+    );
+    debug_assert!(clip.chunks_exact(2).all(|p| {
+        let (a, b) = (p[0] as i32, p[1] as i32);
+        a.max(0) + b.max(0) <= 128 && a.min(0) + b.min(0) >= -128
+    }));
+    assert!(
+        k < EXACT_I32_TOTAL,
+        "w8a8_row_pairs_offset: k = {k} too long for i32 sums"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if T > 0 && runs_avx2_int8() {
+        // SAFETY: AVX2 confirmed by active(); shapes checked above.
+        return unsafe { avx2::w8a8_row_pairs_offset(clip, u, extras, ws, ts, bias, out) };
+    }
+    for (p, y) in out.iter_mut().enumerate() {
+        let j = 2 * p;
+        let pair = [&clip[j * k..(j + 1) * k], &clip[(j + 1) * k..(j + 2) * k]];
+        *y = scalar::w8a8_pair_offset(
+            &pair,
+            u,
+            &extras[p],
             [ws[j], ws[j + 1]],
             ts,
             bias.map(|b| [b[j], b[j + 1]]),

@@ -75,6 +75,69 @@ pub fn w8a8_tile<const T: usize>(
     })
 }
 
+/// See [`super::split_pair_safe`].
+pub fn split_pair_safe(
+    w: &[i8],
+    clip: &mut [i8],
+    cols: &mut [u32],
+    vals: &mut [i8],
+) -> (i32, usize) {
+    let mut sum = 0i32;
+    let mut count = 0;
+    for (i, (pair, safe)) in w.chunks_exact(2).zip(clip.chunks_exact_mut(2)).enumerate() {
+        let (a, b) = (pair[0] as i32, pair[1] as i32);
+        let b_safe = if a > 0 && b > 0 && a + b > 128 {
+            128 - a
+        } else if a < 0 && b < 0 && a + b < -128 {
+            -128 - a
+        } else {
+            b
+        };
+        if b_safe != b {
+            // b - b_safe is a + b - 128 in 1..=126 or a + b + 128 in -128..=-1.
+            cols[count] = (2 * i + 1) as u32;
+            vals[count] = (b - b_safe) as i8;
+            count += 1;
+        }
+        safe[0] = pair[0];
+        safe[1] = b_safe as i8;
+        sum += a + b_safe;
+    }
+    (sum, count)
+}
+
+/// See [`super::add_products`].
+pub fn add_products(acc: &mut [i32], column: &[i8], val: i8) {
+    for (a, &q) in acc.iter_mut().zip(column) {
+        *a = a.wrapping_add(val as i32 * q as i32);
+    }
+}
+
+/// See [`super::w8a8_row_pairs_offset`]: one pair of rows, exactly as the
+/// AVX2 body computes it, but in i64 and then wrapped to i32.
+pub fn w8a8_pair_offset<const T: usize>(
+    clip: &[&[i8]; 2],
+    u: &[&[i8]; T],
+    extra: &[[i32; 2]; T],
+    ws: [f32; 2],
+    ts: [f32; T],
+    bias: Option<[f32; 2]>,
+) -> [[f32; 2]; T] {
+    let body = u.first().map_or(0, |row| row.len()) / 32 * 32;
+    let acc: [[i64; T]; 2] = core::array::from_fn(|r| {
+        core::array::from_fn(|t| {
+            let sum: i64 = clip[r][..body]
+                .iter()
+                .zip(&u[t][..body])
+                .map(|(&s, &u)| s as i64 * (u as u8) as i64)
+                .sum();
+            // The true total fits in i32; the parts are only known mod 2^32.
+            (sum + extra[t][r] as i64) as i32 as i64
+        })
+    });
+    w8a8_tile(&acc, ws, ts, bias)
+}
+
 /// Signed value of int4 column `col` of a packed row of `cols` columns
 /// (layout in [`crate::weights`]).
 #[inline]
