@@ -70,6 +70,14 @@ const FLAG_EXACT: u8 = 1;
 const FLAG_REFERENCE: u8 = 2;
 const FLAG_HAS_FEATURES: u8 = 4;
 
+/// A NaN policy as Python spells it, for messages.
+fn policy_name(policy: NanPolicy) -> &'static str {
+    match policy {
+        NanPolicy::Raise => "'raise'",
+        NanPolicy::Reference => "'reference'",
+    }
+}
+
 /// How a [`CalibObserver`] is built.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ObserverConfig {
@@ -388,13 +396,40 @@ impl CalibObserver {
     /// configuration (accuracy, bound, policy and exact mode).
     pub fn merge(&mut self, other: &CalibObserver) -> Result<(), DynQuantError> {
         let (a, b) = (self.config, other.config);
-        if a.relative_accuracy.to_bits() != b.relative_accuracy.to_bits()
-            || a.max_buckets != b.max_buckets
-            || a.policy != b.policy
-            || a.exact != b.exact
-        {
+        let buckets = |m: Option<u32>| m.map_or("default".to_string(), |m| m.to_string());
+        let differences: Vec<String> = [
+            (a.relative_accuracy.to_bits() != b.relative_accuracy.to_bits()).then(|| {
+                format!(
+                    "relative_accuracy {} vs {}",
+                    a.relative_accuracy, b.relative_accuracy
+                )
+            }),
+            (a.exact != b.exact).then(|| {
+                let py = |e: bool| if e { "True" } else { "False" };
+                format!("exact {} vs {}", py(a.exact), py(b.exact))
+            }),
+            (a.policy != b.policy).then(|| {
+                format!(
+                    "nan_policy {} vs {}",
+                    policy_name(a.policy),
+                    policy_name(b.policy)
+                )
+            }),
+            (a.max_buckets != b.max_buckets).then(|| {
+                format!(
+                    "max_buckets {} vs {}",
+                    buckets(a.max_buckets),
+                    buckets(b.max_buckets)
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !differences.is_empty() {
             return Err(DynQuantError::InvalidArgument(format!(
-                "cannot merge observers with different settings: {a:?} and {b:?}"
+                "cannot merge observers with different settings: {}",
+                differences.join(", ")
             )));
         }
         self.summary
@@ -873,8 +908,9 @@ impl ChannelMaxObserver {
     pub fn merge(&mut self, other: &ChannelMaxObserver) -> Result<(), DynQuantError> {
         if self.policy != other.policy {
             return Err(DynQuantError::InvalidArgument(format!(
-                "cannot merge observers with different NaN policies ({:?}, {:?})",
-                self.policy, other.policy
+                "cannot merge observers with different NaN policies ({} vs {})",
+                policy_name(self.policy),
+                policy_name(other.policy)
             )));
         }
         let total = self

@@ -556,3 +556,34 @@ def test_w8a8_matvec_passes_non_finite_scales_through(nan_policy: str) -> None:
     scales = np.array([math.nan, math.inf, -math.inf, 0.5], F32)
     y = dq.w8a8_matvec(WQ3, scales, X[0], nan_policy=nan_policy)
     assert np.isnan(y[0]) and not np.isfinite(y[1:3]).any() and np.isfinite(y[3])
+
+
+def test_mode_errors_name_the_argument() -> None:
+    """A bad scale mode is reported under the name the caller used."""
+    x = np.ones((2, 4), F32)
+    w, s = dq.quantize_weights_int8(np.ones((3, 4), F32))
+    with pytest.raises(dq.ArgumentTypeError, match=r"^act_mode must be dq\.MaxAbs\(\)"):
+        dq.w8a8_matmul(x, w, s, act_mode="max")  # type: ignore[arg-type]
+    p4, s4 = dq.quantize_weights_int4(np.ones((3, 4), F32))
+    with pytest.raises(dq.ArgumentTypeError, match=r"^act_mode must be"):
+        dq.w4a8_matmul(x, p4, s4, act_mode="max")  # type: ignore[arg-type]
+    with pytest.raises(dq.ArgumentTypeError, match=r"^mode must be"):
+        dq.quantize_int8(x, "max")  # type: ignore[arg-type]
+
+
+def test_pack_int4_names_the_dimensions_it_takes() -> None:
+    with pytest.raises(dq.ShapeMismatchError, match=r"^values must be 1-D or 2-D, got 0-D"):
+        dq.pack_int4(np.int8(3))
+    with pytest.raises(dq.ShapeMismatchError, match=r"got 3-D with shape \(2, 2, 2\)"):
+        dq.pack_int4(np.zeros((2, 2, 2), np.int8))
+
+
+def test_masked_arrays_with_a_mask_are_refused() -> None:
+    """np.asarray drops a mask: the masked-out values would silently count."""
+    x = np.ma.masked_greater(np.array([1.0, 50.0, -2.0], F32), 10.0)
+    with pytest.raises(dq.ArgumentTypeError, match=r"1 masked value\(s\).*filled"):
+        dq.quantize_int8(x)
+    # Without masked values, or once filled, it is an ordinary array.
+    plain = np.ma.masked_array(np.array([1.0, 50.0, -2.0], F32))
+    assert dq.quantize_int8(plain) == dq.quantize_int8(plain.data)
+    assert dq.quantize_int8(x.filled(0.0)).scales[0] == np.float32(2.0 / 127.0)

@@ -252,6 +252,7 @@ CASES: list[Case] = [
     Case("quantize_weights_int8", "1-D weights", lambda: dq.quantize_weights_int8(W[0]), SE),
     Case("quantize_weights_int4", "3-D weights", lambda: dq.quantize_weights_int4(W[None]), SE),
     Case("pack_int4", "3-D values", lambda: dq.pack_int4(np.zeros((2, 2, 2), I8)), SE),
+    Case("pack_int4", "0-D values", lambda: dq.pack_int4(I8(3)), SE),
     Case("unpack_int4", "3-D packed", lambda: dq.unpack_int4(np.zeros((2, 2, 2), U8), 4), SE),
     Case("unpack_int4", "0-D packed", lambda: dq.unpack_int4(U8(3), 2), SE),
     Case(
@@ -807,6 +808,14 @@ CASES: list[Case] = [
     ),
     Case("CalibObserver", "exact 'no'", lambda: dq.CalibObserver(exact="no"), AT),
     Case("calibrate", "progress None", lambda: dq.calibrate([X], progress=None), AT),
+    Case("calibrate", "total 'x'", lambda: dq.calibrate([X], total="x"), AT),  # type: ignore[arg-type]
+    Case("calibrate", "total -1", lambda: dq.calibrate([X], total=-1), IA),
+    Case(
+        "ChannelMaxObserver.update_many",
+        "total 2.5",
+        lambda: dq.ChannelMaxObserver().update_many([X], total=2.5),  # type: ignore[arg-type]
+        AT,
+    ),
     Case(
         "quantize_int8", "mode the Percentile class", lambda: dq.quantize_int8(X, dq.Percentile), AT
     ),
@@ -814,6 +823,24 @@ CASES: list[Case] = [
         "quantize_int8", "nan_policy 'ignore'", lambda: dq.quantize_int8(X, nan_policy="ignore"), IA
     ),
     Case("quantization_mae", "qt not a tensor", lambda: dq.quantization_mae(X, "qt"), AT),
+    Case(
+        "quantize_int8",
+        "masked array with masked values",
+        lambda: dq.quantize_int8(np.ma.masked_greater(X, 1.0)),
+        AT,
+    ),
+    Case(
+        "w8a8_matvec",
+        "masked int8 weights",
+        lambda: dq.w8a8_matvec(np.ma.masked_equal(WQ, WQ[0, 0]), WS, X[0]),
+        AT,
+    ),
+    Case(
+        "quantization_mae",
+        "original transposed (2-D, other shape)",
+        lambda: dq.quantization_mae(X.T, dq.quantize_int8_per_row(X)),
+        SE,
+    ),
     # non-finite and tiny values
     Case("quantize_int8", "NaN", lambda: dq.quantize_int8([1.0, np.nan]), NF),
     Case("quantize_int8", "+Inf", lambda: dq.quantize_int8([1.0, np.inf]), NF),

@@ -359,10 +359,16 @@ def test_smooth_errors() -> None:
         with pytest.raises(dq.ShapeMismatchError) as s:
             fn(a, np.ones(3, F32), out=np.empty((3, 2), F32))
         assert s.value.expected == (2, 3) and s.value.actual == (3, 2)
-        with pytest.raises(dq.DTypeError):
+        with pytest.raises(dq.DTypeError, match=r"got float64$"):
             fn(a, np.ones(3, F32), out=np.empty((2, 3), np.float64))
-        with pytest.raises(dq.DTypeError):
-            fn(a, np.ones(3, F32), out=np.empty((3, 2), F32).T)  # not C-contiguous
+        # The layout, not the (right) dtype, is what the message names.
+        with pytest.raises(dq.DTypeError, match="got a Fortran-ordered float32 array"):
+            fn(a, np.ones(3, F32), out=np.empty((3, 2), F32).T)
+        with pytest.raises(dq.DTypeError, match="got a non-contiguous float32 array"):
+            fn(a, np.ones(3, F32), out=np.empty((2, 6), F32)[:, ::2])
+        with pytest.raises(dq.DTypeError, match="got a Fortran-ordered float32 array"):
+            f_order = np.asfortranarray(a)
+            fn(f_order, np.ones(3, F32), out=f_order)  # in place
         with pytest.raises(dq.ShapeMismatchError):
             fn(np.ones((2, 2, 3), F32), np.ones(3, F32))
         with pytest.raises(dq.ShapeMismatchError):

@@ -131,6 +131,24 @@ def test_mae_hand_values() -> None:
     assert dq.quantization_mae(np.zeros(0, F32), dq.quantize_int8(np.zeros(0, F32))) == 0.0
 
 
+def test_mae_refuses_a_transposed_original() -> None:
+    """Two arrays of 2-D or more with different shapes are a mistake (a
+    transposed or reshaped original), not a common length; flat originals
+    keep the reference's common-length rule."""
+    x = np.arange(12, dtype=F32).reshape(3, 4)
+    t = dq.quantize_int8_per_row(x)
+    with pytest.raises(dq.ShapeMismatchError) as info:
+        dq.quantization_mae(x.T, t)
+    assert info.value.expected == (3, 4) and info.value.actual == (4, 3)
+    assert "(4, 3)" in str(info.value) and "(3, 4)" in str(info.value)
+    with pytest.raises(dq.ShapeMismatchError):
+        dq.quantization_mae(x.reshape(2, 6), dq.quantize_int8(x))
+    assert dq.quantization_mae(x.reshape(-1), t) == dq.quantization_mae(x, t)
+    assert dq.quantization_mae(x, dq.quantize_int8(x.reshape(-1))) == dq.quantization_mae(
+        x.reshape(-1), dq.quantize_int8(x.reshape(-1))
+    )
+
+
 def test_mae_of_ties_is_exact_and_positive() -> None:
     x = np.array([127, 0.5, -0.5, 2.5], F32)  # scale 1: errors 0, .5, .5, .5
     assert dq.quantization_mae(x, dq.quantize_int8(x)) == pytest.approx(1.5 / 4)

@@ -86,5 +86,5 @@ def test_the_wheel_installs_and_runs_outside_the_source_tree(tmp_path: Path) -> 
     # The console script and the demo's model-free mode, as installed.
     script = env_dir / "bin" / "dynquant"
     assert shutil.which(str(script)) is not None
-    out = _run([str(script), "demo", "--synthetic", "--no-progress"], cwd=user_dir, env=clean_env)
+    out = _run([str(script), "demo", "--synthetic"], cwd=user_dir, env=clean_env)
     assert "SmoothQuant" in out, out

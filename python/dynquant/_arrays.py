@@ -55,7 +55,14 @@ def _describe(x: Any) -> str:
 
 
 def as_array(x: Any, name: str) -> npt.NDArray[Any]:
-    """``np.asarray(x)``, with ragged nested sequences as a ``ShapeMismatchError``."""
+    """``np.asarray(x)``, with ragged nested sequences as a ``ShapeMismatchError``
+    and masked arrays refused (``np.asarray`` would drop the mask, and the
+    masked-out values would silently count)."""
+    if isinstance(x, np.ma.MaskedArray) and np.ma.getmask(x) is not np.ma.nomask and x.mask.any():
+        raise ArgumentTypeError(
+            f"{name} is a masked array with {int(np.count_nonzero(x.mask))} masked value(s); "
+            "dynquant would use the values under the mask: pass x.filled(v) or x.compressed()"
+        )
     try:
         return np.asarray(x)
     except ValueError as e:  # ragged nested lists

@@ -583,7 +583,10 @@ def _thread_count(text: str) -> int:
 
 def _sentence_count(text: str) -> int:
     """argparse type: how many built-in sentences, 2..len(DEMO_SENTENCES)."""
-    value = _positive_int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
     if not 2 <= value <= len(DEMO_SENTENCES):
         raise argparse.ArgumentTypeError(
             f"must be between 2 and {len(DEMO_SENTENCES)}, got {value}"
@@ -610,6 +613,7 @@ def _linear_name(text: str) -> str:
 # Options of the model run only (their parser default is None, so that a given
 # value can be told apart); --synthetic refuses them rather than ignore them.
 MODEL_ONLY_OPTIONS = ("--sentences", "--batch-size", "--repeat", "--plot-layer")
+MODEL_ONLY_FLAGS = ("--no-progress", "--no-torch")
 
 
 def build_parser(prog: str = "python -m dynquant demo") -> argparse.ArgumentParser:
@@ -716,7 +720,7 @@ def run_demo(argv: Sequence[str] | None = None, *, prog: str = "python -m dynqua
     if args.synthetic:
         given = [
             o for o in MODEL_ONLY_OPTIONS if getattr(args, o[2:].replace("-", "_")) is not None
-        ]
+        ] + [o for o in MODEL_ONLY_FLAGS if getattr(args, o[2:].replace("-", "_"))]
         if given:
             parser.error(f"--synthetic runs no model: {', '.join(given)} would have no effect")
     if args.plot_layer is not None and not args.plot:

@@ -137,7 +137,7 @@ def w8a8_matmul(
             actual=x2.shape[1],
         )
     _check_row_scales(s, w)
-    p = percentile_arg(act_mode)
+    p = percentile_arg(act_mode, "act_mode")
     try:
         y = _core.w8a8_matmul(
             x2, w, s, _bias(bias, w.shape[0]), per_token, p, check_nan_policy(nan_policy)
@@ -200,7 +200,7 @@ def w4a8_matmul(
             expected=(p.shape[0], groups),
             actual=s.shape,
         )
-    pct = percentile_arg(act_mode)
+    pct = percentile_arg(act_mode, "act_mode")
     try:
         y = _core.w4a8_matmul(
             x2,

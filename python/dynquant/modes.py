@@ -67,8 +67,9 @@ class DynQuantFormat(enum.Enum):
         return f"DynQuantFormat.{self.name}"
 
 
-def percentile_arg(mode: ScaleMode) -> float | None:
-    """The core's encoding of a mode: None for MaxAbs, else p as float32."""
+def percentile_arg(mode: ScaleMode, name: str = "mode") -> float | None:
+    """The core's encoding of a mode: None for MaxAbs, else p as float32
+    (``name`` is the argument's name in the error)."""
     if type(mode) is MaxAbs:
         return None
     if type(mode) is Percentile:
@@ -76,4 +77,4 @@ def percentile_arg(mode: ScaleMode) -> float | None:
         if not isinstance(p, float):
             raise InvalidPercentileError(f"Percentile without a valid p: {p!r}", p=p)
         return mode.p_f32
-    raise ArgumentTypeError(f"mode must be dq.MaxAbs() or dq.Percentile(p), got {mode!r}")
+    raise ArgumentTypeError(f"{name} must be dq.MaxAbs() or dq.Percentile(p), got {mode!r}")

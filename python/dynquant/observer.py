@@ -162,7 +162,9 @@ class CalibObserver:
         """Add every batch of ``batches``; with ``progress=True`` show a tqdm
         bar if tqdm is installed (nothing otherwise). Returns self."""
         progress = check_bool(progress, "progress")
-        if total is None and isinstance(batches, Sized):
+        if total is not None:
+            total = _count(total, "total", 0, 2**62)
+        elif isinstance(batches, Sized):
             total = len(batches)
         items, bar = _progress(batches, progress, total, "calibrating")
         for batch in items:
@@ -423,7 +425,9 @@ class ChannelMaxObserver:
     ) -> ChannelMaxObserver:
         """Add every batch; ``progress=True`` shows a tqdm bar if installed."""
         progress = check_bool(progress, "progress")
-        if total is None and isinstance(batches, Sized):
+        if total is not None:
+            total = _count(total, "total", 0, 2**62)
+        elif isinstance(batches, Sized):
             total = len(batches)
         items, _ = _progress(batches, progress, total, "channel maxima")
         for batch in items:

@@ -107,6 +107,19 @@ def _usable_out(out: Any) -> bool:
     )
 
 
+def _describe_out(out: Any) -> str:
+    """What an unusable ``out`` is: its type, dtype or layout, whichever is
+    wrong (for the error message)."""
+    if not isinstance(out, np.ndarray):
+        return type(out).__name__
+    if out.dtype != F32:
+        return str(out.dtype)
+    if not out.flags.c_contiguous:
+        order = "Fortran-ordered" if out.flags.f_contiguous else "non-contiguous"
+        return f"a {order} float32 array (strides {out.strides})"
+    return "a misaligned float32 array"
+
+
 def _same_view(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
     """Whether two arrays are the same elements in the same layout."""
     return (
@@ -134,9 +147,9 @@ def _apply(
         if not _usable_out(out):
             raise DTypeError(
                 f"in-place smoothing needs a C-contiguous, aligned float32 {name}, got "
-                f"{getattr(out, 'dtype', type(out).__name__)}",
+                f"{_describe_out(out)}",
                 expected="C-contiguous float32",
-                actual=str(getattr(out, "dtype", type(out).__name__)),
+                actual=_describe_out(out),
             )
         if not out.flags.writeable:
             raise InvalidArgumentError(f"{name} is read-only; it cannot be smoothed in place")
@@ -171,10 +184,9 @@ def _apply(
         out = np.empty_like(src)
     elif not _usable_out(out):
         raise DTypeError(
-            f"out must be a C-contiguous, aligned float32 array, got "
-            f"{getattr(out, 'dtype', type(out))}",
+            f"out must be a C-contiguous, aligned float32 array, got {_describe_out(out)}",
             expected="C-contiguous float32",
-            actual=str(getattr(out, "dtype", type(out).__name__)),
+            actual=_describe_out(out),
         )
     elif out.shape != src.shape:
         raise ShapeMismatchError(

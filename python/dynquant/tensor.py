@@ -170,10 +170,22 @@ def quantization_mae(original: Any, qt: DynQuantTensor) -> float:
     """Mean |original - qt.dequantize()| over the common (flat) length.
 
     Differences are taken in float32 as the reference does, then summed in
-    float64 (more accurate than the reference's float32 sum).
+    float64 (more accurate than the reference's float32 sum). Flat inputs
+    and lengths that differ follow the reference (the common length); but
+    when both ``original`` and ``qt`` are 2-D or more, their shapes must
+    match — a transposed or reshaped array would otherwise be compared
+    element by element with the wrong values (``ShapeMismatchError``).
     """
     if not isinstance(qt, DynQuantTensor):
         raise ArgumentTypeError(f"qt must be a DynQuantTensor, got {type(qt).__name__}")
-    x = as_float32(original, "original").reshape(-1)
-    data, scales, _ = qt._checked()
-    return float(_core.quantization_mae(x, data.reshape(-1), scales, qt.format.value))
+    x = as_float32(original, "original")
+    data, scales, shape = qt._checked()
+    if x.ndim >= 2 and len(shape) >= 2 and x.shape != shape:
+        raise ShapeMismatchError(
+            f"original has shape {x.shape} but the tensor has shape {shape} "
+            "(pass the array that was quantized, or flatten both on purpose)",
+            expected=shape,
+            actual=x.shape,
+        )
+    flat = x.reshape(-1)
+    return float(_core.quantization_mae(flat, data.reshape(-1), scales, qt.format.value))

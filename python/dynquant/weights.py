@@ -89,7 +89,13 @@ def pack_int4(values: Any) -> npt.NDArray[np.uint8]:
     """Pack int8 values in [-8, 7] of shape ``[rows, cols]`` (or ``[cols]``)
     two per byte: ``[rows, ceil(cols / 2)]``."""
     v0 = as_array(values, "values")
-    v = as_int8(v0, "values", ndim=v0.ndim if v0.ndim in (1, 2) else 2)
+    if v0.ndim not in (1, 2):
+        raise ShapeMismatchError(
+            f"values must be 1-D or 2-D, got {v0.ndim}-D with shape {v0.shape}",
+            expected="1-D or 2-D",
+            actual=v0.shape,
+        )
+    v = as_int8(v0, "values", ndim=v0.ndim)
     packed = _core.pack_int4(v.reshape(1, -1) if v.ndim == 1 else v)
     out: npt.NDArray[np.uint8] = packed.reshape(-1) if v.ndim == 1 else packed
     return out
