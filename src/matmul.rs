@@ -374,15 +374,16 @@ unsafe fn token_groups(
 /// Which form the W8A8 GEMM's AVX2 kernel takes for signed int8 products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemmForm {
-    /// The offset form from [`OFFSET_MIN_TOKENS`] tokens on the AVX2 path
-    /// (not the VNNI ones, whose `vpdpbusd` needs no split), else the sign
-    /// form.
+    /// The offset form on the AVX2 path (not the VNNI ones, whose
+    /// `vpdpbusd` needs no split) from [`OFFSET_MIN_TOKENS`] tokens,
+    /// [`OFFSET_MIN_ROWS`] rows and [`OFFSET_MIN_COLUMNS`] columns, in the
+    /// weight blocks whose residual is sparse; else the sign form.
     Auto,
     /// `|w|` times `a` with `w`'s sign (`abs`, `sign`, then the multiply).
     Sign,
-    /// Pair-safe weights times `a + 128` ([`crate::pair_split`]) for any
-    /// product of two or more tokens with 32 or more columns, on every path
-    /// (the scalar twin where there is no AVX2) — for tests.
+    /// Pair-safe weights times `a + 128` (`pair_split`) in every weight
+    /// block of any product of two or more tokens with 32 or more columns,
+    /// on every path (the scalar twin where there is no AVX2) — for tests.
     Offset,
 }
 
@@ -408,30 +409,35 @@ pub fn gemm_form() -> GemmForm {
     }
 }
 
-/// From this many tokens and columns the offset form's split of each
-/// weight block (a pass over it), its per-call token copies and per-tile
-/// corrections cost less than the `sign` per product it saves (measured on
-/// Zen 3 at 2 threads: 0.92 of the sign form's time at 64 x 4096 x 4096,
-/// 0.84 at 128 tokens, 0.95 at 128 x 4096 x 1024; slower at 16 tokens or
-/// MiniLM's 384 columns).
+/// From this many tokens, columns and weight rows the offset form's split
+/// of each weight block (a pass over it), its per-call token copies (which
+/// fewer rows share) and per-tile corrections (which shorter rows pay more
+/// often) cost less than the `sign` per product it saves (measured on Zen 3
+/// at 2 threads, tokens x rows x columns: 0.92 of the sign form's time at
+/// 64 x 4096 x 4096, 0.84 at 128 tokens, 0.95 at 128 x 4096 x 1024 and
+/// 184 x 1024 x 1536; 1.26 at 16 x 4096 x 4096, 1.08 at MiniLM's
+/// 184 x 384 x 1536).
 pub const OFFSET_MIN_TOKENS: usize = 64;
 /// See [`OFFSET_MIN_TOKENS`].
 pub const OFFSET_MIN_COLUMNS: usize = 1024;
+/// See [`OFFSET_MIN_TOKENS`].
+pub const OFFSET_MIN_ROWS: usize = 1024;
 
-/// Where an `m`-token product over `k` columns takes the offset form:
-/// `None` nowhere, `Some(false)` in the weight blocks where it pays (see
-/// [`SplitRows::with_split`]), `Some(true)` in every block (tests).
-fn offset_form_use(form: GemmForm, m: usize, k: usize) -> Option<bool> {
+/// Where an `m`-token product with `n` weight rows of `k` columns takes the
+/// offset form: `None` nowhere, `Some(false)` in the weight blocks where it
+/// pays (see [`SplitRows::with_split`]), `Some(true)` in every block (tests).
+fn offset_form_use(form: GemmForm, m: usize, n: usize, k: usize) -> Option<bool> {
     if !(32..simd::EXACT_I32_TOTAL).contains(&k) || m < 2 {
         return None;
     }
     match form {
         GemmForm::Sign => None,
         GemmForm::Offset => Some(true),
-        GemmForm::Auto => {
-            (m >= OFFSET_MIN_TOKENS && k >= OFFSET_MIN_COLUMNS && simd::active() == simd::Isa::Avx2)
-                .then_some(false)
-        }
+        GemmForm::Auto => (m >= OFFSET_MIN_TOKENS
+            && n >= OFFSET_MIN_ROWS
+            && k >= OFFSET_MIN_COLUMNS
+            && simd::active() == simd::Isa::Avx2)
+            .then_some(false),
     }
 }
 
@@ -719,7 +725,7 @@ pub(crate) fn w8a8_matmul_in_form(
     };
     let blocks = RowBlocks::weight_rows(m, n, k);
     let stride = token_stride(k);
-    let offset = offset_form_use(form, m, k);
+    let offset = offset_form_use(form, m, n, k);
     if act.per_token {
         // Quantized while the helper threads wake up.
         blocks.run_prepared(

@@ -136,7 +136,7 @@ pub(crate) fn check_int4_padding(packed: &[u8], cols: usize) -> Result<(), DynQu
 
 /// Unpacks rows of `cols` int4 columns (see the module doc for the layout).
 /// An odd `cols` with a non-zero unused last nibble is an error (see
-/// [`check_int4_padding`]).
+/// `check_int4_padding`).
 pub fn unpack_int4(packed: &[u8], cols: usize) -> Result<Vec<i8>, DynQuantError> {
     let row_bytes = cols.div_ceil(2);
     let rows = whole_rows(packed.len(), row_bytes)?;
