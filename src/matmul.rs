@@ -3,7 +3,7 @@
 use core::ops::Range;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use crate::error::{check_finite_argument, checked_size, try_vec};
+use crate::error::{check_finite_argument, checked_size, try_reserved, try_vec};
 use crate::pair_split::SplitRows;
 use crate::parallel::{DisjointOut, RowBlocks};
 use crate::quantize::{
@@ -741,9 +741,9 @@ pub(crate) fn w8a8_matmul_in_form(
 
 /// The `m` tokens `q` transposed: `[k, m]`, column `c`'s tokens side by
 /// side. Whole 8 x 8 blocks go through [`transpose8x8`].
-fn transpose_tokens(q: Tokens<'_>, m: usize) -> Vec<i8> {
+fn transpose_tokens(q: Tokens<'_>, m: usize, qt: &mut [i8]) {
     let k = q.k;
-    let mut qt = vec![0i8; k * m];
+    assert_eq!(qt.len(), k * m, "transpose_tokens: output length");
     let (m8, k8) = (m / 8 * 8, k / 8 * 8);
     for t0 in (0..m8).step_by(8) {
         let rows: [&[i8]; 8] = core::array::from_fn(|i| q.row(t0 + i));
@@ -767,7 +767,6 @@ fn transpose_tokens(q: Tokens<'_>, m: usize) -> Vec<i8> {
             qt[c * m + t] = row[c];
         }
     }
-    qt
 }
 
 /// Transposes an 8 x 8 byte matrix held as eight little-endian rows (byte
@@ -875,11 +874,18 @@ impl QuantizedActs {
 
     /// Adds the offset tokens for the offset form's use (see
     /// [`offset_form_use`]).
+    ///
+    /// The two copies double the tokens' memory; when that cannot be had,
+    /// the product keeps the sign form (the same bits) instead of failing.
     fn with_offset(mut self, offset: Option<bool>) -> Self {
         if let Some(always) = offset {
-            let flipped = self.q.iter().map(|&v| v ^ i8::MIN).collect();
-            let transposed = transpose_tokens(self.tokens(), self.scales.len());
-            self.offset_q = Some((flipped, transposed, always));
+            let copies = try_reserved::<i8>(self.q.len())
+                .and_then(|flipped| Ok((flipped, try_vec(self.k * self.scales.len(), 0i8)?)));
+            if let Ok((mut flipped, mut transposed)) = copies {
+                flipped.extend(self.q.iter().map(|&v| v ^ i8::MIN));
+                transpose_tokens(self.tokens(), self.scales.len(), &mut transposed);
+                self.offset_q = Some((flipped, transposed, always));
+            }
         }
         self
     }
@@ -1271,7 +1277,8 @@ mod tests {
                     .map(|i| (i * 37 % 256) as u8 as i8)
                     .collect();
                 let tokens = Tokens { q: &q, k, stride };
-                let qt = transpose_tokens(tokens, m);
+                let mut qt = vec![0i8; k * m];
+                transpose_tokens(tokens, m, &mut qt);
                 for t in 0..m {
                     for c in 0..k {
                         assert_eq!(qt[c * m + t], q[t * stride + c], "m {m} k {k} ({t}, {c})");
