@@ -53,7 +53,10 @@ NumPy peers use preallocated buffers and round with np.rint (half to even), not
 torch: quantize_per_tensor_dynamic(qint8) and torch's dynamic int8 Linear
   (fbgemm engine, torch.ao.nn.quantized.dynamic.Linear — what quantize_dynamic
   installs — holding dynquant's own int8 weights and per-row scales) quantize
-  activations per tensor, asymmetric; dynquant's w8a8_matmul is per token.
+  activations per tensor, asymmetric; dynquant's w8a8_matmul is per token,
+  exact, and on AVX2 from 64 tokens (and 1024 rows and columns) takes the
+  offset form, which splits the weights anew on every call (README: Kernels
+  and threads); the peers' weights are packed once, ahead of time.
 onnxruntime: DynamicQuantizeLinear gives uint8 with a zero point;
   DynamicQuantizeMatMul (com.microsoft) is what quantization.quantize_dynamic
   (per_channel=True) on a float MatMul turns into after ORT's graph fusion;
