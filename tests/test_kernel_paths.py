@@ -375,3 +375,23 @@ def test_set_gemm_form_errors() -> None:
     with pytest.raises(dq.InvalidArgumentError) as info:
         _core.set_gemm_form("fast")
     assert "fast" in str(info.value) and "offset" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["real", "uniform"])
+def test_auto_gemm_form_at_the_offset_thresholds(
+    kind: str, rng: np.random.Generator, two_threads: None
+) -> None:
+    """At 64 tokens x 1024 rows x 1024 columns the default ('auto') takes
+    the offset form on AVX2 where a weight block's residual is sparse
+    ('real') and keeps the sign form where it is dense ('uniform'); either
+    way the bits are the sign form's and w8a8_matvec's."""
+    w = _gemm_weights(rng, 1024, 1024, kind)
+    ws = rng.uniform(0.001, 0.02, 1024).astype(F32)
+    x = rng.standard_normal((64, 1024)).astype(F32)
+    x[0] = 1.0
+    _core.set_gemm_form("auto")
+    auto = dq.w8a8_matmul(x, w, ws)
+    _core.set_gemm_form("sign")
+    assert_same_f32(auto, dq.w8a8_matmul(x, w, ws))
+    for i in (0, 1, 63):
+        assert_same_f32(auto[i], dq.w8a8_matvec(w, ws, x[i]), f"token {i}")
