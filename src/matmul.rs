@@ -1340,6 +1340,49 @@ mod tests {
     }
 
     #[test]
+    fn offset_form_is_exact_at_the_i32_limit() {
+        // The longest rows the offset form takes, with the largest sums:
+        // its parts (the offset sum, -128 * sum(clip), the residual) pass
+        // i32 and wrap, and the total must still be exact.
+        let k = simd::EXACT_I32_TOTAL - 1;
+        let (m, n) = (3, 4);
+        let mut w = vec![-128i8; n * k]; // every pair unsafe: a dense residual
+        w[k..2 * k].fill(127);
+        for (i, v) in w[2 * k..3 * k].iter_mut().enumerate() {
+            *v = if i % 2 == 0 { 127 } else { -128 };
+        }
+        // Pair-safe as it is, and its offset sum with the all-127 token,
+        // 255 * 64 * k, passes i32: the wrapping sums must come back.
+        w[3 * k..].fill(64);
+        let mut x = vec![1.0f32; m * k];
+        x[k..2 * k].fill(-1.0);
+        for (i, v) in x[2 * k..].iter_mut().enumerate() {
+            *v = if i % 3 == 0 { -1.0 } else { 1.0 };
+        }
+        let s = vec![1.0f32; n];
+        let mut results = Vec::new();
+        for form in [GemmForm::Sign, GemmForm::Offset] {
+            let mut y = vec![0.0; m * n];
+            w8a8_matmul_in_form(&x, m, &w, &s, None, ActQuant::PER_TOKEN, &mut y, form).unwrap();
+            for i in 0..m {
+                let want = w8a8_matvec(&w, &s, &x[i * k..(i + 1) * k], n, k).unwrap();
+                assert_eq!(
+                    &y[i * n..(i + 1) * n],
+                    want.as_slice(),
+                    "{form:?} token {i}"
+                );
+            }
+            results.push(y);
+        }
+        // Row 0 with token 0: -128 * 127 * k, within i32 by one column.
+        assert_eq!(
+            results[1][0],
+            (-128.0f32 * 127.0 * k as f32) * (1.0 / 127.0)
+        );
+        assert_eq!(results[0], results[1]);
+    }
+
+    #[test]
     fn no_overflow_past_i32() {
         let n = 140_000;
         let w = vec![-128i8; n];
