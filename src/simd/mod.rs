@@ -515,10 +515,9 @@ pub fn w8a8_row_pairs_offset<const T: usize>(
             && bias.is_none_or(|b| b.len() == rows),
         "w8a8_row_pairs_offset: shapes"
     );
-    debug_assert!(clip.chunks_exact(2).all(|p| {
-        let (a, b) = (p[0] as i32, p[1] as i32);
-        a.max(0) + b.max(0) <= 128 && a.min(0) + b.min(0) >= -128
-    }));
+    debug_assert!(clip
+        .chunks_exact(2)
+        .all(|p| scalar::is_pair_safe(p[0], p[1])));
     assert!(
         k < EXACT_I32_TOTAL,
         "w8a8_row_pairs_offset: k = {k} too long for i32 sums"

@@ -75,6 +75,15 @@ pub fn w8a8_tile<const T: usize>(
     })
 }
 
+/// Whether `maddubs` of any two unsigned bytes by the weight pair `(a, b)`
+/// stays within i16: its positive values sum to at most 128, its negative
+/// ones to at least -128 (see [`super::split_pair_safe`]).
+#[inline]
+pub fn is_pair_safe(a: i8, b: i8) -> bool {
+    let (a, b) = (a as i32, b as i32);
+    a.max(0) + b.max(0) <= 128 && a.min(0) + b.min(0) >= -128
+}
+
 /// See [`super::split_pair_safe`].
 pub fn split_pair_safe(
     w: &[i8],
@@ -86,12 +95,12 @@ pub fn split_pair_safe(
     let mut count = 0;
     for (i, (pair, safe)) in w.chunks_exact(2).zip(clip.chunks_exact_mut(2)).enumerate() {
         let (a, b) = (pair[0] as i32, pair[1] as i32);
-        let b_safe = if a > 0 && b > 0 && a + b > 128 {
-            128 - a
-        } else if a < 0 && b < 0 && a + b < -128 {
-            -128 - a
-        } else {
+        let b_safe = if is_pair_safe(pair[0], pair[1]) {
             b
+        } else if a > 0 {
+            128 - a // both positive
+        } else {
+            -128 - a // both negative
         };
         if b_safe != b {
             // b - b_safe is a + b - 128 in 1..=126 or a + b + 128 in -128..=-1.
