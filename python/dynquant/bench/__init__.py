@@ -201,6 +201,7 @@ def _run_case(
                 timings = measure_interleaved(
                     {i: impl.fn for i, impl in enumerate(impls) if impl.fn is not None},
                     repeat=args.repeat,
+                    idle=case.idle,
                 )
             for i, impl in enumerate(impls):
                 row = Row(case.label, group, n, impl.name, None, note=impl.note)

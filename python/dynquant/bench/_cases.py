@@ -51,8 +51,10 @@ class Case:
     build: Callable[[], Builder]
     nbytes: int | None = None
     ops: int | None = None
-    # Sample the implementations in turn (see ``measure_interleaved``).
+    # Sample the implementations in turn (see ``measure_interleaved``),
+    # idling ``idle`` seconds before each sample.
     interleaved: bool = False
+    idle: float = 0.1
 
     def matches(self, patterns: list[str]) -> bool:
         names = (self.label.lower(), *self.tags)
@@ -509,6 +511,59 @@ def _matmul_cases(cfg: Config) -> Iterator[Case]:
             )
 
 
+def _in_form(form: str, call: Callable[[], object]) -> Callable[[], object]:
+    """``call`` with the W8A8 GEMM forced into ``form``, then back to auto."""
+
+    def run() -> object:
+        _core.set_gemm_form(form)
+        try:
+            return call()
+        finally:
+            _core.set_gemm_form("auto")
+
+    return run
+
+
+def _gemm_form_cases(cfg: Config) -> Iterator[Case]:
+    """The W8A8 GEMM's offset form against its sign form on the same call:
+    the ratio of the sign row is offset time / sign time (README, Kernels
+    and threads). Samples taken in turn, so both see the same drift."""
+    if cfg.quick:
+        runs = [(2, 64, 256)]
+    else:
+        runs = [(16, 4096, 4096), (64, 4096, 4096), (128, 4096, 4096), (128, 11008, 4096)]
+    for m, out_f, in_f in runs:
+
+        def build(m: int = m, out_f: int = out_f, in_f: int = in_f) -> Builder:
+            q, scales = dq.quantize_weights_int8(_normal(_rng(11), (out_f, in_f)))
+            x = _normal(_rng(13 + m), (m, in_f))
+
+            def impls(_threads: int) -> list[Impl]:
+                return [
+                    Impl(
+                        "dynquant: w8a8_matmul, offset form",
+                        _in_form("offset", lambda: dq.w8a8_matmul(x, q, scales)),
+                        dynquant=True,
+                    ),
+                    Impl(
+                        "dynquant: w8a8_matmul, sign form",
+                        _in_form("sign", lambda: dq.w8a8_matmul(x, q, scales)),
+                        dynquant=True,
+                    ),
+                ]
+
+            return impls
+
+        yield Case(
+            f"w8a8_matmul form M={m} {out_f}x{in_f}",
+            ("gemm_form",),
+            build,
+            ops=2 * m * out_f * in_f,
+            interleaved=True,
+            idle=0.0,  # one library on both sides: no other runtime's threads to let settle
+        )
+
+
 def _w4a8_cases(cfg: Config) -> Iterator[Case]:
     shapes = [(64, 256)] if cfg.quick else [(4096, 4096), (11008, 4096)]
     ms = [1, 8] if cfg.quick else [1, 8, 128]
@@ -742,6 +797,7 @@ def iter_cases(cfg: Config) -> Iterator[Case]:
         _matvec_cases,
         _calib_cases,
         _matmul_cases,
+        _gemm_form_cases,
         _w4a8_cases,
         _observer_cases,
         _minilm_cases,
