@@ -1267,6 +1267,54 @@ mod tests {
         assert!(results.windows(2).all(|p| p[0] == p[1]));
     }
 
+    /// The clipped sum of the pairs that clamp to +128 (and -128) in every
+    /// lane for longer than an i16 lane can count without widening.
+    #[test]
+    fn split_pair_safe_sums_long_saturated_rows() {
+        for (value, pair_sum) in [(127i8, 128i32), (-128, -128)] {
+            let w = vec![value; 32 * 600];
+            for isa in simd::supported() {
+                simd::set_isa(isa).unwrap();
+                let mut clip = vec![0i8; w.len()];
+                let (mut cols, mut vals) = (vec![0u32; w.len() / 2], vec![0i8; w.len() / 2]);
+                let (sum, count) = simd::split_pair_safe(&w, &mut clip, &mut cols, &mut vals);
+                assert_eq!(sum, pair_sum * (w.len() / 2) as i32, "{isa:?} {value}");
+                assert_eq!(count, w.len() / 2, "{isa:?} {value}");
+            }
+        }
+        simd::set_isa(simd::best_supported()).unwrap();
+    }
+
+    /// A row's residual products for every token count around the vector
+    /// width and every first token, on every path, against the definition.
+    #[test]
+    fn residual_products_match_the_definition() {
+        let (k, m) = (40usize, 27usize);
+        let mut next = crate::test_rng::xorshift(7);
+        let qt: Vec<i8> = (0..k * m).map(|_| (next() % 255) as i8).collect();
+        let cols: Vec<u32> = (0..k as u32).rev().step_by(3).collect();
+        let mut vals: Vec<i8> = cols.iter().map(|_| next() as i8).collect();
+        vals[0] = i8::MIN;
+        for first in [0, 1, 5] {
+            for count in 0..=m - first {
+                let start: Vec<i32> = (0..count as i32).map(|t| t * 1000 - 7).collect();
+                let mut want = start.clone();
+                for (t, w) in want.iter_mut().enumerate() {
+                    for (&c, &v) in cols.iter().zip(&vals) {
+                        *w += v as i32 * qt[c as usize * m + first + t] as i32;
+                    }
+                }
+                for isa in simd::supported() {
+                    simd::set_isa(isa).unwrap();
+                    let mut acc = start.clone();
+                    simd::add_residual_products(&mut acc, &cols, &vals, &qt, m, first);
+                    assert_eq!(acc, want, "{isa:?} first {first} count {count}");
+                }
+            }
+        }
+        simd::set_isa(simd::best_supported()).unwrap();
+    }
+
     /// The 8 x 8 block transpose and its edges against the definition, for
     /// token counts and widths around the block size, with padded rows.
     #[test]

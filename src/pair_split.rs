@@ -133,10 +133,14 @@ impl SplitRows {
         for (r, e) in self.extras.chunks_exact_mut(count).enumerate() {
             e.fill(self.offset[r]);
             let (start, end) = (self.starts[r] as usize, self.starts[r + 1] as usize);
-            for (&col, &val) in self.cols[start..end].iter().zip(&self.vals[start..end]) {
-                let column = col as usize * m;
-                simd::add_products(e, &qt[column + tokens.start..column + tokens.end], val);
-            }
+            simd::add_residual_products(
+                e,
+                &self.cols[start..end],
+                &self.vals[start..end],
+                qt,
+                m,
+                tokens.start,
+            );
             if body < k {
                 let w_tail = &w[r * k + body..(r + 1) * k];
                 for (t, e) in tokens.clone().zip(e.iter_mut()) {

@@ -614,11 +614,16 @@ unsafe fn finish_pair_tile<const T: usize>(
     out
 }
 
-/// See [`super::split_pair_safe`]: 32 columns (16 pairs) at a time. In a
-/// pair `(a, b)` that is not pair-safe both values have one sign, and the
-/// safe second value is `128 - a` for positive and `-128 - a` for negative
-/// ones: the same byte, `-128 - a` wrapping. A step with no such pair (most
-/// of them, for real weights) is stored as it is.
+/// See [`super::split_pair_safe`]: 32 columns (16 pairs) at a time.
+///
+/// A pair `(a, b)` is pair-safe exactly when `|a + b| <= 128`: values of
+/// opposite signs (or a zero) always are and have `|a + b| <= 128`, and
+/// for values of one sign `a + b` is the sum the definition bounds. So one
+/// `maddubs` by ones gives every pair sum `s`, a clamp to ±128 gives the
+/// pair sums of `clip` (an unsafe pair's second value is lowered to make
+/// its sum exactly ±128: `128 - a` or `-128 - a`, the same byte wrapping),
+/// and `s != clamp(s)` finds the unsafe pairs. A step without one (most of
+/// them, for real weights) is stored as it is.
 ///
 /// # Safety
 /// AVX2 available; `w.len() == clip.len()`, a multiple of 32 (every load
@@ -634,70 +639,101 @@ pub unsafe fn split_pair_safe(
 ) -> (i32, usize) {
     debug_assert!(w.len() == clip.len() && w.len().is_multiple_of(32));
     debug_assert!(cols.len() >= w.len() / 2 && vals.len() >= w.len() / 2);
+    // Clamped pair sums are within ±128, so 255 steps fit an i16 lane.
+    const STEPS_PER_WIDENING: usize = 255;
     let mut count = 0;
-    let zero = _mm256_setzero_si256();
     let ones8 = _mm256_set1_epi8(1);
     let ones16 = _mm256_set1_epi16(1);
-    let limit = _mm256_set1_epi16(128);
+    let plus_128 = _mm256_set1_epi16(128);
+    let minus_128_16 = _mm256_set1_epi16(-128);
     let minus_128 = _mm256_set1_epi8(i8::MIN);
     let second_bytes = _mm256_set1_epi16(0xff00u16 as i16);
-    let mut sums = zero;
-    let mut i = 0;
-    while i + 32 <= w.len() {
-        let v = load32_i8(w, i);
-        // Pair sums of the positive parts (0..=127 each) and of the
-        // magnitudes of the negative parts (0..=128 each, unsigned bytes).
-        let pos = _mm256_maddubs_epi16(_mm256_max_epi8(v, zero), ones8);
-        let neg = _mm256_maddubs_epi16(_mm256_abs_epi8(_mm256_min_epi8(v, zero)), ones8);
-        let unsafe_pairs = _mm256_or_si256(
-            _mm256_cmpgt_epi16(pos, limit),
-            _mm256_cmpgt_epi16(neg, limit),
-        );
-        let safe = if _mm256_testz_si256(unsafe_pairs, unsafe_pairs) == 1 {
-            v
-        } else {
-            // Each pair's first value moved up into its second byte.
-            let first = _mm256_slli_epi16::<8>(v);
-            let lowered = _mm256_sub_epi8(minus_128, first);
-            let fix = _mm256_and_si256(unsafe_pairs, second_bytes);
-            let safe = _mm256_blendv_epi8(v, lowered, fix);
-            // v - safe: the residual, exact in i8 (see the scalar twin).
-            let mut residual = [0i8; 32];
-            _mm256_storeu_si256(
-                residual.as_mut_ptr() as *mut __m256i,
-                _mm256_sub_epi8(v, safe),
-            );
-            let mut bits = _mm256_movemask_epi8(fix) as u32;
-            // At most one residual per pair: count < w.len() / 2 here.
-            while bits != 0 {
-                let b = bits.trailing_zeros() as usize;
-                cols[count] = (i + b) as u32;
-                vals[count] = residual[b];
-                count += 1;
-                bits &= bits - 1;
-            }
-            safe
-        };
-        _mm256_storeu_si256(clip.as_mut_ptr().add(i) as *mut __m256i, safe);
-        // maddubs(1, safe): signed pair sums within ±256.
-        sums = _mm256_add_epi32(
-            sums,
-            _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, safe), ones16),
-        );
-        i += 32;
+    let mut sums = _mm256_setzero_si256();
+    let mut start = 0;
+    while start < w.len() {
+        let end = (start + STEPS_PER_WIDENING * 32).min(w.len());
+        let mut sums16 = _mm256_setzero_si256();
+        let mut i = start;
+        while i < end {
+            let v = load32_i8(w, i);
+            let pair_sums = _mm256_maddubs_epi16(ones8, v);
+            let clamped = _mm256_min_epi16(_mm256_max_epi16(pair_sums, minus_128_16), plus_128);
+            sums16 = _mm256_add_epi16(sums16, clamped);
+            let changed = _mm256_xor_si256(pair_sums, clamped);
+            let safe = if _mm256_testz_si256(changed, changed) == 1 {
+                v
+            } else {
+                // Each pair's first value moved up into its second byte.
+                let first = _mm256_slli_epi16::<8>(v);
+                let lowered = _mm256_sub_epi8(minus_128, first);
+                let unsafe_pairs = _mm256_cmpeq_epi16(
+                    _mm256_cmpeq_epi16(pair_sums, clamped),
+                    _mm256_setzero_si256(),
+                );
+                let fix = _mm256_and_si256(unsafe_pairs, second_bytes);
+                let safe = _mm256_blendv_epi8(v, lowered, fix);
+                // v - safe: the residual, exact in i8 (see the scalar twin).
+                let mut residual = [0i8; 32];
+                _mm256_storeu_si256(
+                    residual.as_mut_ptr() as *mut __m256i,
+                    _mm256_sub_epi8(v, safe),
+                );
+                let mut bits = _mm256_movemask_epi8(fix) as u32;
+                // At most one residual per pair: count < w.len() / 2 here.
+                while bits != 0 {
+                    let b = bits.trailing_zeros() as usize;
+                    cols[count] = (i + b) as u32;
+                    vals[count] = residual[b];
+                    count += 1;
+                    bits &= bits - 1;
+                }
+                safe
+            };
+            _mm256_storeu_si256(clip.as_mut_ptr().add(i) as *mut __m256i, safe);
+            i += 32;
+        }
+        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(sums16, ones16));
+        start = end;
     }
-    // |sum| <= 128 * len, within i32 for the rows the GEMM splits.
+    // |sum| <= 128 * len / 2, within i32 for the rows the GEMM splits.
     (hsum_i32_to_i64(sums) as i32, count)
 }
 
-/// See [`super::add_products`]: the scalar loop, compiled for AVX2 (eight
-/// widening multiply-adds per instruction triple).
+/// See [`super::add_residual_products`]: eight tokens at a time, their
+/// sums kept in a register over all of the row's residuals (one load and
+/// store of `acc` per eight tokens, not per residual).
 ///
 /// # Safety
-/// AVX2 available.
+/// AVX2 available; for every column `c` in `cols`, `qt[c * m + first..]`
+/// holds at least `acc.len()` values (the dispatcher checks), so each
+/// 8-byte load at `c * m + first + t` with `t + 8 <= acc.len()` is in bounds.
 #[target_feature(enable = "avx2")]
-pub unsafe fn add_products(acc: &mut [i32], column: &[i8], val: i8) {
-    scalar::add_products(acc, column, val)
+pub unsafe fn add_residual_products(
+    acc: &mut [i32],
+    cols: &[u32],
+    vals: &[i8],
+    qt: &[i8],
+    m: usize,
+    first: usize,
+) {
+    let body = acc.len() / 8 * 8;
+    let mut t = 0;
+    while t < body {
+        let out = acc.as_mut_ptr().add(t) as *mut __m256i;
+        let mut sums = _mm256_loadu_si256(out);
+        for (&col, &val) in cols.iter().zip(vals) {
+            let at = qt.as_ptr().add(col as usize * m + first + t);
+            let tokens = _mm256_cvtepi8_epi32(_mm_loadl_epi64(at as *const __m128i));
+            // |val * q| <= 128 * 127: exact in i32; the sums wrap.
+            sums = _mm256_add_epi32(
+                sums,
+                _mm256_mullo_epi32(tokens, _mm256_set1_epi32(val as i32)),
+            );
+        }
+        _mm256_storeu_si256(out, sums);
+        t += 8;
+    }
+    scalar::add_residual_products(&mut acc[body..], cols, vals, qt, m, first + body);
 }
 
 /// See [`super::w8a8_row_pairs_offset`]: per pair of rows, `maddubs` of the

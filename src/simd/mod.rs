@@ -469,17 +469,33 @@ pub fn split_pair_safe(
     scalar::split_pair_safe(w, clip, cols, vals)
 }
 
-/// `acc[t] += val * column[t]` for every `t`, wrapping in i32 (the
-/// residual's products in the GEMM's offset form, one weight for all
-/// tokens); `acc` and `column` have one length.
-pub fn add_products(acc: &mut [i32], column: &[i8], val: i8) {
-    assert_eq!(acc.len(), column.len(), "add_products: lengths");
+/// `acc[t] += sum over e of vals[e] * qt[cols[e] * m + first + t]` for
+/// every `t`, wrapping in i32: the products of one weight row's residual
+/// (`cols`, `vals`) with the tokens `first..first + acc.len()` of `qt`, the
+/// `m` tokens transposed (`[k, m]`: each column's tokens side by side).
+pub fn add_residual_products(
+    acc: &mut [i32],
+    cols: &[u32],
+    vals: &[i8],
+    qt: &[i8],
+    m: usize,
+    first: usize,
+) {
+    let columns = qt.len().checked_div(m).unwrap_or(0);
+    assert!(
+        cols.len() == vals.len()
+            && first + acc.len() <= m
+            && columns * m == qt.len()
+            && cols.iter().all(|&c| (c as usize) < columns),
+        "add_residual_products: lengths"
+    );
     #[cfg(target_arch = "x86_64")]
     if runs_avx2_int8() {
-        // SAFETY: AVX2 confirmed by active().
-        return unsafe { avx2::add_products(acc, column, val) };
+        // SAFETY: AVX2 confirmed by active(); every column's tokens
+        // first..first + acc.len() are within qt (checked above).
+        return unsafe { avx2::add_residual_products(acc, cols, vals, qt, m, first) };
     }
-    scalar::add_products(acc, column, val)
+    scalar::add_residual_products(acc, cols, vals, qt, m, first)
 }
 
 /// The offset form of [`w8a8_row_pairs`]: `clip` holds `2 * out.len()`

@@ -115,10 +115,20 @@ pub fn split_pair_safe(
     (sum, count)
 }
 
-/// See [`super::add_products`].
-pub fn add_products(acc: &mut [i32], column: &[i8], val: i8) {
-    for (a, &q) in acc.iter_mut().zip(column) {
-        *a = a.wrapping_add(val as i32 * q as i32);
+/// See [`super::add_residual_products`].
+pub fn add_residual_products(
+    acc: &mut [i32],
+    cols: &[u32],
+    vals: &[i8],
+    qt: &[i8],
+    m: usize,
+    first: usize,
+) {
+    for (&col, &val) in cols.iter().zip(vals) {
+        let column = &qt[col as usize * m + first..][..acc.len()];
+        for (a, &q) in acc.iter_mut().zip(column) {
+            *a = a.wrapping_add(val as i32 * q as i32);
+        }
     }
 }
 
