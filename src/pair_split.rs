@@ -107,9 +107,10 @@ impl SplitRows {
     /// tokens `q`: for row `r` and token `t`, the offset correction
     /// `-128 * sum(clip)`, the residual's products and the last `k % 32`
     /// columns' products (from the original rows `w`, this block's),
-    /// wrapping in i32 — what makes the offset sum `sum q * w` exactly. The
-    /// residual goes column by column over the tokens at once (`qt` is `q`
-    /// transposed, `[k, m]`: each column's tokens side by side).
+    /// wrapping in i32 — what makes the offset sum `sum q * w` exactly. A
+    /// row's residual products come from [`simd::add_residual_products`],
+    /// which reads each residual column's tokens side by side from `qt`
+    /// (`q` transposed, `[k, m]`).
     pub(crate) fn fill_extras(
         &mut self,
         w: &[i8],
