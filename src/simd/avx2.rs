@@ -679,11 +679,8 @@ pub unsafe fn split_pair_safe(
                 // Each pair's first value moved up into its second byte.
                 let first = _mm256_slli_epi16::<8>(v);
                 let lowered = _mm256_sub_epi8(minus_128, first);
-                let unsafe_pairs = _mm256_cmpeq_epi16(
-                    _mm256_cmpeq_epi16(pair_sums, clamped),
-                    _mm256_setzero_si256(),
-                );
-                let fix = _mm256_and_si256(unsafe_pairs, second_bytes);
+                // The second byte of every pair whose sum was clamped.
+                let fix = _mm256_andnot_si256(_mm256_cmpeq_epi16(pair_sums, clamped), second_bytes);
                 let safe = _mm256_blendv_epi8(v, lowered, fix);
                 // v - safe: the residual, exact in i8 (see the scalar twin).
                 let mut residual = [0i8; 32];
