@@ -35,6 +35,19 @@ impl Int4Layout {
     }
 }
 
+/// The quantized tokens as the W4A8 kernels read them.
+#[derive(Clone, Copy)]
+struct Int4Tokens<'a> {
+    /// Token rows in column order (the scalar path).
+    q: &'a [i8],
+    /// The same rows in the packed order of the weights
+    /// ([`weights::int4_packed_order`], the SIMD paths); `q` itself when
+    /// `k % 64 != 0` (no SIMD path runs then).
+    packed: &'a [i8],
+    /// Per token and group, `8 * sum(a)` ([`simd::int4_group_sums`]).
+    sums: &'a [i32],
+}
+
 /// Tokens per tile: each weight row's nibbles are unpacked once per segment
 /// and used for this many tokens.
 const TOKENS: usize = 4;
@@ -51,22 +64,22 @@ fn w4a8_rows<const T: usize>(
     packed: &[u8],
     scales: &[f32],
     layout: Int4Layout,
-    q: &[i8],
-    q_sums: &[i32],
+    q: Int4Tokens,
     m0: usize,
     rows: Range<usize>,
     emit: &impl Fn(usize, usize, &[f32]),
 ) {
     let (k, rb, g) = (layout.in_features, layout.row_bytes(), layout.groups());
-    let tokens: [&[i8]; T] = core::array::from_fn(|t| &q[(m0 + t) * k..(m0 + t + 1) * k]);
-    let sums: [&[i32]; T] = core::array::from_fn(|t| &q_sums[(m0 + t) * g..(m0 + t + 1) * g]);
+    let tokens: [&[i8]; T] = core::array::from_fn(|t| &q.q[(m0 + t) * k..(m0 + t + 1) * k]);
+    let ordered: [&[i8]; T] = core::array::from_fn(|t| &q.packed[(m0 + t) * k..(m0 + t + 1) * k]);
+    let sums: [&[i32]; T] = core::array::from_fn(|t| &q.sums[(m0 + t) * g..(m0 + t + 1) * g]);
     let mut j = rows.start;
     while j < rows.end {
         let live = (rows.end - j).min(4);
         let row = |r: usize| j + r.min(live - 1);
         let w: [&[u8]; 4] = core::array::from_fn(|r| &packed[row(r) * rb..(row(r) + 1) * rb]);
         let s: [&[f32]; 4] = core::array::from_fn(|r| &scales[row(r) * g..(row(r) + 1) * g]);
-        let y = simd::w4a8_tile(&w, &s, &tokens, &sums, layout.group_size);
+        let y = simd::w4a8_tile_packed(&w, &s, &tokens, &ordered, &sums, layout.group_size);
         for t in 0..T {
             let run: [f32; 4] = core::array::from_fn(|r| y[r][t]);
             emit(m0 + t, j, &run[..live]);
@@ -82,8 +95,7 @@ fn w4a8_block(
     packed: &[u8],
     scales: &[f32],
     layout: Int4Layout,
-    q: &[i8],
-    q_sums: &[i32],
+    q: Int4Tokens,
     m: usize,
     rows: Range<usize>,
     emit: &impl Fn(usize, usize, &[f32]),
@@ -97,13 +109,13 @@ fn w4a8_block(
         let sub = start..(start + step).min(rows.end);
         let mut m0 = 0;
         while m0 + TOKENS <= m {
-            w4a8_rows::<TOKENS>(packed, scales, layout, q, q_sums, m0, sub.clone(), emit);
+            w4a8_rows::<TOKENS>(packed, scales, layout, q, m0, sub.clone(), emit);
             m0 += TOKENS;
         }
         match m - m0 {
-            3 => w4a8_rows::<3>(packed, scales, layout, q, q_sums, m0, sub.clone(), emit),
-            2 => w4a8_rows::<2>(packed, scales, layout, q, q_sums, m0, sub.clone(), emit),
-            1 => w4a8_rows::<1>(packed, scales, layout, q, q_sums, m0, sub.clone(), emit),
+            3 => w4a8_rows::<3>(packed, scales, layout, q, m0, sub.clone(), emit),
+            2 => w4a8_rows::<2>(packed, scales, layout, q, m0, sub.clone(), emit),
+            1 => w4a8_rows::<1>(packed, scales, layout, q, m0, sub.clone(), emit),
             _ => {}
         }
         start = sub.end;
@@ -157,14 +169,22 @@ pub fn w4a8_matmul_into(
         return check_finite_argument(scales, "scales");
     }
     // Per token, the offset corrections of the int4 kernels (weights are
-    // stored offset by 8).
+    // stored offset by 8) and, for the SIMD kernels, the token in the
+    // weights' packed order.
     let with_sums = |acts: QuantizedActs| {
         let sums: Vec<i32> = acts
             .q
             .chunks(k)
             .flat_map(|t| simd::int4_group_sums(t, layout.group_size))
             .collect();
-        (acts, sums)
+        let mut packed = Vec::new();
+        if k.is_multiple_of(64) {
+            packed = vec![0i8; acts.q.len()];
+            for (t, p) in acts.q.chunks(k).zip(packed.chunks_mut(k)) {
+                weights::int4_packed_order(t, p);
+            }
+        }
+        (acts, sums, packed)
     };
     let sink = DisjointOut::new(out);
     // The group scales are checked block by block, in parallel, just before
@@ -172,7 +192,7 @@ pub fn w4a8_matmul_into(
     // one token a third of its time); on a non-finite one the block stops,
     // and the first bad index is found afterwards.
     let scales_bad = AtomicBool::new(false);
-    let block = |(acts, q_sums): &(QuantizedActs, Vec<i32>), rows: Range<usize>| {
+    let block = |(acts, sums, order): &(QuantizedActs, Vec<i32>, Vec<i8>), rows: Range<usize>| {
         let groups = layout.groups();
         let block_scales = &scales[rows.start * groups..rows.end * groups];
         if simd::abs_max_bits(block_scales) >= INF_BITS {
@@ -195,7 +215,12 @@ pub fn w4a8_matmul_into(
             // SAFETY: each (i, j..) is emitted once, by the task owning those rows.
             unsafe { sink.write_run(i * n + j, &v[..ys.len()]) }
         };
-        w4a8_block(packed, scales, layout, &acts.q, q_sums, m, rows, &emit)
+        let tokens = Int4Tokens {
+            q: &acts.q,
+            packed: if order.is_empty() { &acts.q } else { order },
+            sums,
+        };
+        w4a8_block(packed, scales, layout, tokens, m, rows, &emit)
     };
     let blocks = if m == 1 {
         // One token is compute-bound here: fewer, larger tasks than
@@ -502,6 +527,11 @@ mod tests {
             (320, vec![32, 64, 320]),
             (1024, vec![32, 64, 128, 256, 512, 1024]),
             (64, vec![32, 64]),
+            // Packed blocks of 256, 128 and 64 in one row; groups spanning
+            // blocks and chunks made of several blocks.
+            (448, vec![32, 64, 448]),
+            (576, vec![32, 64, 192, 576]),
+            (1536, vec![32, 64, 128, 192, 256, 768]),
         ] {
             for group in groups {
                 for (m, n) in [(1, 4), (6, 7), (9, 5)] {

@@ -1,14 +1,22 @@
 //! Weight quantizers (int8 per output row; int4 per row or per group, packed
 //! two to a byte) and the int4 packing itself.
 //!
-//! Packed int4 layout (the same as llama.cpp's Q4_0 blocks, so a 32-byte
-//! load yields 64 weights with two instructions): each row of `in` columns
-//! takes `ceil(in / 2)` bytes. Columns go in blocks of 64; in block `b`, byte
-//! `j` (0..32) holds column `64b + j` in its low nibble and column
-//! `64b + 32 + j` in its high nibble. A last, partial block of `r` columns
-//! uses `h = ceil(r / 2)` bytes the same way (byte `j`: columns `j` and
-//! `j + h` of the block). Each nibble stores `value + 8` (offset binary,
-//! 0..15 for -8..7); an unused high nibble stores 8 (the value 0).
+//! Packed int4 layout: each row of `in` columns takes `ceil(in / 2)` bytes.
+//! Columns go in blocks: of 256 while they last, then at most one of 128,
+//! at most one of 64, and a last block of fewer than 64 ([`int4_blocks`]).
+//! A block of `B` columns (256, 128 or 64) takes `B / 2` bytes at byte
+//! `c0 / 2` (`c0` its first column), in `B / 64` chunks of 32 bytes; it is
+//! eight *lanes* of `B / 8` consecutive columns each, lane `l` holding
+//! columns `c0 + (B / 8) * l ..`. Byte `32i + 4l + j` (chunk `i`, lane `l`,
+//! `j` in 0..4) holds column `c0 + (B / 8) * l + 8i + j` in its low nibble
+//! and column `c0 + (B / 8) * l + 8i + 4 + j` in its high nibble. So a
+//! 32-byte load yields 64 weights with two instructions, and every 4-byte
+//! lane of it belongs to one span of `B / 8` columns: in a block of 256,
+//! lane `l` is group `l` of 32, and the kernels sum a group in its own i32
+//! lane, without horizontal adds. The last block of `r < 64` columns uses
+//! `h = ceil(r / 2)` bytes: byte `j` holds columns `j` (low) and `j + h`
+//! (high) of the block. Each nibble stores `value + 8` (offset binary, 0..15
+//! for -8..7); an unused high nibble stores 8 (the value 0).
 
 use rayon::prelude::*;
 
@@ -50,18 +58,91 @@ pub fn quantize_weights_int8(
     Ok((q, scales))
 }
 
-/// Byte index and nibble shift of column `col` in a packed row (see the
-/// module doc).
+/// The blocks of a packed row of `cols` columns (see the module doc), as
+/// `(first column, width)`: widths 256, then at most one 128, at most one
+/// 64, and a last block of fewer than 64.
+pub fn int4_blocks(cols: usize) -> impl Iterator<Item = (usize, usize)> {
+    let whole = cols / 256 * 256;
+    let mut start = whole;
+    let mut rest = [None; 3];
+    for (slot, width) in rest.iter_mut().zip([128, 64]) {
+        if start + width <= cols {
+            *slot = Some((start, width));
+            start += width;
+        }
+    }
+    if start < cols {
+        rest[2] = Some((start, cols - start));
+    }
+    (0..whole / 256)
+        .map(|b| (256 * b, 256))
+        .chain(rest.into_iter().flatten())
+}
+
+/// The block (first column, width) holding column `col < cols`.
+fn int4_block_of(cols: usize, col: usize) -> (usize, usize) {
+    let mut start = col / 256 * 256;
+    if start + 256 <= cols {
+        return (start, 256);
+    }
+    for width in [128, 64] {
+        if start + width <= cols {
+            if col < start + width {
+                return (start, width);
+            }
+            start += width;
+        }
+    }
+    (start, cols - start)
+}
+
+/// Byte index and nibble shift of column `col` in a packed row of `cols`
+/// columns (see the module doc).
 #[inline]
 pub fn int4_position(cols: usize, col: usize) -> (usize, u32) {
-    let block = col / 64;
-    let in_block = col % 64;
-    let block_len = (cols - block * 64).min(64);
-    let half = block_len.div_ceil(2);
-    if in_block < half {
-        (block * 32 + in_block, 0)
+    let (c0, width) = int4_block_of(cols, col);
+    let off = col - c0;
+    if width >= 64 {
+        let span = width / 8;
+        let (lane, at) = (off / span, off % span);
+        (
+            c0 / 2 + 32 * (at / 8) + 4 * lane + at % 4,
+            4 * ((at / 4) % 2) as u32,
+        )
     } else {
-        (block * 32 + in_block - half, 4)
+        let half = width.div_ceil(2);
+        if off < half {
+            (c0 / 2 + off, 0)
+        } else {
+            (c0 / 2 + off - half, 4)
+        }
+    }
+}
+
+/// Activations in the packed order of the weights (`a.len() % 64 == 0`):
+/// `out[64 * (byte / 32) + 32 * high + byte % 32]` is the activation of the
+/// column whose weight is at that byte (and nibble, `high` 0 or 1) of a
+/// packed row. So the SIMD kernels multiply the 32 low (high) nibbles of
+/// packed bytes `32i ..` with the 32 activations at `64i` (`64i + 32`).
+/// Lanes of four columns move together (one 4-byte copy each).
+pub fn int4_packed_order(a: &[i8], out: &mut [i8]) {
+    assert!(
+        a.len().is_multiple_of(64) && out.len() == a.len(),
+        "int4_packed_order: {} activations into {}",
+        a.len(),
+        out.len()
+    );
+    for (c0, width) in int4_blocks(a.len()) {
+        let span = width / 8;
+        for i in 0..width / 64 {
+            for high in 0..2 {
+                for lane in 0..8 {
+                    let from = c0 + span * lane + 8 * i + 4 * high;
+                    let to = c0 + 64 * i + 32 * high + 4 * lane;
+                    out[to..to + 4].copy_from_slice(&a[from..from + 4]);
+                }
+            }
+        }
     }
 }
 
@@ -77,23 +158,37 @@ pub fn pack_int4(values: &[i8], cols: usize) -> Result<Vec<u8>, DynQuantError> {
     let row_bytes = cols.div_ceil(2);
     let mut packed = huge_pages::try_vec(rows * row_bytes, 0u8)?;
     let nibble = |v: i8| (v + 8) as u8;
+    // One position per column (no table for rows that do not exist).
+    let positions = if rows > 0 {
+        int4_positions(cols)
+    } else {
+        Vec::new()
+    };
     // With no columns there are no values (whole_rows): max(1) only keeps
     // chunks() from panicking.
     for (row, out) in values
         .chunks(cols.max(1))
         .zip(packed.chunks_mut(row_bytes.max(1)))
     {
-        // Block by block (see the module doc): byte j holds columns j and
-        // j + h of the block; a missing last high column stores 8 (zero).
-        for (block, out) in row.chunks(64).zip(out.chunks_mut(32)) {
-            let (low, high) = block.split_at(block.len().div_ceil(2));
-            for (j, byte) in out.iter_mut().enumerate() {
-                let hi = high.get(j).map_or(8, |&v| nibble(v));
-                *byte = nibble(low[j]) | (hi << 4);
-            }
+        // An unused last high nibble keeps 8 (the value 0).
+        out.fill(0x88);
+        for ((byte, shift), &v) in positions.iter().zip(row) {
+            let b = &mut out[*byte as usize];
+            *b = (*b & !(0x0f << shift)) | (nibble(v) << shift);
         }
     }
     Ok(packed)
+}
+
+/// [`int4_position`] of every column of a row (byte as u32: rows hold
+/// fewer than 2^32 bytes wherever a table of them fits in memory).
+fn int4_positions(cols: usize) -> Vec<(u32, u32)> {
+    (0..cols)
+        .map(|c| {
+            let (byte, shift) = int4_position(cols, c);
+            (byte as u32, shift)
+        })
+        .collect()
 }
 
 /// How many rows of `width` items `len` items make: a whole number, and
@@ -144,19 +239,17 @@ pub fn unpack_int4(packed: &[u8], cols: usize) -> Result<Vec<i8>, DynQuantError>
     let mut values = try_vec(rows * cols, 0i8)?;
     // As in pack_int4: max(1) only keeps chunks() from panicking.
     let value = |nibble: u8| (nibble & 0x0f) as i8 - 8;
+    let positions = if rows > 0 {
+        int4_positions(cols)
+    } else {
+        Vec::new()
+    };
     for (row, out) in packed
         .chunks(row_bytes.max(1))
         .zip(values.chunks_mut(cols.max(1)))
     {
-        // Block by block, as `pack_int4` writes them.
-        for (bytes, out) in row.chunks(32).zip(out.chunks_mut(64)) {
-            let (low, high) = out.split_at_mut(out.len().div_ceil(2));
-            for (j, &byte) in bytes.iter().enumerate() {
-                low[j] = value(byte);
-                if let Some(v) = high.get_mut(j) {
-                    *v = value(byte >> 4);
-                }
-            }
+        for ((byte, shift), v) in positions.iter().zip(out.iter_mut()) {
+            *v = value(row[*byte as usize] >> shift);
         }
     }
     Ok(values)
@@ -355,15 +448,79 @@ mod tests {
         let v: Vec<i8> = (0..2 * 130).map(|i| (i % 16) as i8 - 8).collect();
         assert_eq!(unpack_int4(&pack_int4(&v, 130).unwrap(), 130).unwrap(), v);
         let p = pack_int4(&v[..64], 64).unwrap();
-        // Columns 0 and 32 are -8 (nibble 0), columns 1 and 33 are -7 (nibble 1).
-        assert_eq!(&p[..2], &[0x00, 0x11]);
+        // A block of 64: lanes of 8 columns; byte 4l + j holds columns
+        // 8l + j and 8l + 4 + j. Column 0 is -8 (nibble 0), column 4 is -4
+        // (nibble 4), columns 1 and 5 are nibbles 1 and 5; byte 4 (lane 1)
+        // holds columns 8 and 12.
+        assert_eq!(&p[..2], &[0x40, 0x51]);
+        assert_eq!(p[4], 0xc8);
 
         assert!(pack_int4(&[8], 1).is_err());
     }
 
     #[test]
+    fn blocks_cover_each_row_in_the_documented_order() {
+        for cols in 0..=1100usize {
+            let blocks: Vec<_> = int4_blocks(cols).collect();
+            let mut next = 0;
+            for (i, &(c0, width)) in blocks.iter().enumerate() {
+                assert_eq!(c0, next, "cols {cols}");
+                let rest = blocks.len() - i;
+                match width {
+                    256 => assert!(c0 + 256 <= cols / 256 * 256),
+                    128 => assert!(c0 == cols / 256 * 256 && rest <= 3),
+                    64 => assert!(cols - c0 < 128 && rest <= 2),
+                    _ => assert!(width < 64 && width > 0 && rest == 1, "cols {cols}"),
+                }
+                for col in c0..c0 + width {
+                    assert_eq!(
+                        int4_block_of(cols, col),
+                        (c0, width),
+                        "cols {cols} col {col}"
+                    );
+                }
+                next += width;
+            }
+            assert_eq!(next, cols);
+        }
+    }
+
+    #[test]
+    fn a_block_of_256_keeps_each_group_of_32_in_its_own_lane() {
+        for cols in [512usize, 700, 1024] {
+            for col in 0..256 {
+                let (lane, at) = (col / 32, col % 32);
+                let byte = 32 * (at / 8) + 4 * lane + at % 4;
+                let shift = 4 * ((at / 4) % 2) as u32;
+                assert_eq!(
+                    int4_position(cols, 256 + col),
+                    (128 + byte, shift),
+                    "col {col}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn packed_order_puts_each_activation_at_its_weight() {
+        for cols in (64..=1600usize).step_by(64) {
+            let a: Vec<i8> = (0..cols).map(|c| (c * 37 % 251) as i8).collect();
+            let mut out = vec![0i8; cols];
+            int4_packed_order(&a, &mut out);
+            for (col, &v) in a.iter().enumerate() {
+                let (byte, shift) = int4_position(cols, col);
+                let at = 64 * (byte / 32) + 8 * shift as usize + byte % 32;
+                assert_eq!(out[at], v, "cols {cols} col {col}");
+            }
+        }
+    }
+
+    #[test]
     fn packing_puts_every_column_where_int4_position_says() {
-        for cols in 1..=200usize {
+        let wide = [
+            255usize, 256, 257, 319, 320, 383, 384, 385, 448, 449, 511, 512, 640, 700,
+        ];
+        for cols in (1..=200usize).chain(wide) {
             let rows = 3;
             let v: Vec<i8> = (0..rows * cols)
                 .map(|i| ((i * 7 + cols) % 16) as i8 - 8)

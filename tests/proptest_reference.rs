@@ -205,15 +205,37 @@ mod oracle {
         }
     }
 
-    /// Column `col` of a packed row of `cols` columns: blocks of 64 columns,
-    /// byte j of a block holds columns j (low nibble) and j + half (high),
-    /// half = 32 or ceil(r / 2) for a last block of r columns; nibbles store
+    /// Column `col` of a packed row of `cols` columns: blocks of the
+    /// largest of 256, 128 and 64 columns that fits in what is left, then a
+    /// last block of r < 64. In a block of B >= 64 columns (lanes of B / 8
+    /// columns), byte 32i + 4l + j holds column (B / 8) l + 8i + j in its
+    /// low nibble and (B / 8) l + 8i + 4 + j in its high one; in the last
+    /// block, byte j holds columns j and j + ceil(r / 2). Nibbles store
     /// value + 8.
     pub fn int4(packed: &[u8], cols: usize, col: usize) -> i8 {
-        let (block, at) = (col / 64, col % 64);
-        let half = (cols - 64 * block).min(64).div_ceil(2);
-        let b = packed[32 * block + at % half];
-        let nib = if at < half { b & 15 } else { b >> 4 };
+        let mut start = 0;
+        let width = loop {
+            let left = cols - start;
+            let width = [256, 128, 64]
+                .into_iter()
+                .find(|&w| left >= w)
+                .unwrap_or(left);
+            if col < start + width {
+                break width;
+            }
+            start += width;
+        };
+        let at = col - start;
+        let (byte, high) = if width >= 64 {
+            let span = width / 8;
+            let (lane, rest) = (at / span, at % span);
+            (32 * (rest / 8) + 4 * lane + rest % 4, rest % 8 >= 4)
+        } else {
+            let half = width.div_ceil(2);
+            (at % half, at >= half)
+        };
+        let b = packed[start / 2 + byte];
+        let nib = if high { b >> 4 } else { b & 15 };
         nib as i8 - 8
     }
 }
@@ -565,7 +587,7 @@ proptest! {
 
     #[test]
     fn int4_packing_and_w4a8_are_the_oracle(
-        (m, n, k, group, values, x, scales) in (1usize..4, 1usize..7, 1usize..100, prop::sample::select(vec![None, Some(2usize), Some(32), Some(64)]))
+        (m, n, k, group, values, x, scales) in (1usize..4, 1usize..7, prop_oneof![1usize..100, 100usize..800], prop::sample::select(vec![None, Some(2usize), Some(32), Some(64), Some(128)]))
             .prop_flat_map(|(m, n, k, g)| {
                 let groups = k.div_ceil(g.unwrap_or(k));
                 (

@@ -173,3 +173,24 @@ def test_interleaved_samples_take_turns_and_keep_errors() -> None:
     assert isinstance(err, ValueError)
     # Warm-ups (the broken one fails there already), then one call each per round.
     assert calls == ["slow", "fast", "broken"] + ["slow", "fast"] * 3
+
+
+@pytest.mark.parametrize(("n", "k", "group"), [(24, 384, 32), (8, 448, 64), (16, 512, 128)])
+def test_ort_w4a8_peer_holds_dynquants_weights(n: int, k: int, group: int) -> None:
+    """The MatMulNBits peer repacks dynquant's int4 weights into ORT's own
+    nibble order: both compute the same product (a peer holding other
+    weights would still run, and time, silently)."""
+    pytest.importorskip("onnxruntime")
+    from dynquant.bench._peers import Peers
+
+    peers = Peers.load({"onnxruntime"})
+    rng = np.random.default_rng(k + group)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    packed, scales = dq.quantize_weights_int4(w, group_size=group)
+    session = peers.ort_session(peers.ort_matmul_nbits(packed, scales, k, group), 1)
+    y_ort = session.run(None, {"A": x})[0]
+    exact = x @ (dq.unpack_int4(packed, k) * np.repeat(scales, group, axis=1)).T
+    # Both quantize the activations to int8 (ORT per block of `group`), so
+    # they differ from the float product by ~1%, not by a permutation.
+    assert np.abs(y_ort - exact).max() <= 0.05 * np.abs(exact).max()

@@ -423,6 +423,26 @@ def test_x_finite_but_not_after_smoothing_is_named_so(bits: int) -> None:
     assert (info.value.index, info.value.argument) == (2 * 80 + j, "x")
 
 
+def test_a_4bit_layer_pickled_with_the_old_int4_layout_is_refused() -> None:
+    """Layers pickled before the lane layout hold bytes in Q4_0 order, which
+    this build would read as other columns: refused, not silently wrong."""
+    layer = dq.QuantizedLinear.from_float(W, bits=4, group_size=32)
+    state = layer.__getstate__()
+    for old in (
+        {k: v for k, v in state.items() if k != "int4_layout"},
+        {**state, "int4_layout": 1},
+    ):
+        back = object.__new__(dq.QuantizedLinear)
+        with pytest.raises(dq.InvalidArgumentError, match="another int4 layout"):
+            back.__setstate__(old)
+    # 8-bit layers have no int4 bytes: no layout to check.
+    eight = dq.QuantizedLinear.from_float(W).__getstate__()
+    del eight["int4_layout"]
+    back = object.__new__(dq.QuantizedLinear)
+    back.__setstate__(eight)
+    assert_same_f32(back(X), dq.QuantizedLinear.from_float(W)(X), "8-bit state")
+
+
 def test_quantized_linear_pickles_reprs_and_counts_its_bytes() -> None:
     for layer in (
         dq.QuantizedLinear.from_float(W, B),

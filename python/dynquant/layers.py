@@ -31,7 +31,7 @@ from .matmul import w4a8_matmul, w8a8_matmul
 from .modes import MaxAbs, Percentile, ScaleMode
 from .observer import ChannelMaxObserver
 from .smooth import SmoothQuantConfig, compute_smooth_factors, smooth_activations, smooth_weights
-from .weights import quantize_weights_int4, quantize_weights_int8, unpack_int4
+from .weights import INT4_LAYOUT, quantize_weights_int4, quantize_weights_int8, unpack_int4
 
 __all__ = ["QuantizedLinear"]
 
@@ -286,9 +286,19 @@ class QuantizedLinear:
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        state = {name: getattr(self, name) for name in self.__slots__}
+        state["int4_layout"] = INT4_LAYOUT
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.get("bits") == 4 and state.get("int4_layout") != INT4_LAYOUT:
+            # Older builds packed int4 in llama.cpp's Q4_0 order: the same
+            # bytes would now be read as other columns, silently.
+            raise InvalidArgumentError(
+                "this 4-bit QuantizedLinear was pickled by a dynquant build with another "
+                f"int4 layout (version {state.get('int4_layout', 1)}, this build reads "
+                f"{INT4_LAYOUT}); quantize it again from its float weights"
+            )
         for name in self.__slots__:
             setattr(self, name, state[name])
         self._freeze()

@@ -1,10 +1,15 @@
 """Weight quantizers and int4 packing.
 
-Packed int4 layout (llama.cpp's Q4_0 block order): ``[out, ceil(in / 2)]``
-uint8. A row's columns go in blocks of 64; in block ``b``, byte ``j`` (0..32)
-holds column ``64b + j`` in its low nibble and column ``64b + 32 + j`` in its
-high nibble. A last, partial block of ``r`` columns uses ``h = ceil(r / 2)``
-bytes the same way (byte ``j``: columns ``j`` and ``j + h`` of the block).
+Packed int4 layout: ``[out, ceil(in / 2)]`` uint8. A row's columns go in
+blocks: of 256 while they last, then at most one of 128, at most one of 64,
+and a last block of fewer than 64. A block of ``B`` (256, 128 or 64) columns
+starting at column ``c0`` takes ``B / 2`` bytes at byte ``c0 / 2``, as eight
+lanes of ``B / 8`` consecutive columns: byte ``32i + 4l + j`` (``l`` in 0..8,
+``j`` in 0..4) holds column ``c0 + (B / 8) l + 8i + j`` in its low nibble and
+column ``c0 + (B / 8) l + 8i + 4 + j`` in its high nibble — so in a block of
+256 every 4-byte lane holds one group of 32, and the kernels add a group up
+in its own lane. The last block of ``r < 64`` columns uses ``h = ceil(r /
+2)`` bytes: byte ``j`` holds columns ``j`` and ``j + h`` of the block.
 Each nibble stores ``value + 8`` (offset binary: 0..15 for -8..7); the unused
 high nibble of an odd-length row stores 8 (the value 0), which the W4A8
 products check, so rows packed for one more column are refused.
@@ -22,6 +27,10 @@ import numpy.typing as npt
 from . import _core
 from ._arrays import as_array, as_float32, as_int8
 from .errors import DTypeError, InvalidArgumentError, NonFiniteError, ShapeMismatchError
+
+#: Version of the packed int4 layout above (1: llama.cpp's Q4_0 order, used
+#: until 2026-12-05; 2: the lane layout). Pickled 4-bit layers carry it.
+INT4_LAYOUT = 2
 
 __all__ = ["pack_int4", "quantize_weights_int4", "quantize_weights_int8", "unpack_int4"]
 

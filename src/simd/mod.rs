@@ -580,11 +580,44 @@ pub fn w8a8_row_pairs_offset<const T: usize>(
 /// `a_sums[t]` must hold, per group, `8 * sum(a)` over the group's columns
 /// (see [`int4_group_sums`]): the AVX2 body multiplies the stored nibbles
 /// `w + 8` and subtracts it; the NEON and scalar bodies do not need it.
+///
+/// This entry reorders the tokens for the SIMD bodies on every call;
+/// [`w4a8_tile_packed`] takes them reordered once, for many tiles.
 #[inline]
 pub fn w4a8_tile<const R: usize, const T: usize>(
     w: &[&[u8]; R],
     ws: &[&[f32]; R],
     a: &[&[i8]; T],
+    a_sums: &[&[i32]; T],
+    group: usize,
+) -> [[f32; T]; R] {
+    let k = a.first().map_or(0, |row| row.len());
+    if !k.is_multiple_of(64) || a.iter().any(|row| row.len() != k) {
+        // No SIMD body takes these (and the lengths are checked below).
+        return w4a8_tile_packed(w, ws, a, a, a_sums, group);
+    }
+    let packed: Vec<Vec<i8>> = a
+        .iter()
+        .map(|row| {
+            let mut out = vec![0i8; k];
+            crate::weights::int4_packed_order(row, &mut out);
+            out
+        })
+        .collect();
+    let ap: [&[i8]; T] = core::array::from_fn(|t| &packed[t][..]);
+    w4a8_tile_packed(w, ws, a, &ap, a_sums, group)
+}
+
+/// [`w4a8_tile`] with the tokens also given in the weights' packed order
+/// (`ap[t]`: [`crate::weights::int4_packed_order`] of `a[t]`, which the SIMD
+/// bodies read; `a` itself only the scalar one). When `k % 64 != 0` no SIMD
+/// body runs and `ap` may be `a`.
+#[inline]
+pub fn w4a8_tile_packed<const R: usize, const T: usize>(
+    w: &[&[u8]; R],
+    ws: &[&[f32]; R],
+    a: &[&[i8]; T],
+    ap: &[&[i8]; T],
     a_sums: &[&[i32]; T],
     group: usize,
 ) -> [[f32; T]; R] {
@@ -598,6 +631,7 @@ pub fn w4a8_tile<const R: usize, const T: usize>(
         w.iter().all(|row| row.len() >= k.div_ceil(2))
             && ws.iter().all(|row| row.len() >= groups)
             && a.iter().all(|row| row.len() == k)
+            && ap.iter().all(|row| row.len() == k)
             && a_sums.iter().all(|row| row.len() >= groups),
         "w4a8_tile: operand lengths"
     );
@@ -606,30 +640,62 @@ pub fn w4a8_tile<const R: usize, const T: usize>(
         // loop would give -0.0).
         return [[0.0; T]; R];
     }
-    // The SIMD bodies take whole 64-column blocks, and groups that fill a
-    // half-block or whole blocks; anything else goes to the scalar path.
+    // The SIMD bodies take whole 64-column blocks (see `crate::weights`),
+    // each of them whole groups or part of one group: groups of 32, 64 or
+    // 128 columns, multiples of 256, or one group per row. Anything else
+    // goes to the scalar path.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     let simd_shape = T > 0
         && k.is_multiple_of(64)
         && k.is_multiple_of(group)
-        && (group == 32 || group.is_multiple_of(64));
+        && (matches!(group, 32 | 64 | 128) || group.is_multiple_of(256) || group == k);
     #[cfg(target_arch = "x86_64")]
     if R == 4 && simd_shape && active().runs_avx2() {
         let w4: &[&[u8]; 4] = w.as_slice().try_into().expect("R == 4");
         let ws4: &[&[f32]; 4] = ws.as_slice().try_into().expect("R == 4");
         // SAFETY: AVX2 confirmed by active(); shapes checked above.
-        let y = unsafe { avx2::w4a8_tile(w4, ws4, a, a_sums, group) };
+        let y = unsafe { avx2::w4a8_tile(w4, ws4, ap, a_sums, group) };
         return core::array::from_fn(|r| y[r]);
     }
     #[cfg(target_arch = "aarch64")]
     if simd_shape {
         // SAFETY: the path's features confirmed by active(); shapes checked
         // above, k > 0.
-        if let Some(y) = unsafe { neon_int8_dot!(w4a8_tile(w, ws, a, group)) } {
+        if let Some(y) = unsafe { neon_int8_dot!(w4a8_tile(w, ws, ap, group)) } {
             return y;
         }
     }
     scalar::w4a8_tile(w, ws, a, group)
+}
+
+/// Adds the eight lane sums of one packed block (see [`crate::weights`]:
+/// lane `l` holds the block's columns `c0 + span * l ..`, `span = width /
+/// 8`) into the sums of their groups, `acc[g - g0]` for group `g`. The
+/// block lies in the 8-group chunk starting at group `g0` and `group` is a
+/// multiple of `span` (the SIMD bodies' shapes). Sums wrap in i32: the true
+/// group sums fit.
+#[cfg(any(target_arch = "aarch64", test))]
+#[inline(always)]
+pub(crate) fn fold_block_lanes(
+    acc: &mut [i32; 8],
+    lanes: &[i32; 8],
+    c0: usize,
+    width: usize,
+    group: usize,
+    g0: usize,
+) {
+    let span = width / 8;
+    let per_group = group / span;
+    let mut g = c0 / group - g0;
+    let mut left = (group - c0 % group) / span;
+    for &s in lanes {
+        acc[g] = acc[g].wrapping_add(s);
+        left -= 1;
+        if left == 0 {
+            g += 1;
+            left = per_group;
+        }
+    }
 }
 
 /// Per group of `group` columns of `a`, `8 * sum(a)` over the group (the
@@ -643,6 +709,38 @@ pub fn int4_group_sums(a: &[i8], group: usize) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each lane's sum lands in the slot of the group its columns belong
+    /// to, for every block width and kernel group size.
+    #[test]
+    fn block_lanes_fold_into_their_groups() {
+        for (width, group) in [
+            (256, 32),
+            (128, 32),
+            (64, 32),
+            (256, 64),
+            (128, 64),
+            (64, 64),
+            (256, 128),
+            (128, 128),
+            (256, 256),
+            (256, 768),
+            (128, 384),
+        ] {
+            let span = width / 8;
+            // Every start a block of this width can have inside one chunk.
+            for c0 in (0..8 * group).step_by(width) {
+                let lanes: [i32; 8] = core::array::from_fn(|l| 1 << (3 * l));
+                let mut acc = [7i32; 8];
+                fold_block_lanes(&mut acc, &lanes, 16 * group + c0, width, group, 16);
+                let mut want = [7i32; 8];
+                for (l, &v) in lanes.iter().enumerate() {
+                    want[(c0 + span * l) / group] += v;
+                }
+                assert_eq!(acc, want, "width {width} group {group} c0 {c0}");
+            }
+        }
+    }
 
     /// Every aarch64 CPU has NEON (the tests that force each path would
     /// otherwise pass without ever running it, e.g. under an emulator that

@@ -64,6 +64,13 @@ pub(super) trait Dot16: Copy {
     /// # Safety
     /// The CPU supports the implementation's instructions.
     unsafe fn dot16(self, acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t;
+
+    /// As `dot16`, with lane `l` adding exactly the products of bytes
+    /// `4l .. 4l + 4` (the W4A8 layout keeps one column span per 4 bytes).
+    ///
+    /// # Safety
+    /// As `dot16`.
+    unsafe fn lanes16(self, acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t;
 }
 
 /// Plain NEON: `smull` of the low halves and `smlal2` of the high halves
@@ -77,6 +84,15 @@ impl Dot16 for Widening {
     unsafe fn dot16(self, acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
         let p = vmlal_high_s8(vmull_s8(vget_low_s8(w), vget_low_s8(a)), w, a);
         vpadalq_s16(acc, p)
+    }
+
+    #[inline(always)]
+    unsafe fn lanes16(self, acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+        // Pair sums of bytes 0..8 and of bytes 8..16, then pairs of those:
+        // lane l is bytes 4l .. 4l + 4 (each product within 2^14).
+        let lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(a)));
+        let hi = vpaddlq_s16(vmull_high_s8(w, a));
+        vaddq_s32(acc, vpaddq_s32(lo, hi))
     }
 }
 
@@ -101,6 +117,12 @@ impl Dot16 for Sdot {
             options(pure, nomem, nostack, preserves_flags),
         );
         acc
+    }
+
+    #[inline(always)]
+    unsafe fn lanes16(self, acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+        // `sdot` lane l is bytes 4l .. 4l + 4 already.
+        self.dot16(acc, w, a)
     }
 }
 
@@ -182,49 +204,48 @@ unsafe fn int4_nibbles(p: uint8x16_t) -> (int8x16_t, int8x16_t) {
 #[inline(always)]
 unsafe fn w4a8_chunk_step(
     y: &mut [float32x4_t; 2],
-    sums: &[int32x4_t; 8],
+    sums: &[i32; 8],
     ws: &[f32],
     g0: usize,
     n: usize,
 ) {
     let mut scales = [0.0f32; 8];
     scales[..n].copy_from_slice(&ws[g0..g0 + n]);
-    // vpaddq(vpaddq(c0, c1), vpaddq(c2, c3)) = [Σc0, Σc1, Σc2, Σc3]: the
-    // exact group sums (they fit in i32; the lanes' wrapping adds are exact
-    // modulo 2^32, so the total is too).
-    let gather = |c: &[int32x4_t]| vpaddq_s32(vpaddq_s32(c[0], c[1]), vpaddq_s32(c[2], c[3]));
-    for half in 0..2 {
-        let exact = gather(&sums[4 * half..4 * half + 4]);
+    for (half, y) in y.iter_mut().enumerate() {
+        // The exact group sums (they fit in i32).
+        let exact = vld1q_s32(sums.as_ptr().add(4 * half));
         // i32 -> f32 rounds to nearest even, as `i64 as f32` does for a
         // value within i32.
         let p = vmulq_f32(
             vcvtq_f32_s32(exact),
             vld1q_f32(scales.as_ptr().add(4 * half)),
         );
-        let added = vaddq_f32(y[half], p);
-        y[half] = if n >= 4 * (half + 1) {
+        let added = vaddq_f32(*y, p);
+        *y = if n >= 4 * (half + 1) {
             added
         } else {
             let lane: [u32; 4] = core::array::from_fn(|l| (4 * half + l) as u32);
             let keep_new = vcltq_u32(vld1q_u32(lane.as_ptr()), vdupq_n_u32(n as u32));
-            vbslq_f32(keep_new, added, y[half])
+            vbslq_f32(keep_new, added, *y)
         };
     }
 }
 
 /// Body of the `w4a8_tile` kernels: W4A8 of `R` packed int4 rows with `T`
-/// token rows, bit for bit the definition in `simd::w4a8_tile`
-/// (`crate::weights` has the layout). Each 64-column block of a row is
-/// unpacked once (its low nibbles are columns 0..32, its high nibbles
-/// 32..64) for all `T` tokens; the exact group sums go through [`Dot16`]
+/// token rows given in the weights' packed order (`ap`), bit for bit the
+/// definition in `simd::w4a8_tile` (`crate::weights` has the layout). Each
+/// 32-byte chunk of a packed block is unpacked once for all `T` tokens (its
+/// low nibbles pair with the 32 activations at `64i`, its high nibbles with
+/// those at `64i + 32`); [`Dot16::lanes16`] keeps each 4-byte lane's sum
 /// (weights within [-8, 7], so any int8 activation is exact on either
-/// implementation) into one i32 vector per group, eight groups a chunk, and
-/// [`w4a8_chunk_step`] applies each chunk's f32 step.
+/// implementation), the block's eight lane sums go to their groups
+/// (`simd::fold_block_lanes`), and [`w4a8_chunk_step`] applies each chunk
+/// of eight groups' f32 step.
 ///
 /// # Safety
 /// The CPU supports NEON and `D`'s instructions; `T > 0`; every token row
 /// has `k` values with `0 < k < 2^20`, `k % 64 == 0`, `k % group == 0` and
-/// `group == 32` or `group % 64 == 0`; `w[r].len() >= k / 2` and
+/// `group` 32, 64, 128, a multiple of 256 or `k`; `w[r].len() >= k / 2` and
 /// `ws[r].len() >= k / group` (the dispatcher asserts all of these).
 #[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
 #[inline(always)]
@@ -232,48 +253,50 @@ unsafe fn w4a8_tile_with<D: Dot16, const R: usize, const T: usize>(
     dot: D,
     w: &[&[u8]; R],
     ws: &[&[f32]; R],
-    a: &[&[i8]; T],
+    ap: &[&[i8]; T],
     group: usize,
 ) -> [[f32; T]; R] {
-    let k = a[0].len();
+    let k = ap[0].len();
     let groups = k / group;
     let zero = vdupq_n_s32(0);
     let mut out = [[0.0f32; T]; R];
     for r in 0..R {
         // -0.0 + p == p: the same as starting a lane with its first product.
         let mut y = [[vdupq_n_f32(-0.0); 2]; T];
-        let mut sums = [[zero; 8]; T];
-        // Groups g0 .. g are in `sums` (slot g % 8); g0 is a multiple of 8.
-        let (mut g0, mut g) = (0, 0);
-        for b in 0..k / 64 {
-            // 32b + 32 <= k / 2 <= w[r].len(), 64b + 64 <= k: in bounds.
-            let (e0, o0) = int4_nibbles(vld1q_u8(w[r].as_ptr().add(32 * b)));
-            let (e1, o1) = int4_nibbles(vld1q_u8(w[r].as_ptr().add(32 * b + 16)));
-            for t in 0..T {
-                let at = a[t].as_ptr().add(64 * b);
-                let av: [int8x16_t; 4] = core::array::from_fn(|i| vld1q_s8(at.add(16 * i)));
-                if group == 32 {
-                    // Two groups a block; g is even, so both slots are in this chunk.
-                    let s = &mut sums[t];
-                    s[g % 8] = dot.dot16(dot.dot16(zero, e0, av[0]), e1, av[1]);
-                    s[g % 8 + 1] = dot.dot16(dot.dot16(zero, o0, av[2]), o1, av[3]);
-                } else {
-                    let s = &mut sums[t][g % 8];
-                    *s = dot.dot16(dot.dot16(*s, e0, av[0]), e1, av[1]);
-                    *s = dot.dot16(dot.dot16(*s, o0, av[2]), o1, av[3]);
-                }
-            }
-            if group == 32 {
-                g += 2;
-            } else if (64 * (b + 1)).is_multiple_of(group) {
-                g += 1;
-            }
-            if g - g0 == 8 || (g == groups && g > g0) {
+        // The chunk's group sums (slot g - g0), per token.
+        let mut sums = [[0i32; 8]; T];
+        let mut g0 = 0;
+        for (c0, width) in crate::weights::int4_blocks(k) {
+            let mut lanes = [[zero; 2]; T];
+            for i in 0..width / 64 {
+                // c0 / 2 + 32i + 32 <= k / 2 <= w[r].len() and
+                // c0 + 64i + 64 <= k: in bounds.
+                let p = w[r].as_ptr().add(c0 / 2 + 32 * i);
+                let (e0, o0) = int4_nibbles(vld1q_u8(p));
+                let (e1, o1) = int4_nibbles(vld1q_u8(p.add(16)));
                 for t in 0..T {
-                    w4a8_chunk_step(&mut y[t], &sums[t], ws[r], g0, g - g0);
-                    sums[t] = [zero; 8];
+                    let at = ap[t].as_ptr().add(c0 + 64 * i);
+                    let l = &mut lanes[t];
+                    l[0] = dot.lanes16(l[0], e0, vld1q_s8(at));
+                    l[0] = dot.lanes16(l[0], o0, vld1q_s8(at.add(32)));
+                    l[1] = dot.lanes16(l[1], e1, vld1q_s8(at.add(16)));
+                    l[1] = dot.lanes16(l[1], o1, vld1q_s8(at.add(48)));
                 }
-                g0 = g;
+            }
+            for t in 0..T {
+                let mut l = [0i32; 8];
+                vst1q_s32(l.as_mut_ptr(), lanes[t][0]);
+                vst1q_s32(l.as_mut_ptr().add(4), lanes[t][1]);
+                super::fold_block_lanes(&mut sums[t], &l, c0, width, group, g0);
+            }
+            let end = c0 + width;
+            if end.is_multiple_of(8 * group) || end == k {
+                let n = (groups - g0).min(8);
+                for t in 0..T {
+                    w4a8_chunk_step(&mut y[t], &sums[t], ws[r], g0, n);
+                    sums[t] = [0; 8];
+                }
+                g0 += 8;
             }
         }
         for t in 0..T {
@@ -322,10 +345,10 @@ macro_rules! int8_dot_paths {
             pub unsafe fn w4a8_tile<const R: usize, const T: usize>(
                 w: &[&[u8]; R],
                 ws: &[&[f32]; R],
-                a: &[&[i8]; T],
+                ap: &[&[i8]; T],
                 group: usize,
             ) -> [[f32; T]; R] {
-                w4a8_tile_with($dot, w, ws, a, group)
+                w4a8_tile_with($dot, w, ws, ap, group)
             }
         }
     };
@@ -367,9 +390,11 @@ mod tests {
             2.5e-2,
         ];
         let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
-        for k in [64usize, 128, 384, 512, 576, 1024, 1088] {
+        for k in [64usize, 128, 384, 448, 512, 576, 1024, 1088] {
             for group in [32usize, 64, 128, 192, 256, k] {
-                if !k.is_multiple_of(group) || !(group == 32 || group.is_multiple_of(64)) {
+                let kernel_shape =
+                    matches!(group, 32 | 64 | 128) || group.is_multiple_of(256) || group == k;
+                if !k.is_multiple_of(group) || !kernel_shape {
                     continue;
                 }
                 for extreme in [false, true] {
@@ -410,6 +435,16 @@ mod tests {
                     let w: [&[u8]; 4] = core::array::from_fn(|r| &rows[r][..]);
                     let ws: [&[f32]; 4] = core::array::from_fn(|r| &scales[r][..]);
                     let a: [&[i8]; 4] = core::array::from_fn(|t| &acts[t][..]);
+                    // What the kernels read: the tokens in the packed order.
+                    let ordered: Vec<Vec<i8>> = acts
+                        .iter()
+                        .map(|t| {
+                            let mut o = vec![0i8; k];
+                            crate::weights::int4_packed_order(t, &mut o);
+                            o
+                        })
+                        .collect();
+                    let ap: [&[i8]; 4] = core::array::from_fn(|t| &ordered[t][..]);
                     let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                     let want41 = scalar::w4a8_tile(&w, &ws, &[a[0]], group);
                     let want24 = scalar::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &a, group);
@@ -424,21 +459,21 @@ mod tests {
                     // where detected; the shapes meet `w4a8_tile_with`'s
                     // contract (checked by the `continue` above).
                     unsafe {
-                        let y = widening::w4a8_tile(&w, &ws, &[a[0]], group);
+                        let y = widening::w4a8_tile(&w, &ws, &[ap[0]], group);
                         assert_eq!(bits(&y.concat()), bits(&want41.concat()), "neon 4x1 {ctx}");
-                        let y = widening::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &a, group);
+                        let y = widening::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &ap, group);
                         assert_eq!(bits(&y.concat()), bits(&want24.concat()), "neon 2x4 {ctx}");
                         let y = widening::w4a8_tile(
                             &[w[2], w[0], w[1]],
                             &[ws[2], ws[0], ws[1]],
-                            &[a[3], a[1], a[2]],
+                            &[ap[3], ap[1], ap[2]],
                             group,
                         );
                         assert_eq!(bits(&y.concat()), bits(&want33.concat()), "neon 3x3 {ctx}");
                         if dotprod {
-                            let y = sdot::w4a8_tile(&w, &ws, &[a[0]], group);
+                            let y = sdot::w4a8_tile(&w, &ws, &[ap[0]], group);
                             assert_eq!(bits(&y.concat()), bits(&want41.concat()), "sdot 4x1 {ctx}");
-                            let y = sdot::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &a, group);
+                            let y = sdot::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &ap, group);
                             assert_eq!(bits(&y.concat()), bits(&want24.concat()), "sdot 2x4 {ctx}");
                         }
                     }

@@ -223,17 +223,19 @@ class Peers:
     ) -> Any:
         """``com.microsoft.MatMulNBits`` (bits=4, block_size=group,
         accuracy_level=4: activations quantized to int8 per block, int8 dot
-        products — ORT's W4A8) holding exactly dynquant's packed int4 weights
-        and group scales (dynquant's two's-complement nibbles XOR 8 are ORT's
-        unsigned nibbles with its default zero point 8)."""
+        products — ORT's W4A8) holding exactly dynquant's int4 weights and
+        group scales, repacked into ORT's order (per block, consecutive
+        columns in the low then the high nibble; unsigned nibbles ``value +
+        8`` with its default zero point 8)."""
         onnx = self.onnx
         assert onnx is not None
         h, tp, nh = onnx.helper, onnx.TensorProto, onnx.numpy_helper
         out_f = packed.shape[0]
         blocks = -(-in_f // group)
         blob = group // 2
-        b = np.zeros((out_f, blocks * blob), dtype=np.uint8)
-        b[:, : packed.shape[1]] = packed ^ np.uint8(0x88)
+        nibbles = np.full((out_f, blocks * group), 8, dtype=np.uint8)
+        nibbles[:, :in_f] = (dq.unpack_int4(packed, in_f).astype(np.int16) + 8).astype(np.uint8)
+        b = nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
         inits = [
             nh.from_array(b.reshape(out_f, blocks, blob), "B"),
             nh.from_array(
