@@ -6,7 +6,6 @@
 use core::arch::x86_64::*;
 
 use super::{scalar, EXACT_I32_TOTAL};
-use crate::weights;
 
 const LANES: usize = 8;
 
@@ -1174,7 +1173,15 @@ unsafe fn w4a8_row<const T: usize>(
             row.in_group = in_group;
         }
     }
-    for (c0, width) in weights::int4_blocks(k).skip(whole) {
+    // The shorter blocks: 128 and then 64 columns, where they fit (k % 64
+    // == 0 leaves no last block of fewer than 64; `weights::int4_blocks`
+    // has the same rule, spelled out here to keep an iterator out of
+    // short rows).
+    let mut c0 = 256 * whole;
+    for width in [128, 64] {
+        if c0 + width > k {
+            continue;
+        }
         prefetch_next_row::<T>(w, ws, c0, row.g0);
         if 2 * group <= width {
             row.add_whole_groups(w, ap, c0, width, group);
@@ -1184,6 +1191,7 @@ unsafe fn w4a8_row<const T: usize>(
         if row.g_rel == 8 || c0 + width == k {
             row.finish_chunk(ws, a_sums);
         }
+        c0 += width;
     }
     row.y
 }
