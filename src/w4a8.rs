@@ -177,14 +177,20 @@ pub fn w4a8_matmul_into(
             .chunks(k)
             .flat_map(|t| simd::int4_group_sums(t, layout.group_size))
             .collect();
+        // The reordered tokens start on a 64-byte line (an allocation 64
+        // bytes longer, used from its first aligned byte): every 32-byte
+        // load of them then stays within one cache line.
         let mut packed = Vec::new();
+        let mut start = 0;
         if k.is_multiple_of(64) {
-            packed = vec![0i8; acts.q.len()];
-            for (t, p) in acts.q.chunks(k).zip(packed.chunks_mut(k)) {
+            packed = vec![0i8; acts.q.len() + 64];
+            start = packed.as_ptr().align_offset(64).min(64);
+            let ordered = &mut packed[start..start + acts.q.len()];
+            for (t, p) in acts.q.chunks(k).zip(ordered.chunks_mut(k)) {
                 weights::int4_packed_order(t, p);
             }
         }
-        (acts, sums, packed)
+        (acts, sums, packed, start)
     };
     let sink = DisjointOut::new(out);
     // The group scales are checked block by block, in parallel, just before
@@ -192,7 +198,8 @@ pub fn w4a8_matmul_into(
     // one token a third of its time); on a non-finite one the block stops,
     // and the first bad index is found afterwards.
     let scales_bad = AtomicBool::new(false);
-    let block = |(acts, sums, order): &(QuantizedActs, Vec<i32>, Vec<i8>), rows: Range<usize>| {
+    let block = |(acts, sums, order, start): &(QuantizedActs, Vec<i32>, Vec<i8>, usize),
+                 rows: Range<usize>| {
         let groups = layout.groups();
         let block_scales = &scales[rows.start * groups..rows.end * groups];
         if simd::abs_max_bits(block_scales) >= INF_BITS {
@@ -217,7 +224,11 @@ pub fn w4a8_matmul_into(
         };
         let tokens = Int4Tokens {
             q: &acts.q,
-            packed: if order.is_empty() { &acts.q } else { order },
+            packed: if order.is_empty() {
+                &acts.q
+            } else {
+                &order[*start..*start + acts.q.len()]
+            },
             sums,
         };
         w4a8_block(packed, scales, layout, tokens, m, rows, &emit)
@@ -532,6 +543,10 @@ mod tests {
             (448, vec![32, 64, 448]),
             (576, vec![32, 64, 192, 576]),
             (1536, vec![32, 64, 128, 192, 256, 768]),
+            // Groups of 192 and 320 ending inside blocks, and one group
+            // wholly inside a block's last lanes (192 at 576..768).
+            (768, vec![192, 384]),
+            (960, vec![192, 320, 960]),
         ] {
             for group in groups {
                 for (m, n) in [(1, 4), (6, 7), (9, 5)] {

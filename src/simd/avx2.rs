@@ -1061,8 +1061,8 @@ unsafe fn block_lanes_n<const T: usize>(
 /// the true sum, at most 2^20 * 8 * 128 in magnitude, fits), so how they
 /// are added up is free.
 ///
-/// Requires `k % 64 == 0`, `k % group == 0` and `group` one of 32, 64, 128,
-/// a multiple of 256 or `k`: then every block is whole groups or lies in one.
+/// Requires `k % 64 == 0`, `k % group == 0` and `group` 32 or a multiple
+/// of 64 (so no lane straddles two groups).
 ///
 /// # Safety
 /// AVX2 available; `w[r].len() >= k / 2`, `ws[r].len() >= k / group`,
@@ -1152,25 +1152,28 @@ unsafe fn w4a8_row<const T: usize>(
         _ => {
             // Each block is part of one group (a multiple of 256 columns or
             // the whole row).
-            let mut part = [_mm256_setzero_si256(); T];
-            let mut in_group = 0;
             for b in 0..whole {
                 prefetch_next_row::<T>(w, ws, 256 * b, row.g0);
-                block_lanes(w, ap, 8 * b, 8, |t, lanes| {
-                    part[t] = _mm256_add_epi32(part[t], lanes);
-                });
-                in_group += 256;
-                if in_group == group {
-                    row.add_group_total(&mut part);
-                    in_group = 0;
-                    if row.g_rel == 8 || 256 * (b + 1) == k {
-                        row.finish_chunk(ws, a_sums);
+                if group.is_multiple_of(256) {
+                    // No group ends inside a block: the lanes of the group
+                    // in progress stay in registers.
+                    let mut part = row.part;
+                    block_lanes(w, ap, 8 * b, 8, |t, lanes| {
+                        part[t] = _mm256_add_epi32(part[t], lanes);
+                    });
+                    row.in_group += 256;
+                    if row.in_group == group {
+                        row.add_group_total(&mut part);
+                        row.in_group = 0;
                     }
+                    row.part = part;
+                } else {
+                    row.add_part(w, ap, 256 * b, 256, group);
+                }
+                if row.g_rel == 8 || 256 * (b + 1) == k {
+                    row.finish_chunk(ws, a_sums);
                 }
             }
-            // A group that the shorter blocks complete.
-            row.part = part;
-            row.in_group = in_group;
         }
     }
     // The shorter blocks: 128 and then 64 columns, where they fit (k % 64
@@ -1321,9 +1324,13 @@ impl<const T: usize> RowSums<T> {
         self.g_rel += count;
     }
 
-    /// A block that is all or part of one group (the dispatcher's shapes
-    /// have no block that straddles two groups): its lanes add up until the
-    /// group is complete, then their sum goes to chunk lane `g_rel`.
+    /// A block within one group, or holding the end of one group and the
+    /// start of the next (groups of 192, 320, ... columns): its lanes add
+    /// up until the group is complete, then their sum goes to chunk lane
+    /// `g_rel`. The group never ends inside a lane (groups are multiples of
+    /// 64, lanes span 32 columns or fewer), and a block of at most 256
+    /// columns holds at most one group's end (groups here are 192 or more,
+    /// or the block's own width).
     #[inline(always)]
     unsafe fn add_part(
         &mut self,
@@ -1333,16 +1340,37 @@ impl<const T: usize> RowSums<T> {
         width: usize,
         group: usize,
     ) {
-        let part = &mut self.part;
-        block_lanes(w, ap, c0 / 32, width / 32, |t, lanes| {
-            part[t] = _mm256_add_epi32(part[t], lanes);
-        });
-        self.in_group += width;
-        if self.in_group == group {
+        let room = group - self.in_group;
+        if width <= room {
+            let part = &mut self.part;
+            block_lanes(w, ap, c0 / 32, width / 32, |t, lanes| {
+                part[t] = _mm256_add_epi32(part[t], lanes);
+            });
+            self.in_group += width;
+            if self.in_group == group {
+                let mut part = self.part;
+                self.add_group_total(&mut part);
+                self.part = part;
+                self.in_group = 0;
+            }
+        } else {
+            // Lanes 0 .. room / span end the group in progress, the rest
+            // start the next one.
+            let ending = first_lanes(room / (width / 8));
             let mut part = self.part;
+            let mut next = [_mm256_setzero_si256(); T];
+            block_lanes(w, ap, c0 / 32, width / 32, |t, lanes| {
+                part[t] = _mm256_add_epi32(part[t], _mm256_and_si256(lanes, ending));
+                next[t] = _mm256_andnot_si256(ending, lanes);
+            });
             self.add_group_total(&mut part);
-            self.part = part;
-            self.in_group = 0;
+            self.in_group = width - room;
+            if self.in_group == group {
+                // The next group lies wholly in this block's other lanes.
+                self.add_group_total(&mut next);
+                self.in_group = 0;
+            }
+            self.part = next;
         }
     }
 

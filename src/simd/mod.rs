@@ -640,15 +640,15 @@ pub fn w4a8_tile_packed<const R: usize, const T: usize>(
         // loop would give -0.0).
         return [[0.0; T]; R];
     }
-    // The SIMD bodies take whole 64-column blocks (see `crate::weights`),
-    // each of them whole groups or part of one group: groups of 32, 64 or
-    // 128 columns, multiples of 256, or one group per row. Anything else
-    // goes to the scalar path.
+    // The SIMD bodies take whole 64-column blocks (see `crate::weights`)
+    // and groups of whole 4-byte lanes in every block (lanes span 8, 16 or
+    // 32 columns): 32 or multiples of 64. Anything else goes to the scalar
+    // path.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     let simd_shape = T > 0
         && k.is_multiple_of(64)
         && k.is_multiple_of(group)
-        && (matches!(group, 32 | 64 | 128) || group.is_multiple_of(256) || group == k);
+        && (group == 32 || group.is_multiple_of(64));
     #[cfg(target_arch = "x86_64")]
     if R == 4 && simd_shape && active().runs_avx2() {
         let w4: &[&[u8]; 4] = w.as_slice().try_into().expect("R == 4");
@@ -672,7 +672,8 @@ pub fn w4a8_tile_packed<const R: usize, const T: usize>(
 /// lane `l` holds the block's columns `c0 + span * l ..`, `span = width /
 /// 8`) into the sums of their groups, `acc[g - g0]` for group `g`. The
 /// block lies in the 8-group chunk starting at group `g0` and `group` is a
-/// multiple of `span` (the SIMD bodies' shapes). Sums wrap in i32: the true
+/// multiple of `span` (the SIMD bodies' shapes: every block starts at a
+/// multiple of its width, every chunk at a multiple of 256). Sums wrap in i32: the true
 /// group sums fit.
 #[cfg(any(target_arch = "aarch64", test))]
 #[inline(always)]
