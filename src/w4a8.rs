@@ -56,10 +56,11 @@ const TOKENS: usize = 4;
 /// that it stays in L2 while the tokens stream past.
 const L2_BYTES: usize = 320 << 10;
 
-/// Weight rows `rows` against tokens `m0 .. m0 + T`, four rows a tile (a
-/// last one to three rows are padded with copies of the last row, whose
-/// extra results are dropped).
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // t: y[r][t] for every r
+/// Weight rows `rows` against tokens `m0 .. m0 + T`: sixteen rows a tile
+/// while they last (one kernel call, one emit per token, for sixteen rows:
+/// at MiniLM's 384 columns the per-tile work was a large part of the time),
+/// then four (a last one to three rows are padded with copies of the last
+/// row, whose extra results are dropped).
 fn w4a8_rows<const T: usize>(
     packed: &[u8],
     scales: &[f32],
@@ -69,22 +70,43 @@ fn w4a8_rows<const T: usize>(
     rows: Range<usize>,
     emit: &impl Fn(usize, usize, &[f32]),
 ) {
+    let mut j = rows.start;
+    while j + 16 <= rows.end {
+        w4a8_tile_rows::<16, T>(packed, scales, layout, q, m0, j, 16, emit);
+        j += 16;
+    }
+    while j < rows.end {
+        let live = (rows.end - j).min(4);
+        w4a8_tile_rows::<4, T>(packed, scales, layout, q, m0, j, live, emit);
+        j += 4;
+    }
+}
+
+/// One tile of [`w4a8_rows`]: rows `j .. j + live` (`live <= R`; rows past
+/// them repeat the last one and are dropped).
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // t: y[r][t] for every r
+#[inline]
+fn w4a8_tile_rows<const R: usize, const T: usize>(
+    packed: &[u8],
+    scales: &[f32],
+    layout: Int4Layout,
+    q: Int4Tokens,
+    m0: usize,
+    j: usize,
+    live: usize,
+    emit: &impl Fn(usize, usize, &[f32]),
+) {
     let (k, rb, g) = (layout.in_features, layout.row_bytes(), layout.groups());
     let tokens: [&[i8]; T] = core::array::from_fn(|t| &q.q[(m0 + t) * k..(m0 + t + 1) * k]);
     let ordered: [&[i8]; T] = core::array::from_fn(|t| &q.packed[(m0 + t) * k..(m0 + t + 1) * k]);
     let sums: [&[i32]; T] = core::array::from_fn(|t| &q.sums[(m0 + t) * g..(m0 + t + 1) * g]);
-    let mut j = rows.start;
-    while j < rows.end {
-        let live = (rows.end - j).min(4);
-        let row = |r: usize| j + r.min(live - 1);
-        let w: [&[u8]; 4] = core::array::from_fn(|r| &packed[row(r) * rb..(row(r) + 1) * rb]);
-        let s: [&[f32]; 4] = core::array::from_fn(|r| &scales[row(r) * g..(row(r) + 1) * g]);
-        let y = simd::w4a8_tile_packed(&w, &s, &tokens, &ordered, &sums, layout.group_size);
-        for t in 0..T {
-            let run: [f32; 4] = core::array::from_fn(|r| y[r][t]);
-            emit(m0 + t, j, &run[..live]);
-        }
-        j += 4;
+    let row = |r: usize| j + r.min(live - 1);
+    let w: [&[u8]; R] = core::array::from_fn(|r| &packed[row(r) * rb..(row(r) + 1) * rb]);
+    let s: [&[f32]; R] = core::array::from_fn(|r| &scales[row(r) * g..(row(r) + 1) * g]);
+    let y = simd::w4a8_tile_packed(&w, &s, &tokens, &ordered, &sums, layout.group_size);
+    for t in 0..T {
+        let run: [f32; R] = core::array::from_fn(|r| y[r][t]);
+        emit(m0 + t, j, &run[..live]);
     }
 }
 
@@ -206,11 +228,11 @@ pub fn w4a8_matmul_into(
             scales_bad.store(true, Ordering::Relaxed);
             return;
         }
-        // Token i's results for weight rows j.. (at most four): scaled by
-        // the token's scale, plus the bias, written in one run.
+        // Token i's results for weight rows j.. (at most sixteen): scaled
+        // by the token's scale, plus the bias, written in one run.
         let emit = |i: usize, j: usize, ys: &[f32]| {
             let s = acts.scales[i];
-            let mut v = [0.0f32; 4];
+            let mut v = [0.0f32; 16];
             for (o, &y) in v.iter_mut().zip(ys) {
                 *o = y * s;
             }
@@ -507,6 +529,9 @@ mod tests {
         for k in [96, 128, 640] {
             one_group_case(5, 9, k);
         }
+        // Tiles of sixteen rows, then four, then a padded one.
+        one_group_case(6, 37, 384);
+        one_group_case(3, 50, 1024);
     }
 
     fn one_group_case(m: usize, n: usize, k: usize) {

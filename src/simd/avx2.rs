@@ -1042,7 +1042,7 @@ unsafe fn block_lanes_n<const T: usize>(
     }
 }
 
-/// W4A8 of four packed weight rows with `T` token rows, bit for bit the
+/// W4A8 of `R` packed weight rows with `T` token rows, bit for bit the
 /// definition in [`super::w4a8_tile`]; `crate::weights` has the layout and
 /// `ap` holds the tokens in its packed order.
 ///
@@ -1069,15 +1069,15 @@ unsafe fn block_lanes_n<const T: usize>(
 /// `a_sums[t].len() >= k / group`, every token row `k` long (the dispatcher
 /// asserts all of these).
 #[target_feature(enable = "avx2")]
-pub unsafe fn w4a8_tile<const T: usize>(
-    w: &[&[u8]; 4],
-    ws: &[&[f32]; 4],
+pub unsafe fn w4a8_tile<const R: usize, const T: usize>(
+    w: &[&[u8]; R],
+    ws: &[&[f32]; R],
     ap: &[&[i8]; T],
     a_sums: &[&[i32]; T],
     group: usize,
-) -> [[f32; T]; 4] {
-    let mut out = [[0.0f32; T]; 4];
-    for r in 0..4 {
+) -> [[f32; T]; R] {
+    let mut out = [[0.0f32; T]; R];
+    for r in 0..R {
         let y = w4a8_row::<T>(w[r], ws[r], ap, a_sums, group);
         for t in 0..T {
             out[r][t] = lane_sum_ps(y[t]);

@@ -650,12 +650,9 @@ pub fn w4a8_tile_packed<const R: usize, const T: usize>(
         && k.is_multiple_of(group)
         && (group == 32 || group.is_multiple_of(64));
     #[cfg(target_arch = "x86_64")]
-    if R == 4 && simd_shape && active().runs_avx2() {
-        let w4: &[&[u8]; 4] = w.as_slice().try_into().expect("R == 4");
-        let ws4: &[&[f32]; 4] = ws.as_slice().try_into().expect("R == 4");
+    if simd_shape && active().runs_avx2() {
         // SAFETY: AVX2 confirmed by active(); shapes checked above.
-        let y = unsafe { avx2::w4a8_tile(w4, ws4, ap, a_sums, group) };
-        return core::array::from_fn(|r| y[r]);
+        return unsafe { avx2::w4a8_tile(w, ws, ap, a_sums, group) };
     }
     #[cfg(target_arch = "aarch64")]
     if simd_shape {
