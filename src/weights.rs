@@ -59,41 +59,47 @@ pub fn quantize_weights_int8(
 }
 
 /// The blocks of a packed row of `cols` columns (see the module doc), as
-/// `(first column, width)`: widths 256, then at most one 128, at most one
-/// 64, and a last block of fewer than 64.
+/// `(first column, width)`: widths 256, then [`int4_tail_blocks`].
 pub fn int4_blocks(cols: usize) -> impl Iterator<Item = (usize, usize)> {
-    let whole = cols / 256 * 256;
-    let mut start = whole;
-    let mut rest = [None; 3];
-    for (slot, width) in rest.iter_mut().zip([128, 64]) {
+    (0..cols / 256)
+        .map(|b| (256 * b, 256))
+        .chain(int4_tail_blocks(cols).into_iter().flatten())
+}
+
+/// The blocks after a row's last whole block of 256 columns: at most one of
+/// 128, at most one of 64, and a last one of fewer than 64, in that order.
+#[inline]
+pub fn int4_tail_blocks(cols: usize) -> [Option<(usize, usize)>; 3] {
+    let mut start = cols / 256 * 256;
+    let mut tail = [None; 3];
+    for (slot, width) in tail.iter_mut().zip([128, 64]) {
         if start + width <= cols {
             *slot = Some((start, width));
             start += width;
         }
     }
     if start < cols {
-        rest[2] = Some((start, cols - start));
+        tail[2] = Some((start, cols - start));
     }
-    (0..whole / 256)
-        .map(|b| (256 * b, 256))
-        .chain(rest.into_iter().flatten())
+    tail
 }
 
-/// The block (first column, width) holding column `col < cols`.
+/// The block (first column, width) holding column `col < cols`; for
+/// `col == cols` (the unused nibble of an odd row) the last block.
 fn int4_block_of(cols: usize, col: usize) -> (usize, usize) {
-    let mut start = col / 256 * 256;
+    let start = col / 256 * 256;
     if start + 256 <= cols {
         return (start, 256);
     }
-    for width in [128, 64] {
-        if start + width <= cols {
-            if col < start + width {
-                return (start, width);
-            }
-            start += width;
+    let mut tail = int4_tail_blocks(cols).into_iter().flatten();
+    let mut block = tail.next().expect("a column past the whole blocks");
+    while col >= block.0 + block.1 {
+        match tail.next() {
+            Some(next) => block = next,
+            None => break,
         }
     }
-    (start, cols - start)
+    block
 }
 
 /// Byte index and nibble shift of column `col` in a packed row of `cols`

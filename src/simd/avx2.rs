@@ -1176,15 +1176,9 @@ unsafe fn w4a8_row<const T: usize>(
             }
         }
     }
-    // The shorter blocks: 128 and then 64 columns, where they fit (k % 64
-    // == 0 leaves no last block of fewer than 64; `weights::int4_blocks`
-    // has the same rule, spelled out here to keep an iterator out of
-    // short rows).
-    let mut c0 = 256 * whole;
-    for width in [128, 64] {
-        if c0 + width > k {
-            continue;
-        }
+    // The shorter blocks (128 and 64 columns; k % 64 == 0 leaves none of
+    // fewer than 64).
+    for (c0, width) in crate::weights::int4_tail_blocks(k).into_iter().flatten() {
         prefetch_next_row::<T>(w, ws, c0, row.g0);
         if 2 * group <= width {
             row.add_whole_groups(w, ap, c0, width, group);
@@ -1194,7 +1188,6 @@ unsafe fn w4a8_row<const T: usize>(
         if row.g_rel == 8 || c0 + width == k {
             row.finish_chunk(ws, a_sums);
         }
-        c0 += width;
     }
     row.y
 }
