@@ -1399,6 +1399,56 @@ mod tests {
     use super::*;
     use crate::test_rng::xorshift;
 
+    /// The AVX2 `w4a8_tile` against the scalar definition, bit for bit, on
+    /// the shared cases (`super::super::w4a8_cases`), in the library's tile
+    /// shapes (sixteen rows by four tokens, four by four) and a few others.
+    #[test]
+    fn w4a8_tiles_equal_the_scalar_definition() {
+        use crate::simd::w4a8_cases::{bits, for_each};
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        for_each(|case| {
+            let (w, ws, a, ap) = case.views();
+            let (group, ctx) = (case.group, &case.what);
+            // What the AVX2 body subtracts from its unsigned nibbles' sums.
+            let sums: Vec<Vec<i32>> = a
+                .iter()
+                .map(|t| super::super::int4_group_sums(t, group))
+                .collect();
+            let sums: [&[i32]; 4] = core::array::from_fn(|t| &sums[t][..]);
+            let w16: [&[u8]; 16] = core::array::from_fn(|r| w[(5 * r + 1) % 4]);
+            let ws16: [&[f32]; 16] = core::array::from_fn(|r| ws[(5 * r + 1) % 4]);
+            let want164 = super::super::scalar::w4a8_tile(&w16, &ws16, &a, group);
+            let want41 = super::super::scalar::w4a8_tile(&w, &ws, &[a[0]], group);
+            let want33 = super::super::scalar::w4a8_tile(
+                &[w[2], w[0], w[1]],
+                &[ws[2], ws[0], ws[1]],
+                &[a[3], a[1], a[2]],
+                group,
+            );
+            let want44 = super::super::scalar::w4a8_tile(&w, &ws, &a, group);
+            // SAFETY: AVX2 detected above; the cases meet `w4a8_tile`'s
+            // contract (k % 64 == 0, group 32 or a multiple of 64).
+            unsafe {
+                let y = w4a8_tile(&w16, &ws16, &ap, &sums, group);
+                assert_eq!(bits(&y), bits(&want164), "avx2 16x4 {ctx}");
+                let y = w4a8_tile(&w, &ws, &ap, &sums, group);
+                assert_eq!(bits(&y), bits(&want44), "avx2 4x4 {ctx}");
+                let y = w4a8_tile(&w, &ws, &[ap[0]], &[sums[0]], group);
+                assert_eq!(bits(&y), bits(&want41), "avx2 4x1 {ctx}");
+                let y = w4a8_tile(
+                    &[w[2], w[0], w[1]],
+                    &[ws[2], ws[0], ws[1]],
+                    &[ap[3], ap[1], ap[2]],
+                    &[sums[3], sums[1], sums[2]],
+                    group,
+                );
+                assert_eq!(bits(&y), bits(&want33), "avx2 3x3 {ctx}");
+            }
+        });
+    }
+
     /// `acc + sum of each lane's four products`, in plain integers, wrapping
     /// in i32: what every [`MulAdd`] must compute.
     fn mul_add_reference(acc: [i32; 8], u: &[u8; 32], s: &[i8; 32]) -> [i32; 8] {

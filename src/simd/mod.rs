@@ -577,6 +577,11 @@ pub fn w8a8_row_pairs_offset<const T: usize>(
 ///
 /// No columns (`k == 0`): every result is +0.0, with no scale read.
 ///
+/// NaN results are NaN on every path, but which NaN (sign, payload) is not
+/// fixed when a NaN scale meets another NaN (Rust does not specify which
+/// operand's NaN an add passes on); with finite scales, every NaN is the
+/// CPU's default NaN and all bits agree.
+///
 /// `a_sums[t]` must hold, per group, `8 * sum(a)` over the group's columns
 /// (see [`int4_group_sums`]): the AVX2 body multiplies the stored nibbles
 /// `w + 8` and subtracts it; the NEON and scalar bodies do not need it.
@@ -702,6 +707,133 @@ pub fn int4_group_sums(a: &[i8], group: usize) -> Vec<i32> {
     a.chunks(group.max(1))
         .map(|g| 8 * g.iter().map(|&v| v as i32).sum::<i32>())
         .collect()
+}
+
+/// The W4A8 tile cases each SIMD body is held to, bit for bit, against
+/// [`scalar::w4a8_tile`] (the AVX2 and NEON tests call this): every group
+/// form the bodies take (32, 64, 128, multiples of 64, one group per row)
+/// on rows of one to several packed blocks, full and partial chunks of
+/// eight groups, the extreme operands (-8 weights by -128 and by ±127), and
+/// scales that make the f32 step delicate (negative, ±0, subnormal, huge,
+/// ∞, NaN).
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(crate) mod w4a8_cases {
+    /// Four packed weight rows, their group scales, four token rows and the
+    /// same tokens in the packed order (what the SIMD bodies read).
+    pub(crate) struct Case {
+        rows: Vec<Vec<u8>>,
+        scales: Vec<Vec<f32>>,
+        acts: Vec<Vec<i8>>,
+        ordered: Vec<Vec<i8>>,
+        pub(crate) group: usize,
+        pub(crate) what: String,
+    }
+
+    /// Borrowed views of a [`Case`]: rows, scales, tokens, ordered tokens.
+    pub(crate) type Views<'a> = ([&'a [u8]; 4], [&'a [f32]; 4], [&'a [i8]; 4], [&'a [i8]; 4]);
+
+    impl Case {
+        pub(crate) fn views(&self) -> Views<'_> {
+            (
+                core::array::from_fn(|r| &self.rows[r][..]),
+                core::array::from_fn(|r| &self.scales[r][..]),
+                core::array::from_fn(|t| &self.acts[t][..]),
+                core::array::from_fn(|t| &self.ordered[t][..]),
+            )
+        }
+    }
+
+    /// The bits of a tile, row-major (so -0.0 is not 0.0), with every NaN
+    /// as one value: when two different NaNs meet in an add, which one comes
+    /// out is not fixed (Rust leaves it open, and x86 and LLVM's operand
+    /// order decide it), and the cases' NaN scale meets the CPU's default
+    /// NaN of `inf - inf`. Finite scales, all that the library's products
+    /// take, give only the default NaN, so there all bits agree.
+    pub(crate) fn bits<const R: usize, const T: usize>(y: &[[f32; T]; R]) -> Vec<u32> {
+        y.iter()
+            .flatten()
+            .map(|v| {
+                if v.is_nan() {
+                    f32::NAN.to_bits()
+                } else {
+                    v.to_bits()
+                }
+            })
+            .collect()
+    }
+
+    pub(crate) fn for_each(mut check: impl FnMut(&Case)) {
+        let mut next = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
+        let special = [
+            -1.5e-3f32,
+            0.0,
+            -0.0,
+            1e-40,
+            3e38,
+            f32::INFINITY,
+            f32::NAN,
+            2.5e-2,
+        ];
+        for k in [64usize, 128, 192, 320, 384, 448, 512, 576, 1024, 1088] {
+            for group in [32usize, 64, 128, 192, 256, k] {
+                if !k.is_multiple_of(group) || !(group == 32 || group.is_multiple_of(64)) {
+                    continue;
+                }
+                for extreme in [false, true] {
+                    let rows = (0..4)
+                        .map(|_| {
+                            (0..k / 2)
+                                .map(|_| if extreme { 0 } else { next() as u8 })
+                                .collect()
+                        })
+                        .collect();
+                    let scales = (0..4)
+                        .map(|_| {
+                            (0..k / group)
+                                .map(|_| match next() % 4 {
+                                    0 => special[(next() % 8) as usize],
+                                    _ => (next() % 1000) as f32 * 1e-4 - 0.03,
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    let acts: Vec<Vec<i8>> = (0..4)
+                        .map(|t| {
+                            (0..k)
+                                .map(|i| match (extreme, t) {
+                                    (true, 0) => -128,
+                                    (true, _) => {
+                                        if i % 3 == 0 {
+                                            -127
+                                        } else {
+                                            127
+                                        }
+                                    }
+                                    _ => next() as i8,
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    let ordered = acts
+                        .iter()
+                        .map(|t| {
+                            let mut o = vec![0i8; k];
+                            crate::weights::int4_packed_order(t, &mut o);
+                            o
+                        })
+                        .collect();
+                    check(&Case {
+                        rows,
+                        scales,
+                        acts,
+                        ordered,
+                        group,
+                        what: format!("k {k} group {group} extreme {extreme}"),
+                    });
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -371,113 +371,45 @@ int8_dot_paths!(
 mod tests {
     use super::*;
 
-    /// Both paths' `w4a8_tile` against the scalar definition, bit for bit:
-    /// every group form the kernel takes (32, 64, 128, multiples of 64, one
-    /// group per row), full and partial chunks of eight groups, several tile
-    /// shapes, the extreme operands (-8 weights by -128 and 127), and scales
-    /// that make the f32 step delicate (negative, ±0, tiny, huge, ∞, NaN).
+    /// Both paths' `w4a8_tile` against the scalar definition, bit for bit,
+    /// on the shared cases (`super::w4a8_cases`).
     #[test]
     fn w4a8_tiles_equal_the_scalar_definition() {
-        let mut next = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
-        let special = [
-            -1.5e-3f32,
-            0.0,
-            -0.0,
-            1e-40,
-            3e38,
-            f32::INFINITY,
-            f32::NAN,
-            2.5e-2,
-        ];
+        use crate::simd::w4a8_cases::{bits, for_each};
         let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
-        for k in [64usize, 128, 384, 448, 512, 576, 1024, 1088] {
-            for group in [32usize, 64, 128, 192, 256, k] {
-                if !k.is_multiple_of(group) || !(group == 32 || group.is_multiple_of(64)) {
-                    continue;
-                }
-                for extreme in [false, true] {
-                    let rows: Vec<Vec<u8>> = (0..4)
-                        .map(|_| {
-                            (0..k / 2)
-                                .map(|_| if extreme { 0 } else { next() as u8 })
-                                .collect()
-                        })
-                        .collect();
-                    let scales: Vec<Vec<f32>> = (0..4)
-                        .map(|_| {
-                            (0..k / group)
-                                .map(|_| match next() % 4 {
-                                    0 => special[(next() % 8) as usize],
-                                    _ => (next() % 1000) as f32 * 1e-4 - 0.03,
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    let acts: Vec<Vec<i8>> = (0..4)
-                        .map(|t| {
-                            (0..k)
-                                .map(|i| match (extreme, t) {
-                                    (true, 0) => -128,
-                                    (true, _) => {
-                                        if i % 3 == 0 {
-                                            -127
-                                        } else {
-                                            127
-                                        }
-                                    }
-                                    _ => next() as i8,
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    let w: [&[u8]; 4] = core::array::from_fn(|r| &rows[r][..]);
-                    let ws: [&[f32]; 4] = core::array::from_fn(|r| &scales[r][..]);
-                    let a: [&[i8]; 4] = core::array::from_fn(|t| &acts[t][..]);
-                    // What the kernels read: the tokens in the packed order.
-                    let ordered: Vec<Vec<i8>> = acts
-                        .iter()
-                        .map(|t| {
-                            let mut o = vec![0i8; k];
-                            crate::weights::int4_packed_order(t, &mut o);
-                            o
-                        })
-                        .collect();
-                    let ap: [&[i8]; 4] = core::array::from_fn(|t| &ordered[t][..]);
-                    let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                    let want41 = scalar::w4a8_tile(&w, &ws, &[a[0]], group);
-                    let want24 = scalar::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &a, group);
-                    let want33 = scalar::w4a8_tile(
-                        &[w[2], w[0], w[1]],
-                        &[ws[2], ws[0], ws[1]],
-                        &[a[3], a[1], a[2]],
-                        group,
-                    );
-                    let ctx = format!("k {k} group {group} extreme {extreme}");
-                    // SAFETY: every aarch64 CPU has NEON; `sdot` runs only
-                    // where detected; the shapes meet `w4a8_tile_with`'s
-                    // contract (checked by the `continue` above).
-                    unsafe {
-                        let y = widening::w4a8_tile(&w, &ws, &[ap[0]], group);
-                        assert_eq!(bits(&y.concat()), bits(&want41.concat()), "neon 4x1 {ctx}");
-                        let y = widening::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &ap, group);
-                        assert_eq!(bits(&y.concat()), bits(&want24.concat()), "neon 2x4 {ctx}");
-                        let y = widening::w4a8_tile(
-                            &[w[2], w[0], w[1]],
-                            &[ws[2], ws[0], ws[1]],
-                            &[ap[3], ap[1], ap[2]],
-                            group,
-                        );
-                        assert_eq!(bits(&y.concat()), bits(&want33.concat()), "neon 3x3 {ctx}");
-                        if dotprod {
-                            let y = sdot::w4a8_tile(&w, &ws, &[ap[0]], group);
-                            assert_eq!(bits(&y.concat()), bits(&want41.concat()), "sdot 4x1 {ctx}");
-                            let y = sdot::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &ap, group);
-                            assert_eq!(bits(&y.concat()), bits(&want24.concat()), "sdot 2x4 {ctx}");
-                        }
-                    }
+        for_each(|case| {
+            let (w, ws, a, ap) = case.views();
+            let (group, ctx) = (case.group, &case.what);
+            let want41 = scalar::w4a8_tile(&w, &ws, &[a[0]], group);
+            let want24 = scalar::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &a, group);
+            let want33 = scalar::w4a8_tile(
+                &[w[2], w[0], w[1]],
+                &[ws[2], ws[0], ws[1]],
+                &[a[3], a[1], a[2]],
+                group,
+            );
+            // SAFETY: every aarch64 CPU has NEON; `sdot` runs only where
+            // detected; the cases meet `w4a8_tile_with`'s contract.
+            unsafe {
+                let y = widening::w4a8_tile(&w, &ws, &[ap[0]], group);
+                assert_eq!(bits(&y), bits(&want41), "neon 4x1 {ctx}");
+                let y = widening::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &ap, group);
+                assert_eq!(bits(&y), bits(&want24), "neon 2x4 {ctx}");
+                let y = widening::w4a8_tile(
+                    &[w[2], w[0], w[1]],
+                    &[ws[2], ws[0], ws[1]],
+                    &[ap[3], ap[1], ap[2]],
+                    group,
+                );
+                assert_eq!(bits(&y), bits(&want33), "neon 3x3 {ctx}");
+                if dotprod {
+                    let y = sdot::w4a8_tile(&w, &ws, &[ap[0]], group);
+                    assert_eq!(bits(&y), bits(&want41), "sdot 4x1 {ctx}");
+                    let y = sdot::w4a8_tile(&[w[1], w[3]], &[ws[1], ws[3]], &ap, group);
+                    assert_eq!(bits(&y), bits(&want24), "sdot 2x4 {ctx}");
                 }
             }
-        }
+        });
     }
 
     /// Past one block of [`STEPS_PER_BLOCK`] steps, with the operands that
