@@ -762,6 +762,7 @@ pub(crate) mod w4a8_cases {
             .collect()
     }
 
+    /// Calls `check` on every case (the same cases on every run).
     pub(crate) fn for_each(mut check: impl FnMut(&Case)) {
         let mut next = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
         let special = [
