@@ -1419,15 +1419,15 @@ mod tests {
             let sums: [&[i32]; 4] = core::array::from_fn(|t| &sums[t][..]);
             let w16: [&[u8]; 16] = core::array::from_fn(|r| w[(5 * r + 1) % 4]);
             let ws16: [&[f32]; 16] = core::array::from_fn(|r| ws[(5 * r + 1) % 4]);
-            let want164 = super::super::scalar::w4a8_tile(&w16, &ws16, &a, group);
-            let want41 = super::super::scalar::w4a8_tile(&w, &ws, &[a[0]], group);
-            let want33 = super::super::scalar::w4a8_tile(
+            let want164 = scalar::w4a8_tile(&w16, &ws16, &a, group);
+            let want41 = scalar::w4a8_tile(&w, &ws, &[a[0]], group);
+            let want33 = scalar::w4a8_tile(
                 &[w[2], w[0], w[1]],
                 &[ws[2], ws[0], ws[1]],
                 &[a[3], a[1], a[2]],
                 group,
             );
-            let want44 = super::super::scalar::w4a8_tile(&w, &ws, &a, group);
+            let want44 = scalar::w4a8_tile(&w, &ws, &a, group);
             // SAFETY: AVX2 detected above; the cases meet `w4a8_tile`'s
             // contract (k % 64 == 0, group 32 or a multiple of 64).
             unsafe {
