@@ -175,8 +175,8 @@ impl Sink<'_> {
     }
 
     /// [`Sink::row_pairs`] in the offset form: `split` holds the caller's
-    /// block of rows (starting at weight row `block_start`) split, `u` the
-    /// tokens with their top bit flipped.
+    /// block of the weight rows `w` (starting at row `block_start`) split,
+    /// `u` the tokens with their top bit flipped.
     ///
     /// # Safety
     /// The caller's task owns weight rows `j0..j0 + 2 * pairs`.
@@ -184,6 +184,7 @@ impl Sink<'_> {
     #[inline(always)]
     unsafe fn row_pairs_offset<const T: usize>(
         &self,
+        w: &[i8],
         split: &SplitRows,
         block_start: usize,
         u: Tokens<'_>,
@@ -192,6 +193,7 @@ impl Sink<'_> {
         pairs: usize,
     ) {
         const CHUNK: usize = 16;
+        let block = &w[block_start * u.k..];
         let offset_tokens: [&[i8]; T] = core::array::from_fn(|t| u.row(m0 + t));
         let d = &self.dequant;
         let ts: [f32; T] = core::array::from_fn(|t| d.token_scales[m0 + t]);
@@ -210,13 +212,14 @@ impl Sink<'_> {
                 }
             }
             simd::w8a8_row_pairs_offset(
-                split.clip_rows(j - block_start..j_end - block_start),
+                split.rows(block, j - block_start..j_end - block_start),
                 &offset_tokens,
                 &extras[..count],
                 &d.weight_scales[j..j_end],
                 ts,
                 d.bias.map(|b| &b[j..j_end]),
                 &mut y[..count],
+                split.pair_safe(),
             );
             // SAFETY: the caller owns these columns.
             unsafe { self.write_pairs(m0, j, &y[..count]) };
@@ -224,18 +227,30 @@ impl Sink<'_> {
         }
     }
 
-    /// Writes `y[p][t]` to token `m0 + t`, weight rows `j + 2p`, `j + 2p + 1`.
+    /// Writes `y[p][t]` to token `m0 + t`, weight rows `j + 2p`, `j + 2p + 1`:
+    /// gathered per token first, so that each token's run goes out in a few
+    /// wide stores (the output's lines are rarely in cache, and each narrow
+    /// store to one would hold a store-buffer entry until it comes).
     ///
     /// # Safety
     /// The caller owns these columns.
     #[inline(always)]
     unsafe fn write_pairs<const T: usize>(&self, m0: usize, j: usize, y: &[[[f32; 2]; T]]) {
+        const MAX_PAIRS: usize = 16;
+        debug_assert!(y.len() <= MAX_PAIRS);
+        let mut runs = [[0.0f32; 2 * MAX_PAIRS]; T];
         for (p, pair) in y.iter().enumerate() {
-            for (t, values) in pair.iter().enumerate() {
-                // SAFETY: the caller owns these columns (bounds checked
-                // inside `write_run`).
-                unsafe { self.out.write_run((m0 + t) * self.n + j + 2 * p, values) };
+            for (run, values) in runs.iter_mut().zip(pair) {
+                run[2 * p..2 * p + 2].copy_from_slice(values);
             }
+        }
+        for (t, run) in runs.iter().enumerate() {
+            // SAFETY: the caller owns these columns (bounds checked inside
+            // `write_run`).
+            unsafe {
+                self.out
+                    .write_run((m0 + t) * self.n + j, &run[..2 * y.len()])
+            };
         }
     }
 }
@@ -259,7 +274,7 @@ unsafe fn pair_rows<const T: usize>(
     unsafe {
         match offset {
             Some((split, u)) => {
-                sink.row_pairs_offset::<T>(split, rows.start, u, m0, rows.start, pairs)
+                sink.row_pairs_offset::<T>(w, split, rows.start, u, m0, rows.start, pairs)
             }
             None => sink.row_pairs::<T>(w, q, m0, rows.start, pairs),
         }
@@ -318,9 +333,15 @@ unsafe fn gemm_block(
         // SAFETY: the rows are the caller's.
         return unsafe { tile_rows::<4, 1>(w, q, rows, 0, sink) };
     }
-    if let Some(OffsetTokens { u, qt, always }) = offset_tokens {
+    if let Some(OffsetTokens {
+        u,
+        qt,
+        always,
+        unsplit,
+    }) = offset_tokens
+    {
         let block = &w[rows.start * k..rows.end * k];
-        let done = SplitRows::with_split(block, k, !always, |split| {
+        let done = SplitRows::with_split(block, k, !always, unsplit, |split| {
             // The per-output corrections for a chunk of tokens at a time,
             // so their buffer stays small however many tokens there are.
             for t0 in (0..m).step_by(EXTRA_TOKENS) {
@@ -374,10 +395,11 @@ unsafe fn token_groups(
 /// Which form the W8A8 GEMM's AVX2 kernel takes for signed int8 products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemmForm {
-    /// The offset form on the AVX2 path (not the VNNI ones, whose
-    /// `vpdpbusd` needs no split) from [`OFFSET_MIN_TOKENS`] tokens,
+    /// The offset form on the AVX2 path from [`OFFSET_MIN_TOKENS`] tokens,
     /// [`OFFSET_MIN_ROWS`] rows and [`OFFSET_MIN_COLUMNS`] columns, in the
-    /// weight blocks whose residual is sparse; else the sign form.
+    /// weight blocks whose residual is sparse; on the VNNI paths (whose
+    /// `vpdpbusd` needs no split) from [`VNNI_OFFSET_MIN_TOKENS`] tokens and
+    /// [`VNNI_OFFSET_MIN_PRODUCTS`] products; else the sign form.
     Auto,
     /// `|w|` times `a` with `w`'s sign (`abs`, `sign`, then the multiply).
     Sign,
@@ -423,6 +445,18 @@ pub const OFFSET_MIN_COLUMNS: usize = 1024;
 /// See [`OFFSET_MIN_TOKENS`].
 pub const OFFSET_MIN_ROWS: usize = 1024;
 
+/// From this many tokens, and [`VNNI_OFFSET_MIN_PRODUCTS`] products
+/// (tokens x rows x columns), the VNNI paths take the offset form: no
+/// split, but a pass over each weight block for its row sums, a flipped
+/// copy of the tokens and per-output corrections, which small products do
+/// not repay (measured on Zen 4 at 2 threads, in-process A/B, offset ÷ sign
+/// time: 1.15 at 4 x 4096 x 4096, 0.84 at 8, 0.72 at 16; 0.76 at 8 x
+/// 11008 x 4096; 1.35 at 8 x 1536 x 384 and 1.06 at 64 x 384 x 384; 0.90–0.96
+/// at MiniLM's 184 x 384 x 1536 and 184 x 1536 x 384).
+pub const VNNI_OFFSET_MIN_TOKENS: usize = 8;
+/// See [`VNNI_OFFSET_MIN_TOKENS`].
+pub const VNNI_OFFSET_MIN_PRODUCTS: usize = 1 << 25;
+
 /// Where an `m`-token product with `n` weight rows of `k` columns takes the
 /// offset form: `None` nowhere, `Some(false)` in the weight blocks where it
 /// pays (see [`SplitRows::with_split`]), `Some(true)` in every block (tests).
@@ -433,11 +467,17 @@ fn offset_form_use(form: GemmForm, m: usize, n: usize, k: usize) -> Option<bool>
     match form {
         GemmForm::Sign => None,
         GemmForm::Offset => Some(true),
-        GemmForm::Auto => (m >= OFFSET_MIN_TOKENS
-            && n >= OFFSET_MIN_ROWS
-            && k >= OFFSET_MIN_COLUMNS
-            && simd::active() == simd::Isa::Avx2)
-            .then_some(false),
+        GemmForm::Auto => {
+            let products = m.saturating_mul(n).saturating_mul(k);
+            let vnni = simd::offset_takes_any_weights()
+                && m >= VNNI_OFFSET_MIN_TOKENS
+                && products >= VNNI_OFFSET_MIN_PRODUCTS;
+            let avx2 = m >= OFFSET_MIN_TOKENS
+                && n >= OFFSET_MIN_ROWS
+                && k >= OFFSET_MIN_COLUMNS
+                && simd::active() == simd::Isa::Avx2;
+            (vnni || avx2).then_some(false)
+        }
     }
 }
 
@@ -792,12 +832,28 @@ fn transpose8x8(mut x: [u64; 8]) -> [u64; 8] {
 }
 
 /// What the GEMM's offset form needs of the tokens (see
-/// [`QuantizedActs::offset_q`]).
+/// [`OffsetCopies`]).
 #[derive(Clone, Copy)]
 struct OffsetTokens<'a> {
     u: Tokens<'a>,
     qt: &'a [i8],
     always: bool,
+    unsplit: bool,
+}
+
+/// The tokens' copies for the GEMM's offset form.
+pub(crate) struct OffsetCopies {
+    /// `q` with every top bit flipped (`q + 128` as unsigned bytes).
+    flipped: Vec<i8>,
+    /// `q` transposed (`[k, m]`), for the products of the split's
+    /// residuals; empty when `unsplit`.
+    transposed: Vec<i8>,
+    /// Whether every weight block takes the form.
+    always: bool,
+    /// Whether the weights go to the kernel unsplit (chosen once per
+    /// product: [`simd::offset_takes_any_weights`] when the tokens were
+    /// prepared).
+    unsplit: bool,
 }
 
 /// A product's quantized activations: token `i` is
@@ -807,10 +863,8 @@ pub(crate) struct QuantizedActs {
     pub scales: Vec<f32>,
     pub k: usize,
     pub stride: usize,
-    /// For the GEMM's offset form: `q` with every top bit flipped (`q +
-    /// 128` as unsigned bytes), `q` transposed (`[k, m]`), and whether
-    /// every weight block takes the form.
-    pub offset_q: Option<(Vec<i8>, Vec<i8>, bool)>,
+    /// The copies for the GEMM's offset form, where it takes it.
+    pub offset_q: Option<OffsetCopies>,
 }
 
 impl QuantizedActs {
@@ -875,30 +929,45 @@ impl QuantizedActs {
     /// Adds the offset tokens for the offset form's use (see
     /// [`offset_form_use`]).
     ///
-    /// The two copies double the tokens' memory; when that cannot be had,
-    /// the product keeps the sign form (the same bits) instead of failing.
+    /// The copies (two where the weights are split, one where not) double
+    /// or triple the tokens' memory; when that cannot be had, the product
+    /// keeps the sign form (the same bits) instead of failing.
     fn with_offset(mut self, offset: Option<bool>) -> Self {
         if let Some(always) = offset {
+            let unsplit = simd::offset_takes_any_weights();
+            let transposed_len = if unsplit {
+                0
+            } else {
+                self.k * self.scales.len()
+            };
             let copies = try_reserved::<i8>(self.q.len())
-                .and_then(|flipped| Ok((flipped, try_vec(self.k * self.scales.len(), 0i8)?)));
+                .and_then(|flipped| Ok((flipped, try_vec(transposed_len, 0i8)?)));
             if let Ok((mut flipped, mut transposed)) = copies {
                 flipped.extend(self.q.iter().map(|&v| v ^ i8::MIN));
-                transpose_tokens(self.tokens(), self.scales.len(), &mut transposed);
-                self.offset_q = Some((flipped, transposed, always));
+                if !unsplit {
+                    transpose_tokens(self.tokens(), self.scales.len(), &mut transposed);
+                }
+                self.offset_q = Some(OffsetCopies {
+                    flipped,
+                    transposed,
+                    always,
+                    unsplit,
+                });
             }
         }
         self
     }
 
     fn offset_tokens(&self) -> Option<OffsetTokens<'_>> {
-        self.offset_q.as_ref().map(|(q, qt, always)| OffsetTokens {
+        self.offset_q.as_ref().map(|copies| OffsetTokens {
             u: Tokens {
-                q,
+                q: &copies.flipped,
                 k: self.k,
                 stride: self.stride,
             },
-            qt,
-            always: *always,
+            qt: &copies.transposed,
+            always: copies.always,
+            unsplit: copies.unsplit,
         })
     }
 }
@@ -1206,10 +1275,10 @@ mod tests {
             *v = next() as u8 as i8;
         }
         let block = |b: usize| &w[b * rows_per_block * k..((b + 1) * rows_per_block).min(n) * k];
-        assert!(SplitRows::with_split(block(0), k, true, |_| ()).is_none());
-        assert!(SplitRows::with_split(block(0), k, false, |_| ()).is_some());
+        assert!(SplitRows::with_split(block(0), k, true, false, |_| ()).is_none());
+        assert!(SplitRows::with_split(block(0), k, false, false, |_| ()).is_some());
         for b in 1..4 {
-            assert!(SplitRows::with_split(block(b), k, true, |_| ()).is_some());
+            assert!(SplitRows::with_split(block(b), k, true, false, |_| ()).is_some());
         }
         let x: Vec<f32> = (0..m * k)
             .map(|i| ((i * 613 % 419) as f32 - 209.0) * 0.021)
@@ -1311,6 +1380,65 @@ mod tests {
                     assert_eq!(acc, want, "{isa:?} first {first} count {count}");
                 }
             }
+        }
+        simd::set_isa(simd::best_supported()).unwrap();
+    }
+
+    /// The offset form's row pairs on weights that were not split (any
+    /// int8, as the VNNI paths take them; `pair_safe` false) equal the sign
+    /// form's row pairs on every path — on AVX2, whose `maddubs` would
+    /// saturate on them, by going to the scalar twin — and `sum_i8` (which
+    /// gives those rows' offsets) is the plain sum.
+    #[test]
+    fn unsplit_offset_row_pairs_on_every_path() {
+        const T: usize = 4;
+        let (k, pairs) = (4096 + 96 + 5, 5);
+        let body = k / 32 * 32;
+        let mut next = crate::test_rng::xorshift(11);
+        let w: Vec<i8> = (0..2 * pairs * k)
+            .map(|i| if i % 7 == 0 { i8::MIN } else { next() as i8 })
+            .collect();
+        let q: Vec<Vec<i8>> = (0..T)
+            .map(|_| {
+                (0..k)
+                    .map(|_| (next() % 255) as u8 as i8)
+                    .map(|v| v.max(-127))
+                    .collect()
+            })
+            .collect();
+        let u: Vec<Vec<i8>> = q
+            .iter()
+            .map(|r| r.iter().map(|&v| v ^ i8::MIN).collect())
+            .collect();
+        let (q, u): ([&[i8]; T], [&[i8]; T]) = (
+            core::array::from_fn(|t| &q[t][..]),
+            core::array::from_fn(|t| &u[t][..]),
+        );
+        let ws: Vec<f32> = (0..2 * pairs).map(|j| 1e-4 * (j + 3) as f32).collect();
+        let ts = [0.5, 0.01, 2.0, 1e-3];
+        let mut want = vec![[[0.0f32; 2]; T]; pairs];
+        simd::w8a8_row_pairs(&w, &q, &ws, ts, None, &mut want);
+        for isa in simd::supported() {
+            simd::set_isa(isa).unwrap();
+            let extras: Vec<[[i32; 2]; T]> = (0..pairs)
+                .map(|p| {
+                    core::array::from_fn(|t| {
+                        core::array::from_fn(|i| {
+                            let row = &w[(2 * p + i) * k..(2 * p + i + 1) * k];
+                            let sum = simd::sum_i8(&row[..body]);
+                            assert_eq!(sum, row[..body].iter().map(|&v| v as i64).sum::<i64>());
+                            let tail = simd::scalar::dot_i8(&row[body..], &q[t][body..]);
+                            (sum as i32).wrapping_mul(-128).wrapping_add(tail as i32)
+                        })
+                    })
+                })
+                .collect();
+            let mut got = vec![[[0.0f32; 2]; T]; pairs];
+            simd::w8a8_row_pairs_offset(&w, &u, &extras, &ws, ts, None, &mut got, false);
+            let bits = |y: &[[[f32; 2]; T]]| -> Vec<u32> {
+                y.iter().flatten().flatten().map(|v| v.to_bits()).collect()
+            };
+            assert_eq!(bits(&got), bits(&want), "{isa:?}");
         }
         simd::set_isa(simd::best_supported()).unwrap();
     }

@@ -290,6 +290,9 @@ impl<'a> DisjointOut<'a> {
                 4 => dst
                     .cast::<[f32; 4]>()
                     .write_unaligned([values[0], values[1], values[2], values[3]]),
+                32 => dst
+                    .cast::<[f32; 32]>()
+                    .write_unaligned(core::array::from_fn(|i| values[i])),
                 len => core::ptr::copy_nonoverlapping(values.as_ptr(), dst, len),
             }
         };

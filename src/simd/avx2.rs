@@ -746,19 +746,23 @@ pub unsafe fn add_residual_products(
     scalar::add_residual_products(&mut acc[body..], cols, vals, qt, m, first + body);
 }
 
-/// See [`super::w8a8_row_pairs_offset`]: per pair of rows, `maddubs` of the
-/// offset tokens by the pair-safe weights, which never saturates, so each
-/// product costs `maddubs`, `madd` and `add` — the sign form's `sign` per
-/// product is gone.
+/// Body of the `w8a8_row_pairs_offset` kernels
+/// ([`super::w8a8_row_pairs_offset`]): per pair of rows, the offset tokens
+/// (unsigned) times the weights (signed) by `M`, so each product costs one
+/// multiply-add — the sign form's `sign` per product is gone. With
+/// `maddubs` the weights must be pair-safe (it never saturates on them);
+/// a [`MulAdd::FULL_U8`] multiply-add takes any weights.
 ///
 /// # Safety
-/// AVX2 available; `clip` holds `2 * out.len()` rows of `k` values whose
-/// column pairs are pair-safe, every `u` row is `k` long, `extras` and `ws`
-/// (and `bias`) match `out` (the dispatcher checks all of it).
-#[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
-#[target_feature(enable = "avx2")]
-pub unsafe fn w8a8_row_pairs_offset<const T: usize>(
-    clip: &[i8],
+/// The CPU supports AVX2 and `M`'s instructions; `w` holds `2 * out.len()`
+/// rows of `k` values (pair-safe unless `M::FULL_U8`), every `u` row is `k`
+/// long with `k < EXACT_I32_TOTAL`, `extras` and `ws` (and `bias`) match
+/// `out` (the dispatcher checks all of it).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn w8a8_row_pairs_offset_with<M: MulAdd, const R: usize, const T: usize>(
+    mul: M,
+    w: &[i8],
     u: &[&[i8]; T],
     extras: &[[[i32; 2]; T]],
     ws: &[f32],
@@ -766,49 +770,125 @@ pub unsafe fn w8a8_row_pairs_offset<const T: usize>(
     bias: Option<&[f32]>,
     out: &mut [[[f32; 2]; T]],
 ) {
-    let mul = Maddubs::new();
+    debug_assert!(R >= 2 && R.is_multiple_of(2));
     let k = u[0].len();
     let body = k / 32 * 32;
-    for (p, y) in out.iter_mut().enumerate() {
-        let j = 2 * p;
-        let rows = [&clip[j * k..(j + 1) * k], &clip[(j + 1) * k..(j + 2) * k]];
-        let mut acc = [[_mm256_setzero_si256(); T]; 2];
-        let mut i = 0;
-        // i + 32 <= body <= every row's length.
-        while i < body {
-            let mut uv = [_mm256_setzero_si256(); T];
-            for t in 0..T {
-                uv[t] = load32_i8(u[t], i);
-            }
-            for r in 0..2 {
-                let wv = load32_i8(rows[r], i);
-                for t in 0..T {
-                    acc[r][t] = mul.mul_add(acc[r][t], uv[t], wv);
-                }
-            }
-            i += 32;
+    let row = |j: usize| &w[j * k..(j + 1) * k];
+    let pairs = out.len();
+    let mut p = 0;
+    // R / 2 pairs at a time where the registers hold them, then single
+    // pairs; body <= k == every row's length.
+    while p + R / 2 <= pairs {
+        let rows: [&[i8]; R] = core::array::from_fn(|r| row(2 * p + r));
+        let acc = offset_tile_sums(mul, &rows, u, body);
+        for i in 0..R / 2 {
+            let pair = [acc[2 * i], acc[2 * i + 1]];
+            out[p + i] = finish_offset_pair(&pair, &extras[p + i], ws, ts, bias, 2 * (p + i));
         }
-        let e = &extras[p];
-        *y = finish_pair_tile(
-            &acc,
-            |t, u| Some(_mm_setr_epi32(e[t][0], e[t][1], e[u][0], e[u][1])),
-            [ws[j], ws[j + 1]],
-            ts,
-            bias.map(|b| [b[j], b[j + 1]]),
-        );
+        p += R / 2;
+    }
+    while p < pairs {
+        let acc = offset_tile_sums(mul, &[row(2 * p), row(2 * p + 1)], u, body);
+        out[p] = finish_offset_pair(&acc, &extras[p], ws, ts, bias, 2 * p);
+        p += 1;
     }
 }
 
+/// [`finish_pair_tile`] of weight rows `j` and `j + 1` with their extras
+/// `e` (a function, not a closure: a closure would not inherit the
+/// caller's target features, and its intrinsics would become calls).
+///
+/// # Safety
+/// AVX2 available.
+#[inline(always)]
+unsafe fn finish_offset_pair<const T: usize>(
+    acc: &[[__m256i; T]; 2],
+    e: &[[i32; 2]; T],
+    ws: &[f32],
+    ts: [f32; T],
+    bias: Option<&[f32]>,
+    j: usize,
+) -> [[f32; 2]; T] {
+    finish_pair_tile(
+        acc,
+        |t, u| Some(_mm_setr_epi32(e[t][0], e[t][1], e[u][0], e[u][1])),
+        [ws[j], ws[j + 1]],
+        ts,
+        bias.map(|b| [b[j], b[j + 1]]),
+    )
+}
+
+/// i32 lane sums of `u[t][i] * w[r][i]` over the first `body` columns (a
+/// multiple of 32, at most every row's length): `u` unsigned, `w` signed,
+/// multiplied by `M` (see [`w8a8_row_pairs_offset_with`] for when that is
+/// exact). Each vector is loaded once for the whole tile.
+///
+/// # Safety
+/// The CPU supports AVX2 and `M`'s instructions; `body` as above.
+#[allow(clippy::needless_range_loop)] // r, t index several parallel arrays
+#[inline(always)]
+unsafe fn offset_tile_sums<M: MulAdd, const R: usize, const T: usize>(
+    mul: M,
+    w: &[&[i8]; R],
+    u: &[&[i8]; T],
+    body: usize,
+) -> [[__m256i; T]; R] {
+    let mut acc = [[_mm256_setzero_si256(); T]; R];
+    let mut i = 0;
+    // i + 32 <= body <= every row's length.
+    while i < body {
+        let mut uv = [_mm256_setzero_si256(); T];
+        for t in 0..T {
+            uv[t] = load32_i8(u[t], i);
+        }
+        for r in 0..R {
+            let wv = load32_i8(w[r], i);
+            for t in 0..T {
+                acc[r][t] = mul.mul_add(acc[r][t], uv[t], wv);
+            }
+        }
+        i += 32;
+    }
+    acc
+}
+
+/// See [`super::sum_i8`]: `w ^ 0x80` is `w + 128` as unsigned bytes, which
+/// `sad` against zero sums eight at a time into u64 lanes.
+///
+/// # Safety
+/// AVX2 available.
+#[target_feature(enable = "avx2")]
+pub unsafe fn sum_i8(w: &[i8]) -> i64 {
+    let body = w.len() / 32 * 32;
+    let flip = _mm256_set1_epi8(i8::MIN);
+    let zero = _mm256_setzero_si256();
+    let mut sums = _mm256_setzero_si256();
+    let mut i = 0;
+    // i + 32 <= body <= len: every load is in bounds.
+    while i < body {
+        let unsigned = _mm256_xor_si256(load32_i8(w, i), flip);
+        sums = _mm256_add_epi64(sums, _mm256_sad_epu8(unsigned, zero));
+        i += 32;
+    }
+    let mut lanes = [0i64; 4];
+    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sums);
+    // Each u64 lane is at most 255 * len / 4: no overflow for any slice.
+    let offset_sum: i64 = lanes.iter().sum::<i64>() - 128 * body as i64;
+    offset_sum + scalar::sum_i8(&w[body..])
+}
+
 /// The int8 dot kernels of one instruction set: `dot_i8`, `dot_tile`,
-/// `w8a8_tile` and `w8a8_row_pairs` (see the dispatchers in `simd` for
+/// `w8a8_tile`, `w8a8_row_pairs` and `w8a8_row_pairs_offset` (see the dispatchers in `simd` for
 /// what each computes), each the generic body above compiled with the
-/// set's target features and its [`MulAdd`].
+/// set's target features and its [`MulAdd`]; `$offset_rows` weight rows
+/// per tile of `w8a8_row_pairs_offset` (4 rows by 4 tokens is 16
+/// accumulators: only AVX-512's 32 vector registers hold that tile).
 ///
 /// Each `pub unsafe fn` requires that the CPU supports `$features` (the
 /// dispatcher checks) and the body's preconditions (the dispatcher asserts
 /// them).
 macro_rules! int8_dot_paths {
-    ($(#[$doc:meta])* $name:ident, $features:literal, $mul:expr) => {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $mul:expr, $offset_rows:literal) => {
         $(#[$doc])*
         pub mod $name {
             use super::*;
@@ -856,6 +936,21 @@ macro_rules! int8_dot_paths {
             ) {
                 w8a8_row_pairs_with($mul, w, a, ws, ts, bias, out)
             }
+
+            /// # Safety
+            /// See [`int8_dot_paths`] and `w8a8_row_pairs_offset_with`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn w8a8_row_pairs_offset<const T: usize>(
+                w: &[i8],
+                u: &[&[i8]; T],
+                extras: &[[[i32; 2]; T]],
+                ws: &[f32],
+                ts: [f32; T],
+                bias: Option<&[f32]>,
+                out: &mut [[[f32; 2]; T]],
+            ) {
+                w8a8_row_pairs_offset_with::<_, $offset_rows, T>($mul, w, u, extras, ws, ts, bias, out)
+            }
         }
     };
 }
@@ -864,19 +959,22 @@ int8_dot_paths!(
     /// AVX2 (`maddubs` + `madd`).
     madd,
     "avx2",
-    Maddubs::new()
+    Maddubs::new(),
+    2
 );
 int8_dot_paths!(
     /// AVX-VNNI (`vpdpbusd`, VEX).
     avx_vnni,
     "avx2,avxvnni",
-    AvxVnni
+    AvxVnni,
+    2
 );
 int8_dot_paths!(
     /// AVX512-VNNI on 256-bit registers (`vpdpbusd`, EVEX; needs AVX512VL).
     avx512_vnni,
     "avx2,avx512vnni,avx512vl",
-    Avx512Vnni
+    Avx512Vnni,
+    4
 );
 
 /// Sums of the eight i32 lanes of four vectors, exact, as one 4-lane vector.
@@ -1664,6 +1762,107 @@ mod tests {
         bias: Option<[f32; 2]>,
     ) -> [[f32; 2]; T] {
         w8a8_tile_with(EmulatedDpbusd, w, a, ws, ts, bias)
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn unsplit_row_pairs<const R: usize, const T: usize>(
+        w: &[i8],
+        u: &[&[i8]; T],
+        extras: &[[[i32; 2]; T]],
+        ws: &[f32],
+        ts: [f32; T],
+        bias: Option<&[f32]>,
+        out: &mut [[[f32; 2]; T]],
+    ) {
+        w8a8_row_pairs_offset_with::<_, R, T>(EmulatedDpbusd, w, u, extras, ws, ts, bias, out)
+    }
+
+    /// The offset-form row pairs with a full-range multiply-add (`vpdpbusd`,
+    /// emulated so that this runs on any AVX2 CPU) take the weights unsplit
+    /// — any int8, -128 and 127 often — in tiles of 2 and of 4 rows (with a
+    /// last single pair), and give the scalar definition's bits: the
+    /// extras carry `-128 * sum(w)` and the last `k % 32` columns.
+    #[test]
+    fn unsplit_offset_row_pairs_equal_the_definition() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        const T: usize = 3;
+        let mut next = xorshift(0x2b99_2ddf_a232_49d6);
+        for (k, pairs) in [(32, 1), (64, 3), (45, 5), (1056, 4), (4096, 2)] {
+            let body = k / 32 * 32;
+            let w: Vec<i8> = rows::<1>(&mut next, 2 * pairs * k).concat();
+            let q: [Vec<i8>; T] =
+                rows::<T>(&mut next, k).map(|r| r.into_iter().map(|v| v.max(-127)).collect());
+            let u: [Vec<i8>; T] = q
+                .clone()
+                .map(|r| r.into_iter().map(|v| v ^ i8::MIN).collect());
+            let (q, u): ([&[i8]; T], [&[i8]; T]) = (
+                core::array::from_fn(|t| &q[t][..]),
+                core::array::from_fn(|t| &u[t][..]),
+            );
+            let row = |j: usize| &w[j * k..(j + 1) * k];
+            let extras: Vec<[[i32; 2]; T]> = (0..pairs)
+                .map(|p| {
+                    core::array::from_fn(|t| {
+                        core::array::from_fn(|i| {
+                            let r = row(2 * p + i);
+                            let offset = (scalar::sum_i8(&r[..body]) as i32).wrapping_mul(-128);
+                            offset.wrapping_add(scalar::dot_i8(&r[body..], &q[t][body..]) as i32)
+                        })
+                    })
+                })
+                .collect();
+            let ws: Vec<f32> = (0..2 * pairs).map(|j| 1e-3 * (j + 1) as f32).collect();
+            let ts = [0.02, 3.0e-3, 0.7];
+            let bias: Vec<f32> = (0..2 * pairs).map(|j| j as f32 - 1.25).collect();
+            for b in [None, Some(&bias[..])] {
+                let want: Vec<[[f32; 2]; T]> = (0..pairs)
+                    .map(|p| {
+                        let pair = [row(2 * p), row(2 * p + 1)];
+                        let bp = b.map(|b| [b[2 * p], b[2 * p + 1]]);
+                        scalar::w8a8_tile(
+                            &scalar::dot_tile(&pair, &q),
+                            [ws[2 * p], ws[2 * p + 1]],
+                            ts,
+                            bp,
+                        )
+                    })
+                    .collect();
+                let bits = |y: &[[[f32; 2]; T]]| -> Vec<u32> {
+                    y.iter().flatten().flatten().map(|v| v.to_bits()).collect()
+                };
+                let mut two = vec![[[0.0; 2]; T]; pairs];
+                let mut four = two.clone();
+                // SAFETY: AVX2 checked; shapes as the kernel needs, k small.
+                unsafe {
+                    unsplit_row_pairs::<2, T>(&w, &u, &extras, &ws, ts, b, &mut two);
+                    unsplit_row_pairs::<4, T>(&w, &u, &extras, &ws, ts, b, &mut four);
+                }
+                assert_eq!(bits(&two), bits(&want), "2 rows, k={k} pairs={pairs}");
+                assert_eq!(bits(&four), bits(&want), "4 rows, k={k} pairs={pairs}");
+            }
+        }
+    }
+
+    /// `sum_i8` equals the plain sum, at every length around the 32-byte
+    /// body, on all -128 (the largest magnitudes) and random bytes.
+    #[test]
+    fn sum_i8_equals_the_plain_sum() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        for len in [0, 1, 31, 32, 33, 95, 4096, 70_001] {
+            for v in [
+                vec![i8::MIN; len],
+                vec![i8::MAX; len],
+                rows::<1>(&mut next, len).concat(),
+            ] {
+                // SAFETY: AVX2 checked.
+                assert_eq!(unsafe { sum_i8(&v) }, scalar::sum_i8(&v), "len={len}");
+            }
+        }
     }
 
     /// The dequantized tile in the offset form equals the scalar definition

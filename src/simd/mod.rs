@@ -424,8 +424,8 @@ pub fn w8a8_row_pairs<const T: usize>(
 }
 
 /// Whether the active path runs the AVX2 int8 kernels (AVX2 or a VNNI
-/// path on top of it), so [`split_pair_safe`] and [`w8a8_row_pairs_offset`]
-/// have a SIMD body.
+/// path on top of it), so [`split_pair_safe`], [`add_residual_products`]
+/// and [`sum_i8`] have a SIMD body.
 #[cfg(target_arch = "x86_64")]
 fn runs_avx2_int8() -> bool {
     active().runs_avx2()
@@ -498,57 +498,105 @@ pub fn add_residual_products(
     scalar::add_residual_products(acc, cols, vals, qt, m, first)
 }
 
-/// The offset form of [`w8a8_row_pairs`]: `clip` holds `2 * out.len()`
-/// pair-safe rows of `k` values (from [`split_pair_safe`] over the first
-/// `k / 32 * 32` columns), `u` the tokens with their top bit flipped
-/// (`q + 128` as unsigned bytes), and `out[p][t][r]` gets
-/// `(acc as f32 * ws[r]) * ts[t] (+ bias[r])` for row `r = 2p + i` with
+/// Whether the active path's [`w8a8_row_pairs_offset`] takes any int8
+/// weights: on the VNNI paths `vpdpbusd` sums four u8 x s8 products into
+/// i32 without saturating, so the GEMM's offset form needs no split of the
+/// weights there. Elsewhere it splits them ([`split_pair_safe`]) — on the
+/// scalar path too, whose kernel would take any weights, so that the split
+/// that AVX2 relies on has a scalar twin.
+pub fn offset_takes_any_weights() -> bool {
+    matches!(active(), Isa::AvxVnni | Isa::Avx512Vnni)
+}
+
+/// Exact `sum w[i]`.
+pub fn sum_i8(w: &[i8]) -> i64 {
+    #[cfg(target_arch = "x86_64")]
+    if runs_avx2_int8() {
+        // SAFETY: AVX2 confirmed by active().
+        return unsafe { avx2::sum_i8(w) };
+    }
+    scalar::sum_i8(w)
+}
+
+/// The offset form of [`w8a8_row_pairs`]: `w` holds `2 * out.len()` rows
+/// of `k` values — with `pair_safe`, pair-safe over the first `k / 32 * 32`
+/// columns (from [`split_pair_safe`]); else any int8 — `u` the
+/// tokens with their top bit flipped (`q + 128` as unsigned bytes), and
+/// `out[p][t][r]` gets `(acc as f32 * ws[r]) * ts[t] (+ bias[r])` for row
+/// `r = 2p + i` with
 ///
-/// `acc = (sum over the first k / 32 * 32 columns of u * clip) + extras[p][t][i]`
+/// `acc = (sum over the first k / 32 * 32 columns of u * w) + extras[p][t][i]`
 ///
-/// in wrapping i32 arithmetic. With `extras` holding `-128 * sum(clip)`, the
-/// residual's and the last `k % 32` columns' exact products, `acc` is the
-/// exact `sum q * w` whenever that fits in i32, so every value equals
-/// [`w8a8_row_pairs`]'s. The sums of pair-safe rows never saturate, so
-/// AVX2 needs no `sign` per product.
+/// in wrapping i32 arithmetic. With `extras` holding `-128 * sum(w)` over
+/// those columns, the split's residual products and the last `k % 32`
+/// columns' exact products, `acc` is the exact `sum q * w` of the original
+/// weights whenever that fits in i32, so every value equals
+/// [`w8a8_row_pairs`]'s. Pair-safe rows never saturate `maddubs`, so AVX2
+/// needs no `sign` per product; `vpdpbusd` never saturates at all. Rows
+/// that are not pair-safe go to the scalar twin on a path without
+/// [`offset_takes_any_weights`] (the path may have been switched since the
+/// caller chose not to split them).
 #[allow(clippy::too_many_arguments)]
 pub fn w8a8_row_pairs_offset<const T: usize>(
-    clip: &[i8],
+    w: &[i8],
     u: &[&[i8]; T],
     extras: &[[[i32; 2]; T]],
     ws: &[f32],
     ts: [f32; T],
     bias: Option<&[f32]>,
     out: &mut [[[f32; 2]; T]],
+    pair_safe: bool,
 ) {
     let k = u.first().map_or(0, |row| row.len());
     let rows = 2 * out.len();
     assert!(
         u.iter().all(|row| row.len() == k)
-            && clip.len() == rows * k
+            && w.len() == rows * k
             && extras.len() == out.len()
             && ws.len() == rows
             && bias.is_none_or(|b| b.len() == rows),
         "w8a8_row_pairs_offset: shapes"
     );
     // Only each row's first k / 32 * 32 columns go through `maddubs`.
-    debug_assert!(clip.chunks_exact(k.max(1)).all(|row| {
-        row[..k / 32 * 32]
-            .chunks_exact(2)
-            .all(|p| scalar::is_pair_safe(p[0], p[1]))
-    }));
+    debug_assert!(
+        !pair_safe
+            || w.chunks_exact(k.max(1)).all(|row| {
+                row[..k / 32 * 32]
+                    .chunks_exact(2)
+                    .all(|p| scalar::is_pair_safe(p[0], p[1]))
+            })
+    );
     assert!(
         k < EXACT_I32_TOTAL,
         "w8a8_row_pairs_offset: k = {k} too long for i32 sums"
     );
     #[cfg(target_arch = "x86_64")]
-    if T > 0 && runs_avx2_int8() {
-        // SAFETY: AVX2 confirmed by active(); shapes checked above.
-        return unsafe { avx2::w8a8_row_pairs_offset(clip, u, extras, ws, ts, bias, out) };
+    if T > 0 {
+        // SAFETY (all three): the path's features confirmed by active()
+        // (read once); shapes checked above; `maddubs` only on pair-safe
+        // rows.
+        match active() {
+            Isa::Avx2 if pair_safe => {
+                return unsafe {
+                    avx2::madd::w8a8_row_pairs_offset(w, u, extras, ws, ts, bias, out)
+                }
+            }
+            Isa::AvxVnni => {
+                return unsafe {
+                    avx2::avx_vnni::w8a8_row_pairs_offset(w, u, extras, ws, ts, bias, out)
+                }
+            }
+            Isa::Avx512Vnni => {
+                return unsafe {
+                    avx2::avx512_vnni::w8a8_row_pairs_offset(w, u, extras, ws, ts, bias, out)
+                }
+            }
+            _ => {}
+        }
     }
     for (p, y) in out.iter_mut().enumerate() {
         let j = 2 * p;
-        let pair = [&clip[j * k..(j + 1) * k], &clip[(j + 1) * k..(j + 2) * k]];
+        let pair = [&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]];
         *y = scalar::w8a8_pair_offset(
             &pair,
             u,

@@ -115,6 +115,11 @@ pub fn split_pair_safe(
     (sum, count)
 }
 
+/// See [`super::sum_i8`].
+pub fn sum_i8(w: &[i8]) -> i64 {
+    w.iter().map(|&v| v as i64).sum()
+}
+
 /// See [`super::add_residual_products`].
 pub fn add_residual_products(
     acc: &mut [i32],
