@@ -75,12 +75,20 @@ pub(crate) struct Tokens<'a> {
     pub q: &'a [i8],
     pub k: usize,
     pub stride: usize,
+    /// Each token's [`simd::token_sum`], where the product computed them
+    /// (for the VNNI paths' row pairs).
+    pub sums: Option<&'a [i32]>,
 }
 
 impl<'a> Tokens<'a> {
     /// Tokens stored one after the other.
     pub(crate) fn dense(q: &'a [i8], k: usize) -> Self {
-        Tokens { q, k, stride: k }
+        Tokens {
+            q,
+            k,
+            stride: k,
+            sums: None,
+        }
     }
 
     #[inline(always)]
@@ -155,6 +163,7 @@ impl Sink<'_> {
         let tokens: [&[i8]; T] = core::array::from_fn(|t| q.row(m0 + t));
         let d = &self.dequant;
         let ts: [f32; T] = core::array::from_fn(|t| d.token_scales[m0 + t]);
+        let sums = q.sums.map(|s| core::array::from_fn(|t| s[m0 + t]));
         let mut y = [[[0.0f32; 2]; T]; CHUNK];
         let mut p0 = 0;
         while p0 < pairs {
@@ -163,6 +172,8 @@ impl Sink<'_> {
             simd::w8a8_row_pairs(
                 &w[j * k..j_end * k],
                 &tokens,
+                sums,
+                m0 == 0,
                 &d.weight_scales[j..j_end],
                 ts,
                 d.bias.map(|b| &b[j..j_end]),
@@ -175,8 +186,8 @@ impl Sink<'_> {
     }
 
     /// [`Sink::row_pairs`] in the offset form: `split` holds the caller's
-    /// block of the weight rows `w` (starting at row `block_start`) split,
-    /// `u` the tokens with their top bit flipped.
+    /// block of rows (starting at weight row `block_start`) split, `u` the
+    /// tokens with their top bit flipped.
     ///
     /// # Safety
     /// The caller's task owns weight rows `j0..j0 + 2 * pairs`.
@@ -184,7 +195,6 @@ impl Sink<'_> {
     #[inline(always)]
     unsafe fn row_pairs_offset<const T: usize>(
         &self,
-        w: &[i8],
         split: &SplitRows,
         block_start: usize,
         u: Tokens<'_>,
@@ -193,7 +203,6 @@ impl Sink<'_> {
         pairs: usize,
     ) {
         const CHUNK: usize = 16;
-        let block = &w[block_start * u.k..];
         let offset_tokens: [&[i8]; T] = core::array::from_fn(|t| u.row(m0 + t));
         let d = &self.dequant;
         let ts: [f32; T] = core::array::from_fn(|t| d.token_scales[m0 + t]);
@@ -212,14 +221,13 @@ impl Sink<'_> {
                 }
             }
             simd::w8a8_row_pairs_offset(
-                split.rows(block, j - block_start..j_end - block_start),
+                split.clip_rows(j - block_start..j_end - block_start),
                 &offset_tokens,
                 &extras[..count],
                 &d.weight_scales[j..j_end],
                 ts,
                 d.bias.map(|b| &b[j..j_end]),
                 &mut y[..count],
-                split.pair_safe(),
             );
             // SAFETY: the caller owns these columns.
             unsafe { self.write_pairs(m0, j, &y[..count]) };
@@ -274,7 +282,7 @@ unsafe fn pair_rows<const T: usize>(
     unsafe {
         match offset {
             Some((split, u)) => {
-                sink.row_pairs_offset::<T>(w, split, rows.start, u, m0, rows.start, pairs)
+                sink.row_pairs_offset::<T>(split, rows.start, u, m0, rows.start, pairs)
             }
             None => sink.row_pairs::<T>(w, q, m0, rows.start, pairs),
         }
@@ -333,15 +341,9 @@ unsafe fn gemm_block(
         // SAFETY: the rows are the caller's.
         return unsafe { tile_rows::<4, 1>(w, q, rows, 0, sink) };
     }
-    if let Some(OffsetTokens {
-        u,
-        qt,
-        always,
-        unsplit,
-    }) = offset_tokens
-    {
+    if let Some(OffsetTokens { u, qt, always }) = offset_tokens {
         let block = &w[rows.start * k..rows.end * k];
-        let done = SplitRows::with_split(block, k, !always, unsplit, |split| {
+        let done = SplitRows::with_split(block, k, !always, |split| {
             // The per-output corrections for a chunk of tokens at a time,
             // so their buffer stays small however many tokens there are.
             for t0 in (0..m).step_by(EXTRA_TOKENS) {
@@ -397,9 +399,9 @@ unsafe fn token_groups(
 pub enum GemmForm {
     /// The offset form on the AVX2 path from [`OFFSET_MIN_TOKENS`] tokens,
     /// [`OFFSET_MIN_ROWS`] rows and [`OFFSET_MIN_COLUMNS`] columns, in the
-    /// weight blocks whose residual is sparse; on the VNNI paths (whose
-    /// `vpdpbusd` needs no split) from [`VNNI_OFFSET_MIN_TOKENS`] tokens and
-    /// [`VNNI_OFFSET_MIN_PRODUCTS`] products; else the sign form.
+    /// weight blocks whose residual is sparse; else the sign form (which
+    /// the VNNI paths run with the weights as the unsigned side: see
+    /// [`simd::w8a8_row_pairs`]).
     Auto,
     /// `|w|` times `a` with `w`'s sign (`abs`, `sign`, then the multiply).
     Sign,
@@ -445,18 +447,6 @@ pub const OFFSET_MIN_COLUMNS: usize = 1024;
 /// See [`OFFSET_MIN_TOKENS`].
 pub const OFFSET_MIN_ROWS: usize = 1024;
 
-/// From this many tokens, and [`VNNI_OFFSET_MIN_PRODUCTS`] products
-/// (tokens x rows x columns), the VNNI paths take the offset form: no
-/// split, but a pass over each weight block for its row sums, a flipped
-/// copy of the tokens and per-output corrections, which small products do
-/// not repay (measured on Zen 4 at 2 threads, in-process A/B, offset ÷ sign
-/// time: 1.15 at 4 x 4096 x 4096, 0.84 at 8, 0.72 at 16; 0.76 at 8 x
-/// 11008 x 4096; 1.35 at 8 x 1536 x 384 and 1.06 at 64 x 384 x 384; 0.90–0.96
-/// at MiniLM's 184 x 384 x 1536 and 184 x 1536 x 384).
-pub const VNNI_OFFSET_MIN_TOKENS: usize = 8;
-/// See [`VNNI_OFFSET_MIN_TOKENS`].
-pub const VNNI_OFFSET_MIN_PRODUCTS: usize = 1 << 25;
-
 /// Where an `m`-token product with `n` weight rows of `k` columns takes the
 /// offset form: `None` nowhere, `Some(false)` in the weight blocks where it
 /// pays (see [`SplitRows::with_split`]), `Some(true)` in every block (tests).
@@ -467,17 +457,11 @@ fn offset_form_use(form: GemmForm, m: usize, n: usize, k: usize) -> Option<bool>
     match form {
         GemmForm::Sign => None,
         GemmForm::Offset => Some(true),
-        GemmForm::Auto => {
-            let products = m.saturating_mul(n).saturating_mul(k);
-            let vnni = simd::offset_takes_any_weights()
-                && m >= VNNI_OFFSET_MIN_TOKENS
-                && products >= VNNI_OFFSET_MIN_PRODUCTS;
-            let avx2 = m >= OFFSET_MIN_TOKENS
-                && n >= OFFSET_MIN_ROWS
-                && k >= OFFSET_MIN_COLUMNS
-                && simd::active() == simd::Isa::Avx2;
-            (vnni || avx2).then_some(false)
-        }
+        GemmForm::Auto => (m >= OFFSET_MIN_TOKENS
+            && n >= OFFSET_MIN_ROWS
+            && k >= OFFSET_MIN_COLUMNS
+            && simd::active() == simd::Isa::Avx2)
+            .then_some(false),
     }
 }
 
@@ -769,11 +753,16 @@ pub(crate) fn w8a8_matmul_in_form(
     if act.per_token {
         // Quantized while the helper threads wake up.
         blocks.run_prepared(
-            || QuantizedActs::per_token(x, m, k, act, stride).map(|a| a.with_offset(offset)),
+            || {
+                QuantizedActs::per_token(x, m, k, act, stride)
+                    .map(|a| a.with_offset(offset).with_token_sums())
+            },
             gemm,
         )
     } else {
-        let acts = QuantizedActs::per_tensor(x, m, k, act, stride)?.with_offset(offset);
+        let acts = QuantizedActs::per_tensor(x, m, k, act, stride)?
+            .with_offset(offset)
+            .with_token_sums();
         blocks.run(|rows| gemm(&acts, rows));
         Ok(())
     }
@@ -838,7 +827,6 @@ struct OffsetTokens<'a> {
     u: Tokens<'a>,
     qt: &'a [i8],
     always: bool,
-    unsplit: bool,
 }
 
 /// The tokens' copies for the GEMM's offset form.
@@ -846,14 +834,10 @@ pub(crate) struct OffsetCopies {
     /// `q` with every top bit flipped (`q + 128` as unsigned bytes).
     flipped: Vec<i8>,
     /// `q` transposed (`[k, m]`), for the products of the split's
-    /// residuals; empty when `unsplit`.
+    /// residuals.
     transposed: Vec<i8>,
     /// Whether every weight block takes the form.
     always: bool,
-    /// Whether the weights go to the kernel unsplit (chosen once per
-    /// product: [`simd::offset_takes_any_weights`] when the tokens were
-    /// prepared).
-    unsplit: bool,
 }
 
 /// A product's quantized activations: token `i` is
@@ -865,6 +849,8 @@ pub(crate) struct QuantizedActs {
     pub stride: usize,
     /// The copies for the GEMM's offset form, where it takes it.
     pub offset_q: Option<OffsetCopies>,
+    /// Each token's [`simd::token_sum`], where the active path uses them.
+    pub sums: Option<Vec<i32>>,
 }
 
 impl QuantizedActs {
@@ -886,6 +872,7 @@ impl QuantizedActs {
             k,
             stride,
             offset_q: None,
+            sums: None,
         })
     }
 
@@ -915,6 +902,7 @@ impl QuantizedActs {
             k,
             stride,
             offset_q: None,
+            sums: None,
         })
     }
 
@@ -923,35 +911,40 @@ impl QuantizedActs {
             q: &self.q,
             k: self.k,
             stride: self.stride,
+            sums: self.sums.as_deref(),
         }
+    }
+
+    /// Adds each token's [`simd::token_sum`] where the active path uses
+    /// them (the VNNI paths, for two or more tokens); without them (or
+    /// when they cannot be allocated) the product gives the same bits.
+    fn with_token_sums(mut self) -> Self {
+        let m = self.scales.len();
+        if m >= 2 && simd::full_range_int8_madd() {
+            if let Ok(mut sums) = try_reserved::<i32>(m) {
+                sums.extend((0..m).map(|i| simd::token_sum(self.tokens().row(i))));
+                self.sums = Some(sums);
+            }
+        }
+        self
     }
 
     /// Adds the offset tokens for the offset form's use (see
     /// [`offset_form_use`]).
     ///
-    /// The copies (two where the weights are split, one where not) double
-    /// or triple the tokens' memory; when that cannot be had, the product
-    /// keeps the sign form (the same bits) instead of failing.
+    /// The two copies double the tokens' memory; when that cannot be had,
+    /// the product keeps the sign form (the same bits) instead of failing.
     fn with_offset(mut self, offset: Option<bool>) -> Self {
         if let Some(always) = offset {
-            let unsplit = simd::offset_takes_any_weights();
-            let transposed_len = if unsplit {
-                0
-            } else {
-                self.k * self.scales.len()
-            };
             let copies = try_reserved::<i8>(self.q.len())
-                .and_then(|flipped| Ok((flipped, try_vec(transposed_len, 0i8)?)));
+                .and_then(|flipped| Ok((flipped, try_vec(self.k * self.scales.len(), 0i8)?)));
             if let Ok((mut flipped, mut transposed)) = copies {
                 flipped.extend(self.q.iter().map(|&v| v ^ i8::MIN));
-                if !unsplit {
-                    transpose_tokens(self.tokens(), self.scales.len(), &mut transposed);
-                }
+                transpose_tokens(self.tokens(), self.scales.len(), &mut transposed);
                 self.offset_q = Some(OffsetCopies {
                     flipped,
                     transposed,
                     always,
-                    unsplit,
                 });
             }
         }
@@ -964,10 +957,10 @@ impl QuantizedActs {
                 q: &copies.flipped,
                 k: self.k,
                 stride: self.stride,
+                sums: None,
             },
             qt: &copies.transposed,
             always: copies.always,
-            unsplit: copies.unsplit,
         })
     }
 }
@@ -1275,10 +1268,10 @@ mod tests {
             *v = next() as u8 as i8;
         }
         let block = |b: usize| &w[b * rows_per_block * k..((b + 1) * rows_per_block).min(n) * k];
-        assert!(SplitRows::with_split(block(0), k, true, false, |_| ()).is_none());
-        assert!(SplitRows::with_split(block(0), k, false, false, |_| ()).is_some());
+        assert!(SplitRows::with_split(block(0), k, true, |_| ()).is_none());
+        assert!(SplitRows::with_split(block(0), k, false, |_| ()).is_some());
         for b in 1..4 {
-            assert!(SplitRows::with_split(block(b), k, true, false, |_| ()).is_some());
+            assert!(SplitRows::with_split(block(b), k, true, |_| ()).is_some());
         }
         let x: Vec<f32> = (0..m * k)
             .map(|i| ((i * 613 % 419) as f32 - 209.0) * 0.021)
@@ -1384,61 +1377,40 @@ mod tests {
         simd::set_isa(simd::best_supported()).unwrap();
     }
 
-    /// The offset form's row pairs on weights that were not split (any
-    /// int8, as the VNNI paths take them; `pair_safe` false) equal the sign
-    /// form's row pairs on every path — on AVX2, whose `maddubs` would
-    /// saturate on them, by going to the scalar twin — and `sum_i8` (which
-    /// gives those rows' offsets) is the plain sum.
+    /// The row pairs given the tokens' sums (which the VNNI paths use to
+    /// take the weights as the unsigned side) equal those without, on every
+    /// path, for any int8 weights; `token_sum` is the plain sum of the
+    /// whole 32-column steps.
     #[test]
-    fn unsplit_offset_row_pairs_on_every_path() {
+    fn row_pairs_with_token_sums_on_every_path() {
         const T: usize = 4;
         let (k, pairs) = (4096 + 96 + 5, 5);
-        let body = k / 32 * 32;
         let mut next = crate::test_rng::xorshift(11);
         let w: Vec<i8> = (0..2 * pairs * k)
             .map(|i| if i % 7 == 0 { i8::MIN } else { next() as i8 })
             .collect();
         let q: Vec<Vec<i8>> = (0..T)
-            .map(|_| {
-                (0..k)
-                    .map(|_| (next() % 255) as u8 as i8)
-                    .map(|v| v.max(-127))
-                    .collect()
-            })
+            .map(|_| (0..k).map(|_| (next() as i8).max(-127)).collect())
             .collect();
-        let u: Vec<Vec<i8>> = q
-            .iter()
-            .map(|r| r.iter().map(|&v| v ^ i8::MIN).collect())
-            .collect();
-        let (q, u): ([&[i8]; T], [&[i8]; T]) = (
-            core::array::from_fn(|t| &q[t][..]),
-            core::array::from_fn(|t| &u[t][..]),
-        );
+        let q: [&[i8]; T] = core::array::from_fn(|t| &q[t][..]);
         let ws: Vec<f32> = (0..2 * pairs).map(|j| 1e-4 * (j + 3) as f32).collect();
         let ts = [0.5, 0.01, 2.0, 1e-3];
+        let bits = |y: &[[[f32; 2]; T]]| -> Vec<u32> {
+            y.iter().flatten().flatten().map(|v| v.to_bits()).collect()
+        };
+        simd::set_isa(simd::Isa::Scalar).unwrap();
         let mut want = vec![[[0.0f32; 2]; T]; pairs];
-        simd::w8a8_row_pairs(&w, &q, &ws, ts, None, &mut want);
+        simd::w8a8_row_pairs(&w, &q, None, false, &ws, ts, None, &mut want);
         for isa in simd::supported() {
             simd::set_isa(isa).unwrap();
-            let extras: Vec<[[i32; 2]; T]> = (0..pairs)
-                .map(|p| {
-                    core::array::from_fn(|t| {
-                        core::array::from_fn(|i| {
-                            let row = &w[(2 * p + i) * k..(2 * p + i + 1) * k];
-                            let sum = simd::sum_i8(&row[..body]);
-                            assert_eq!(sum, row[..body].iter().map(|&v| v as i64).sum::<i64>());
-                            let tail = simd::scalar::dot_i8(&row[body..], &q[t][body..]);
-                            (sum as i32).wrapping_mul(-128).wrapping_add(tail as i32)
-                        })
-                    })
-                })
-                .collect();
-            let mut got = vec![[[0.0f32; 2]; T]; pairs];
-            simd::w8a8_row_pairs_offset(&w, &u, &extras, &ws, ts, None, &mut got, false);
-            let bits = |y: &[[[f32; 2]; T]]| -> Vec<u32> {
-                y.iter().flatten().flatten().map(|v| v.to_bits()).collect()
-            };
-            assert_eq!(bits(&got), bits(&want), "{isa:?}");
+            let sums = q.map(simd::token_sum);
+            let plain: i64 = q[1][..k / 32 * 32].iter().map(|&v| v as i64).sum();
+            assert_eq!(sums[1] as i64, plain, "{isa:?}");
+            for a_sums in [None, Some(sums)] {
+                let mut got = vec![[[0.0f32; 2]; T]; pairs];
+                simd::w8a8_row_pairs(&w, &q, a_sums, a_sums.is_some(), &ws, ts, None, &mut got);
+                assert_eq!(bits(&got), bits(&want), "{isa:?} {}", a_sums.is_some());
+            }
         }
         simd::set_isa(simd::best_supported()).unwrap();
     }
@@ -1452,7 +1424,12 @@ mod tests {
                 let q: Vec<i8> = (0..(m - 1) * stride + k)
                     .map(|i| (i * 37 % 256) as u8 as i8)
                     .collect();
-                let tokens = Tokens { q: &q, k, stride };
+                let tokens = Tokens {
+                    q: &q,
+                    k,
+                    stride,
+                    sums: None,
+                };
                 let mut qt = vec![0i8; k * m];
                 transpose_tokens(tokens, m, &mut qt);
                 for t in 0..m {

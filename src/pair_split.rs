@@ -4,10 +4,7 @@
 //! tokens (`q + 128`) by them with `maddubs`, which cannot saturate there,
 //! instead of paying a `sign` per product for signed tokens. The products
 //! stay exact; the residual, the offset and the last `k % 32` columns are
-//! added back per output as integers ([`SplitRows::extra`]). On the VNNI
-//! paths, whose multiply-add never saturates
-//! ([`simd::offset_takes_any_weights`]), the rows are used as they are and
-//! only the offset and the last columns are added back.
+//! added back per output as integers ([`SplitRows::extra`]).
 
 use core::cell::RefCell;
 use core::ops::Range;
@@ -27,12 +24,9 @@ const MAX_RESIDUAL_DENSITY: usize = 64;
 #[derive(Default)]
 pub(crate) struct SplitRows {
     k: usize,
-    /// Whether the rows are used as they are (`clip` then unused).
-    unsplit: bool,
     /// The pair-safe rows (`k` values each; the last `k % 32` copied as is).
     clip: Vec<i8>,
-    /// Per row, `-128 * sum(clip)` over the first `k / 32 * 32` columns
-    /// (of the row itself where unsplit).
+    /// Per row, `-128 * sum(clip)` over the first `k / 32 * 32` columns.
     offset: Vec<i32>,
     /// Row `r`'s residuals are `cols[starts[r]..starts[r + 1]]` (columns in
     /// the row) and the same range of `vals`.
@@ -59,15 +53,11 @@ impl SplitRows {
     /// Runs `f` with this thread's block buffers holding `w`'s rows (`k`
     /// values each) split, or, with `decline_dense`, returns `None` without
     /// calling it when the rows have too many residuals for the offset form
-    /// to pay (more than one per [`MAX_RESIDUAL_DENSITY`] values). With
-    /// `unsplit` (for a kernel that takes any weights, see
-    /// [`simd::offset_takes_any_weights`]) the rows are not split: only
-    /// their offsets are computed.
+    /// to pay (more than one per [`MAX_RESIDUAL_DENSITY`] values).
     pub(crate) fn with_split<R>(
         w: &[i8],
         k: usize,
         decline_dense: bool,
-        unsplit: bool,
         f: impl FnOnce(&mut SplitRows) -> R,
     ) -> Option<R> {
         let limit = if decline_dense {
@@ -75,35 +65,23 @@ impl SplitRows {
         } else {
             usize::MAX
         };
-        BLOCK.with_borrow_mut(|block| block.split(w, k, limit, unsplit).then(|| f(block)))
+        BLOCK.with_borrow_mut(|block| block.split(w, k, limit).then(|| f(block)))
     }
 
     /// Splits the rows of `w` into this block; false when they hold more
     /// than `limit` residuals (the block is then partly filled and
-    /// unusable). With `unsplit`, only the offsets are computed: no copy,
-    /// no residuals.
-    fn split(&mut self, w: &[i8], k: usize, limit: usize, unsplit: bool) -> bool {
+    /// unusable).
+    fn split(&mut self, w: &[i8], k: usize, limit: usize) -> bool {
         assert!(k > 0 && w.len().is_multiple_of(k), "SplitRows: shapes");
         let body = k / 32 * 32;
         self.k = k;
+        // Every value is written below.
+        self.clip.resize(w.len(), 0);
         self.offset.clear();
         self.starts.clear();
         self.cols.clear();
         self.vals.clear();
         self.starts.push(0);
-        self.unsplit = unsplit;
-        if unsplit {
-            for row in w.chunks_exact(k) {
-                // The block's rows are below EXACT_I32_TOTAL long: the sum
-                // fits in i32, and the offset wraps as the products do.
-                let sum = simd::sum_i8(&row[..body]) as i32;
-                self.offset.push(sum.wrapping_mul(-128));
-                self.starts.push(0);
-            }
-            return true;
-        }
-        // Every value is written below.
-        self.clip.resize(w.len(), 0);
         self.row_cols.resize(body / 2, 0);
         self.row_vals.resize(body / 2, 0);
         for (row, clip) in w.chunks_exact(k).zip(self.clip.chunks_exact_mut(k)) {
@@ -132,7 +110,7 @@ impl SplitRows {
     /// wrapping in i32 — what makes the offset sum `sum q * w` exactly. A
     /// row's residual products come from [`simd::add_residual_products`],
     /// which reads each residual column's tokens side by side from `qt`
-    /// (`q` transposed, `[k, m]`; unused, and may be empty, when unsplit).
+    /// (`q` transposed, `[k, m]`).
     pub(crate) fn fill_extras(
         &mut self,
         w: &[i8],
@@ -146,10 +124,7 @@ impl SplitRows {
         let rows = self.offset.len();
         let count = tokens.len();
         assert!(
-            w.len() == rows * k
-                && (qt.len() == k * m || self.cols.is_empty())
-                && tokens.end <= m
-                && q.count() >= m,
+            w.len() == rows * k && qt.len() == k * m && tokens.end <= m && q.count() >= m,
             "SplitRows: tokens"
         );
         self.first_token = tokens.start;
@@ -177,21 +152,9 @@ impl SplitRows {
         }
     }
 
-    /// The rows `rows` (indices within `w`, the block of rows given to
-    /// [`SplitRows::with_split`]), row-major, as the offset form's kernel
-    /// takes them: pair-safe, or `w`'s own where unsplit.
-    pub(crate) fn rows<'a>(&'a self, w: &'a [i8], rows: core::ops::Range<usize>) -> &'a [i8] {
-        let rows = rows.start * self.k..rows.end * self.k;
-        if self.unsplit {
-            &w[rows]
-        } else {
-            &self.clip[rows]
-        }
-    }
-
-    /// Whether [`SplitRows::rows`] are pair-safe (split), not the block's own.
-    pub(crate) fn pair_safe(&self) -> bool {
-        !self.unsplit
+    /// The pair-safe rows `rows` (indices within the block), row-major.
+    pub(crate) fn clip_rows(&self, rows: core::ops::Range<usize>) -> &[i8] {
+        &self.clip[rows.start * self.k..rows.end * self.k]
     }
 
     /// What [`simd::w8a8_row_pairs_offset`] adds to the offset sum of row

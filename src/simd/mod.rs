@@ -384,10 +384,21 @@ pub fn w8a8_tile<const T: usize>(
 /// `2 * out.len()` rows of `k` values (row-major), `ws` and `bias` one value
 /// per row; `out[p]` gets rows `2p` and `2p + 1`. Every value equals
 /// [`w8a8_tile`]'s, on every path.
+///
+/// `a_sums`, when given, must hold each token's sum over its first
+/// `k / 32 * 32` columns ([`token_sum`]): with them the VNNI paths take
+/// the weights as the unsigned side (`w + 128`) and subtract `128 * a_sums`,
+/// one `vpdpbusd` per product; the other paths do not need them. With
+/// `prefetch` (for rows that are probably not in cache yet) those kernels
+/// also fetch the next rows (`w` continues past `out`'s rows, or the
+/// prefetch lands nowhere, harmlessly) into L2 as they go.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 pub fn w8a8_row_pairs<const T: usize>(
     w: &[i8],
     a: &[&[i8]; T],
+    a_sums: Option<[i32; T]>,
+    prefetch: bool,
     ws: &[f32],
     ts: [f32; T],
     bias: Option<&[f32]>,
@@ -402,11 +413,14 @@ pub fn w8a8_row_pairs<const T: usize>(
             && bias.is_none_or(|b| b.len() == rows),
         "w8a8_row_pairs: shapes"
     );
+    debug_assert!(a_sums.is_none_or(|sums| sums == a.map(token_sum)));
     #[cfg(target_arch = "x86_64")]
     if T > 0 && k < EXACT_I32_TOTAL {
         // SAFETY: the path's features confirmed by active(); shapes checked
         // above, and k is small enough for i32 sums.
-        if let Some(()) = unsafe { avx2_int8_dot!(w8a8_row_pairs(w, a, ws, ts, bias, out)) } {
+        if let Some(()) =
+            unsafe { avx2_int8_dot!(w8a8_row_pairs(w, a, a_sums, prefetch, ws, ts, bias, out)) }
+        {
             return;
         }
     }
@@ -498,14 +512,18 @@ pub fn add_residual_products(
     scalar::add_residual_products(acc, cols, vals, qt, m, first)
 }
 
-/// Whether the active path's [`w8a8_row_pairs_offset`] takes any int8
-/// weights: on the VNNI paths `vpdpbusd` sums four u8 x s8 products into
-/// i32 without saturating, so the GEMM's offset form needs no split of the
-/// weights there. Elsewhere it splits them ([`split_pair_safe`]) — on the
-/// scalar path too, whose kernel would take any weights, so that the split
-/// that AVX2 relies on has a scalar twin.
-pub fn offset_takes_any_weights() -> bool {
+/// Whether the active path's int8 multiply-add takes every unsigned by
+/// signed byte product without saturating (the VNNI paths' `vpdpbusd`),
+/// so that [`w8a8_row_pairs`] can use the weights, offset by 128, as the
+/// unsigned side (given [`token_sum`]s).
+pub fn full_range_int8_madd() -> bool {
     matches!(active(), Isa::AvxVnni | Isa::Avx512Vnni)
+}
+
+/// A token's sum over its first `k / 32 * 32` columns, as
+/// [`w8a8_row_pairs`] takes it (wrapping in i32, as its sums do).
+pub fn token_sum(a: &[i8]) -> i32 {
+    sum_i8(&a[..a.len() / 32 * 32]) as i32
 }
 
 /// Exact `sum w[i]`.
@@ -518,85 +536,62 @@ pub fn sum_i8(w: &[i8]) -> i64 {
     scalar::sum_i8(w)
 }
 
-/// The offset form of [`w8a8_row_pairs`]: `w` holds `2 * out.len()` rows
-/// of `k` values — with `pair_safe`, pair-safe over the first `k / 32 * 32`
-/// columns (from [`split_pair_safe`]); else any int8 — `u` the
-/// tokens with their top bit flipped (`q + 128` as unsigned bytes), and
-/// `out[p][t][r]` gets `(acc as f32 * ws[r]) * ts[t] (+ bias[r])` for row
-/// `r = 2p + i` with
+/// The offset form of [`w8a8_row_pairs`]: `clip` holds `2 * out.len()`
+/// pair-safe rows of `k` values (from [`split_pair_safe`] over the first
+/// `k / 32 * 32` columns), `u` the tokens with their top bit flipped
+/// (`q + 128` as unsigned bytes), and `out[p][t][r]` gets
+/// `(acc as f32 * ws[r]) * ts[t] (+ bias[r])` for row `r = 2p + i` with
 ///
-/// `acc = (sum over the first k / 32 * 32 columns of u * w) + extras[p][t][i]`
+/// `acc = (sum over the first k / 32 * 32 columns of u * clip) + extras[p][t][i]`
 ///
-/// in wrapping i32 arithmetic. With `extras` holding `-128 * sum(w)` over
-/// those columns, the split's residual products and the last `k % 32`
-/// columns' exact products, `acc` is the exact `sum q * w` of the original
-/// weights whenever that fits in i32, so every value equals
-/// [`w8a8_row_pairs`]'s. Pair-safe rows never saturate `maddubs`, so AVX2
-/// needs no `sign` per product; `vpdpbusd` never saturates at all. Rows
-/// that are not pair-safe go to the scalar twin on a path without
-/// [`offset_takes_any_weights`] (the path may have been switched since the
-/// caller chose not to split them).
+/// in wrapping i32 arithmetic. With `extras` holding `-128 * sum(clip)`, the
+/// residual's and the last `k % 32` columns' exact products, `acc` is the
+/// exact `sum q * w` whenever that fits in i32, so every value equals
+/// [`w8a8_row_pairs`]'s. The sums of pair-safe rows never saturate, so
+/// AVX2 needs no `sign` per product.
 #[allow(clippy::too_many_arguments)]
 pub fn w8a8_row_pairs_offset<const T: usize>(
-    w: &[i8],
+    clip: &[i8],
     u: &[&[i8]; T],
     extras: &[[[i32; 2]; T]],
     ws: &[f32],
     ts: [f32; T],
     bias: Option<&[f32]>,
     out: &mut [[[f32; 2]; T]],
-    pair_safe: bool,
 ) {
     let k = u.first().map_or(0, |row| row.len());
     let rows = 2 * out.len();
     assert!(
         u.iter().all(|row| row.len() == k)
-            && w.len() == rows * k
+            && clip.len() == rows * k
             && extras.len() == out.len()
             && ws.len() == rows
             && bias.is_none_or(|b| b.len() == rows),
         "w8a8_row_pairs_offset: shapes"
     );
     // Only each row's first k / 32 * 32 columns go through `maddubs`.
-    debug_assert!(
-        !pair_safe
-            || w.chunks_exact(k.max(1)).all(|row| {
-                row[..k / 32 * 32]
-                    .chunks_exact(2)
-                    .all(|p| scalar::is_pair_safe(p[0], p[1]))
-            })
-    );
+    debug_assert!(clip.chunks_exact(k.max(1)).all(|row| {
+        row[..k / 32 * 32]
+            .chunks_exact(2)
+            .all(|p| scalar::is_pair_safe(p[0], p[1]))
+    }));
     assert!(
         k < EXACT_I32_TOTAL,
         "w8a8_row_pairs_offset: k = {k} too long for i32 sums"
     );
     #[cfg(target_arch = "x86_64")]
     if T > 0 {
-        // SAFETY (all three): the path's features confirmed by active()
-        // (read once); shapes checked above; `maddubs` only on pair-safe
-        // rows.
-        match active() {
-            Isa::Avx2 if pair_safe => {
-                return unsafe {
-                    avx2::madd::w8a8_row_pairs_offset(w, u, extras, ws, ts, bias, out)
-                }
-            }
-            Isa::AvxVnni => {
-                return unsafe {
-                    avx2::avx_vnni::w8a8_row_pairs_offset(w, u, extras, ws, ts, bias, out)
-                }
-            }
-            Isa::Avx512Vnni => {
-                return unsafe {
-                    avx2::avx512_vnni::w8a8_row_pairs_offset(w, u, extras, ws, ts, bias, out)
-                }
-            }
-            _ => {}
+        // SAFETY: the path's features confirmed by active(); shapes checked
+        // above; pair-safe rows, as every multiply-add needs.
+        if let Some(()) =
+            unsafe { avx2_int8_dot!(w8a8_row_pairs_offset(clip, u, extras, ws, ts, bias, out)) }
+        {
+            return;
         }
     }
     for (p, y) in out.iter_mut().enumerate() {
         let j = 2 * p;
-        let pair = [&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]];
+        let pair = [&clip[j * k..(j + 1) * k], &clip[(j + 1) * k..(j + 2) * k]];
         *y = scalar::w8a8_pair_offset(
             &pair,
             u,
