@@ -18,6 +18,9 @@ from hypothesis import strategies as st
 from strategies import assert_same_f32, scaled_f32, ulp_distance
 
 F32 = np.float32
+# How far (in ulps) factors from NumPy's float32 power may be from those of
+# glibc's powf (see test_factors_match_reference_within_one_ulp).
+NP_POWER_ULPS = 3
 
 
 def _libm_powf() -> object | None:
@@ -107,7 +110,7 @@ def test_config_rejects_non_numbers(alpha: object) -> None:
 
 
 @given(aw=pairs, alpha=alphas, eps=epsilons)
-def test_factors_match_reference_within_one_ulp(
+def test_factors_match_reference_within_a_few_ulps(
     aw: tuple[np.ndarray, np.ndarray], alpha: float, eps: float
 ) -> None:
     a, w = aw
@@ -118,12 +121,14 @@ def test_factors_match_reference_within_one_ulp(
     want = ref.smooth_factors(a, w, alpha, eps)
     # The SPEC requires Rust's f32::powf (the C library's powf). np.power on
     # float32 is not always the same function (at exponent 0.5 NumPy uses a
-    # correctly rounded sqrt, glibc's powf is not correctly rounded), so the
-    # two may differ by one ulp in the pow results; the ratio then differs by
-    # at most a couple of ulps. The exact comparison is the next test.
+    # correctly rounded sqrt, glibc's powf is not correctly rounded; on
+    # AVX-512 CPUs NumPy has its own SIMD power, one ulp from glibc's in ~21%
+    # of values at exponents 0.25-0.85, checked on Zen 4), so the numerator
+    # and the denominator may each be one ulp off; their ratio then lands up
+    # to 3 ulps away. The exact comparison is the next test.
     both_inf = np.isinf(got) & np.isinf(want)
     dist = ulp_distance(got[~both_inf], want[~both_inf])
-    assert dist.max(initial=0) <= 2, (got, want)
+    assert dist.max(initial=0) <= NP_POWER_ULPS, (got, want)
 
 
 @needs_libm
@@ -229,7 +234,7 @@ def test_factors_with_no_tokens_or_no_rows() -> None:
         w = np.ones((w_rows, 4), F32)
         got = dq.compute_smooth_factors(a, w)
         assert got.shape == (4,)
-        assert ulp_distance(got, ref.smooth_factors(a, w, 0.5, 1e-5)).max() <= 2
+        assert ulp_distance(got, ref.smooth_factors(a, w, 0.5, 1e-5)).max() <= NP_POWER_ULPS
     assert dq.compute_smooth_factors(np.ones((2, 0), F32), np.ones((3, 0), F32)).shape == (0,)
 
 
@@ -239,7 +244,7 @@ def test_factors_large_input_parallel_path(rng: np.random.Generator, two_threads
     got = dq.compute_smooth_factors(a, w, dq.SmoothQuantConfig(0.6))
     if LIBM_POWF is not None:
         assert_same_f32(got, ref.smooth_factors(a, w, 0.6, 1e-5, powf=libm_pow))
-    assert ulp_distance(got, ref.smooth_factors(a, w, 0.6, 1e-5)).max() <= 2
+    assert ulp_distance(got, ref.smooth_factors(a, w, 0.6, 1e-5)).max() <= NP_POWER_ULPS
 
 
 def test_factor_errors() -> None:
