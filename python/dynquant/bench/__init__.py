@@ -55,8 +55,9 @@ torch: quantize_per_tensor_dynamic(qint8) and torch's dynamic int8 Linear
   installs — holding dynquant's own int8 weights and per-row scales) quantize
   activations per tensor, asymmetric; dynquant's w8a8_matmul is per token,
   exact, and on AVX2 from 64 tokens (and 1024 rows and columns) takes the
-  offset form, which splits the weights anew on every call (README: Kernels
-  and threads); the peers' weights are packed once, ahead of time.
+  offset form, which splits the weights anew on every call; on VNNI it
+  multiplies w + 128 by the tokens with vpdpbusd, nothing prepared (README:
+  Kernels and threads); the peers' weights are packed once, ahead of time.
 onnxruntime: DynamicQuantizeLinear gives uint8 with a zero point;
   DynamicQuantizeMatMul (com.microsoft) is what quantization.quantize_dynamic
   (per_channel=True) on a float MatMul turns into after ORT's graph fusion;

@@ -527,7 +527,9 @@ def _in_form(form: str, call: Callable[[], object]) -> Callable[[], object]:
 def _gemm_form_cases(cfg: Config) -> Iterator[Case]:
     """The W8A8 GEMM's offset form against its sign form on the same call:
     the ratio of the sign row is offset time / sign time (README, Kernels
-    and threads). Samples taken in turn, so both see the same drift."""
+    and threads). Samples taken in turn, so both see the same drift. On the
+    VNNI paths "sign" is the row pairs' w + 128 form (what auto runs there)
+    and "offset" the AVX2 split form run with vpdpbusd."""
     if cfg.quick:
         runs = [(2, 64, 256)]
     else:
