@@ -1102,6 +1102,19 @@ macro_rules! int8_dot_paths {
             }
 
             /// # Safety
+            /// See [`int8_dot_paths`] and `w4a8_tile_with`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn w4a8_tile<const R: usize, const T: usize>(
+                w: &[&[u8]; R],
+                ws: &[&[f32]; R],
+                ap: &[&[i8]; T],
+                a_sums: &[&[i32]; T],
+                group: usize,
+            ) -> [[f32; T]; R] {
+                w4a8_tile_with($mul, w, ws, ap, a_sums, group)
+            }
+
+            /// # Safety
             /// See [`int8_dot_paths`] and `w8a8_row_pairs_offset_with`.
             #[target_feature(enable = $features)]
             pub unsafe fn w8a8_row_pairs_offset<const T: usize>(
@@ -1266,7 +1279,8 @@ unsafe fn chunk_scales(ws: &[f32], g0: usize, n: usize, mask: __m256i) -> __m256
 /// # Safety
 /// AVX2 available; `16 * (h0 + nh) <= w.len()`, `32 * (h0 + nh) <= ap[t].len()`.
 #[inline(always)]
-unsafe fn block_lanes<const T: usize>(
+unsafe fn block_lanes<M: MulAdd, const T: usize>(
+    mul: M,
     w: &[u8],
     ap: &[&[i8]; T],
     h0: usize,
@@ -1276,16 +1290,17 @@ unsafe fn block_lanes<const T: usize>(
     // `nh` as a literal: `block_lanes_n` is inlined, so its loops unroll
     // and the products of missing half-blocks (zero) drop out.
     match nh {
-        8 => block_lanes_n(w, ap, h0, 8, &mut each),
-        4 => block_lanes_n(w, ap, h0, 4, &mut each),
-        _ => block_lanes_n(w, ap, h0, 2, &mut each),
+        8 => block_lanes_n(mul, w, ap, h0, 8, &mut each),
+        4 => block_lanes_n(mul, w, ap, h0, 4, &mut each),
+        _ => block_lanes_n(mul, w, ap, h0, 2, &mut each),
     }
 }
 
 /// The body of [`block_lanes`] (same contract, `nh` in {2, 4, 8}).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // t is also passed to `each`
-unsafe fn block_lanes_n<const T: usize>(
+unsafe fn block_lanes_n<M: MulAdd, const T: usize>(
+    mul: M,
     w: &[u8],
     ap: &[&[i8]; T],
     h0: usize,
@@ -1294,6 +1309,25 @@ unsafe fn block_lanes_n<const T: usize>(
 ) {
     let ones = _mm256_set1_epi16(1);
     let nib = nibbles(w, h0, nh);
+    if M::FULL_U8 {
+        // `vpdpbusd` sums each lane's four products into it directly (the
+        // same lanes as `maddubs` then `madd`), on two chains so that the
+        // additions do not wait on each other; |sum| <= 8 * 4 * 15 * 128.
+        for t in 0..T {
+            let mut even = _mm256_setzero_si256();
+            let mut odd = _mm256_setzero_si256();
+            for i in 0..nh {
+                let a = load32_i8(ap[t], 32 * (h0 + i));
+                if i % 2 == 0 {
+                    even = mul.mul_add(even, nib[i], a);
+                } else {
+                    odd = mul.mul_add(odd, nib[i], a);
+                }
+            }
+            each(t, _mm256_add_epi32(even, odd));
+        }
+        return;
+    }
     for t in 0..T {
         let p = segment_products(&nib, ap[t], 32 * h0, nh);
         let s = _mm256_add_epi16(
@@ -1308,8 +1342,9 @@ unsafe fn block_lanes_n<const T: usize>(
 /// definition in [`super::w4a8_tile`]; `crate::weights` has the layout and
 /// `ap` holds the tokens in its packed order.
 ///
-/// The stored nibbles `u = w + 8` are unsigned, so `maddubs(u, a)` needs no
-/// sign fix-up; the exact group sum is `sum u a - 8 * sum a`, with
+/// The stored nibbles `u = w + 8` are unsigned, so `maddubs(u, a)` (with a
+/// [`MulAdd::FULL_U8`] multiply-add, `vpdpbusd`) needs no sign fix-up;
+/// the exact group sum is `sum u a - 8 * sum a`, with
 /// `8 * sum a` per group in `a_sums`. Each packed block gives eight i32
 /// lane sums ([`block_lanes`]). In a block of 256 columns with groups of
 /// 32, lane `l` is group `g0 + l` of the chunk of eight groups that the
@@ -1327,11 +1362,12 @@ unsafe fn block_lanes_n<const T: usize>(
 /// of 64 (so no lane straddles two groups).
 ///
 /// # Safety
-/// AVX2 available; `w[r].len() >= k / 2`, `ws[r].len() >= k / group`,
-/// `a_sums[t].len() >= k / group`, every token row `k` long (the dispatcher
-/// asserts all of these).
-#[target_feature(enable = "avx2")]
-pub unsafe fn w4a8_tile<const R: usize, const T: usize>(
+/// The CPU supports AVX2 and `M`'s instructions; `w[r].len() >= k / 2`,
+/// `ws[r].len() >= k / group`, `a_sums[t].len() >= k / group`, every token
+/// row `k` long (the dispatcher asserts all of these).
+#[inline(always)]
+unsafe fn w4a8_tile_with<M: MulAdd, const R: usize, const T: usize>(
+    mul: M,
     w: &[&[u8]; R],
     ws: &[&[f32]; R],
     ap: &[&[i8]; T],
@@ -1340,7 +1376,7 @@ pub unsafe fn w4a8_tile<const R: usize, const T: usize>(
 ) -> [[f32; T]; R] {
     let mut out = [[0.0f32; T]; R];
     for r in 0..R {
-        let y = w4a8_row::<T>(w[r], ws[r], ap, a_sums, group);
+        let y = w4a8_row::<M, T>(mul, w[r], ws[r], ap, a_sums, group);
         for t in 0..T {
             out[r][t] = lane_sum_ps(y[t]);
         }
@@ -1353,9 +1389,9 @@ pub unsafe fn w4a8_tile<const R: usize, const T: usize>(
 ///
 /// # Safety
 /// As [`w4a8_tile`], for this row.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn w4a8_row<const T: usize>(
+#[inline(always)]
+unsafe fn w4a8_row<M: MulAdd, const T: usize>(
+    mul: M,
     w: &[u8],
     ws: &[f32],
     ap: &[&[i8]; T],
@@ -1379,7 +1415,7 @@ unsafe fn w4a8_row<const T: usize>(
                 let scales = chunk_scales(ws, row.g0, 8, all);
                 let g0 = row.g0;
                 let y = &mut row.y;
-                block_lanes(w, ap, 8 * b, 8, |t, lanes| {
+                block_lanes(mul, w, ap, 8 * b, 8, |t, lanes| {
                     y[t] = scale_chunk(y[t], lanes, a_sums[t], scales, g0, 8, all);
                 });
                 row.g0 += 8;
@@ -1394,7 +1430,7 @@ unsafe fn w4a8_row<const T: usize>(
             for b in 0..whole {
                 prefetch_next_row::<T>(w, ws, 256 * b, row.g0);
                 let j = row.g_rel / per_block;
-                block_lanes(w, ap, 8 * b, 8, |t, lanes| kept[t][j] = lanes);
+                block_lanes(mul, w, ap, 8 * b, 8, |t, lanes| kept[t][j] = lanes);
                 row.g_rel += per_block;
                 if row.g_rel == 8 || 256 * (b + 1) == k {
                     for (acc, kept) in row.acc.iter_mut().zip(kept.iter_mut()) {
@@ -1420,7 +1456,7 @@ unsafe fn w4a8_row<const T: usize>(
                     // No group ends inside a block: the lanes of the group
                     // in progress stay in registers.
                     let mut part = row.part;
-                    block_lanes(w, ap, 8 * b, 8, |t, lanes| {
+                    block_lanes(mul, w, ap, 8 * b, 8, |t, lanes| {
                         part[t] = _mm256_add_epi32(part[t], lanes);
                     });
                     row.in_group += 256;
@@ -1430,7 +1466,7 @@ unsafe fn w4a8_row<const T: usize>(
                     }
                     row.part = part;
                 } else {
-                    row.add_part(w, ap, 256 * b, 256, group);
+                    row.add_part(mul, w, ap, 256 * b, 256, group);
                 }
                 if row.g_rel == 8 || 256 * (b + 1) == k {
                     row.finish_chunk(ws, a_sums);
@@ -1443,9 +1479,9 @@ unsafe fn w4a8_row<const T: usize>(
     for (c0, width) in crate::weights::int4_tail_blocks(k).into_iter().flatten() {
         prefetch_next_row::<T>(w, ws, c0, row.g0);
         if 2 * group <= width {
-            row.add_whole_groups(w, ap, c0, width, group);
+            row.add_whole_groups(mul, w, ap, c0, width, group);
         } else {
-            row.add_part(w, ap, c0, width, group);
+            row.add_part(mul, w, ap, c0, width, group);
         }
         if row.g_rel == 8 || c0 + width == k {
             row.finish_chunk(ws, a_sums);
@@ -1543,8 +1579,9 @@ impl<const T: usize> RowSums<T> {
     /// pair sums; after two, lanes 0 and 4 the quad sums. They move to
     /// chunk lanes `g_rel ..`.
     #[inline(always)]
-    unsafe fn add_whole_groups(
+    unsafe fn add_whole_groups<M: MulAdd>(
         &mut self,
+        mul: M,
         w: &[u8],
         ap: &[&[i8]; T],
         c0: usize,
@@ -1568,7 +1605,7 @@ impl<const T: usize> RowSums<T> {
             _mm256_slli_epi32::<2>(rel)
         };
         let acc = &mut self.acc;
-        block_lanes(w, ap, c0 / 32, width / 32, |t, lanes| {
+        block_lanes(mul, w, ap, c0 / 32, width / 32, |t, lanes| {
             let mut h = _mm256_hadd_epi32(lanes, lanes);
             if count == 2 {
                 h = _mm256_hadd_epi32(h, h);
@@ -1587,8 +1624,9 @@ impl<const T: usize> RowSums<T> {
     /// columns holds at most one group's end (groups here are 192 or more,
     /// or the block's own width).
     #[inline(always)]
-    unsafe fn add_part(
+    unsafe fn add_part<M: MulAdd>(
         &mut self,
+        mul: M,
         w: &[u8],
         ap: &[&[i8]; T],
         c0: usize,
@@ -1598,7 +1636,7 @@ impl<const T: usize> RowSums<T> {
         let room = group - self.in_group;
         if width <= room {
             let part = &mut self.part;
-            block_lanes(w, ap, c0 / 32, width / 32, |t, lanes| {
+            block_lanes(mul, w, ap, c0 / 32, width / 32, |t, lanes| {
                 part[t] = _mm256_add_epi32(part[t], lanes);
             });
             self.in_group += width;
@@ -1614,7 +1652,7 @@ impl<const T: usize> RowSums<T> {
             let ending = first_lanes(room / (width / 8));
             let mut part = self.part;
             let mut next = [_mm256_setzero_si256(); T];
-            block_lanes(w, ap, c0 / 32, width / 32, |t, lanes| {
+            block_lanes(mul, w, ap, c0 / 32, width / 32, |t, lanes| {
                 part[t] = _mm256_add_epi32(part[t], _mm256_and_si256(lanes, ending));
                 next[t] = _mm256_andnot_si256(ending, lanes);
             });
@@ -1661,15 +1699,31 @@ mod tests {
     use super::*;
     use crate::test_rng::xorshift;
 
-    /// The AVX2 `w4a8_tile` against the scalar definition, bit for bit, on
-    /// the shared cases (`super::super::w4a8_cases`), in the library's tile
-    /// shapes (sixteen rows by four tokens, four by four) and a few others.
+    #[target_feature(enable = "avx2")]
+    unsafe fn emulated_w4a8<const R: usize, const T: usize>(
+        w: &[&[u8]; R],
+        ws: &[&[f32]; R],
+        ap: &[&[i8]; T],
+        a_sums: &[&[i32]; T],
+        group: usize,
+    ) -> [[f32; T]; R] {
+        w4a8_tile_with(EmulatedDpbusd, w, ws, ap, a_sums, group)
+    }
+
+    /// Every x86 `w4a8_tile` body against the scalar definition, bit for
+    /// bit, on the shared cases (`super::super::w4a8_cases`), in the
+    /// library's tile shapes (sixteen rows by four tokens, four by four)
+    /// and a few others: AVX2's `maddubs`, the `vpdpbusd` form on an
+    /// emulated `vpdpbusd` (any AVX2 CPU), and the VNNI instances where
+    /// the CPU has them.
     #[test]
     fn w4a8_tiles_equal_the_scalar_definition() {
         use crate::simd::w4a8_cases::{bits, for_each};
         if !is_x86_feature_detected!("avx2") {
             return;
         }
+        let avx_vnni = super::super::Isa::AvxVnni.is_supported();
+        let avx512_vnni = super::super::Isa::Avx512Vnni.is_supported();
         for_each(|case| {
             let (w, ws, a, ap) = case.views();
             let (group, ctx) = (case.group, &case.what);
@@ -1690,23 +1744,33 @@ mod tests {
                 group,
             );
             let want44 = scalar::w4a8_tile(&w, &ws, &a, group);
-            // SAFETY: AVX2 detected above; the cases meet `w4a8_tile`'s
-            // contract (k % 64 == 0, group 32 or a multiple of 64).
-            unsafe {
-                let y = w4a8_tile(&w16, &ws16, &ap, &sums, group);
-                assert_eq!(bits(&y), bits(&want164), "avx2 16x4 {ctx}");
-                let y = w4a8_tile(&w, &ws, &ap, &sums, group);
-                assert_eq!(bits(&y), bits(&want44), "avx2 4x4 {ctx}");
-                let y = w4a8_tile(&w, &ws, &[ap[0]], &[sums[0]], group);
-                assert_eq!(bits(&y), bits(&want41), "avx2 4x1 {ctx}");
-                let y = w4a8_tile(
-                    &[w[2], w[0], w[1]],
-                    &[ws[2], ws[0], ws[1]],
-                    &[ap[3], ap[1], ap[2]],
-                    &[sums[3], sums[1], sums[2]],
-                    group,
-                );
-                assert_eq!(bits(&y), bits(&want33), "avx2 3x3 {ctx}");
+            let (w33, ws33) = ([w[2], w[0], w[1]], [ws[2], ws[0], ws[1]]);
+            let (ap33, sums33) = ([ap[3], ap[1], ap[2]], [sums[3], sums[1], sums[2]]);
+            // The four shapes through one body: each must match.
+            macro_rules! check {
+                ($tile:path, $name:literal) => {
+                    // SAFETY: the body's features were detected; the cases
+                    // meet `w4a8_tile`'s contract (k % 64 == 0, group 32 or
+                    // a multiple of 64).
+                    unsafe {
+                        let y = $tile(&w16, &ws16, &ap, &sums, group);
+                        assert_eq!(bits(&y), bits(&want164), "{} 16x4 {ctx}", $name);
+                        let y = $tile(&w, &ws, &ap, &sums, group);
+                        assert_eq!(bits(&y), bits(&want44), "{} 4x4 {ctx}", $name);
+                        let y = $tile(&w, &ws, &[ap[0]], &[sums[0]], group);
+                        assert_eq!(bits(&y), bits(&want41), "{} 4x1 {ctx}", $name);
+                        let y = $tile(&w33, &ws33, &ap33, &sums33, group);
+                        assert_eq!(bits(&y), bits(&want33), "{} 3x3 {ctx}", $name);
+                    }
+                };
+            }
+            check!(madd::w4a8_tile, "avx2");
+            check!(emulated_w4a8, "emulated vpdpbusd");
+            if avx_vnni {
+                check!(avx_vnni::w4a8_tile, "avxvnni");
+            }
+            if avx512_vnni {
+                check!(avx512_vnni::w4a8_tile, "avx512vnni");
             }
         });
     }

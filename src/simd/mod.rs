@@ -698,9 +698,12 @@ pub fn w4a8_tile_packed<const R: usize, const T: usize>(
         && k.is_multiple_of(group)
         && (group == 32 || group.is_multiple_of(64));
     #[cfg(target_arch = "x86_64")]
-    if simd_shape && active().runs_avx2() {
-        // SAFETY: AVX2 confirmed by active(); shapes checked above.
-        return unsafe { avx2::w4a8_tile(w, ws, ap, a_sums, group) };
+    if simd_shape {
+        // SAFETY: the path's features confirmed by active(); shapes checked
+        // above.
+        if let Some(y) = unsafe { avx2_int8_dot!(w4a8_tile(w, ws, ap, a_sums, group)) } {
+            return y;
+        }
     }
     #[cfg(target_arch = "aarch64")]
     if simd_shape {
