@@ -414,6 +414,9 @@ pub fn w8a8_row_pairs<const T: usize>(
         "w8a8_row_pairs: shapes"
     );
     debug_assert!(a_sums.is_none_or(|sums| sums == a.map(token_sum)));
+    // Only the x86-64 VNNI kernels use the hint.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = prefetch;
     #[cfg(target_arch = "x86_64")]
     if T > 0 && k < EXACT_I32_TOTAL {
         // SAFETY: the path's features confirmed by active(); shapes checked
