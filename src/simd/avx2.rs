@@ -90,15 +90,18 @@ unsafe fn finish_round(
 }
 
 /// `clamp(round(x / scale))` on 4 × 8 lanes, bit-exact, usually without
-/// dividing.
+/// dividing — except that the lower clamp is left to the caller: a lane
+/// below `-clip` may come out as any value from `i32::MIN` to `-clip` (the
+/// caller's saturating packs and `max` by `-clip` finish it).
 ///
 /// `q = x * (1 / scale)` is within `|x / scale| * 2^-23` of the true
 /// quotient, so less than 2^-15 from it while |quotient| < 256 (larger ones
 /// clamp to ±clip either way). When `q` is within `0.5 - 2^-15` of its
 /// nearest integer `n`, the true quotient is within 0.5 of `n`, so it rounds
 /// to `n` under any tie rule: `n` is the answer. Otherwise (a tie or near
-/// one, in any of the 32 lanes) all lanes are divided for real and rounded
-/// half away from zero. Needs `recip = 1 / scale` with both normal (the caller checks).
+/// one, or a NaN, in any of the 32 lanes) all lanes are divided for real,
+/// rounded half away from zero, NaN to 0. Needs `recip = 1 / scale` with
+/// both normal (the caller checks).
 #[inline(always)]
 unsafe fn quantize32(
     x: [__m256; 4],
@@ -119,7 +122,9 @@ unsafe fn quantize32(
         q[i] = _mm256_mul_ps(x[i], recip);
         n[i] = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(q[i]);
         let distance = _mm256_andnot_ps(abs, _mm256_sub_ps(q[i], n[i]));
-        near = _mm256_or_ps(near, _mm256_cmp_ps::<_CMP_GE_OQ>(distance, limit));
+        // Not less than the limit, or unordered: NaN lanes take the
+        // dividing path too, so the fast one needs no NaN mask.
+        near = _mm256_or_ps(near, _mm256_cmp_ps::<_CMP_NLT_UQ>(distance, limit));
     }
     let mut out = [_mm256_setzero_si256(); 4];
     if _mm256_movemask_ps(near) != 0 {
@@ -129,8 +134,8 @@ unsafe fn quantize32(
         return out;
     }
     for i in 0..4 {
-        let n = _mm256_and_ps(n[i], _mm256_cmp_ps::<_CMP_ORD_Q>(n[i], n[i])); // NaN -> 0
-        out[i] = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(n, neg_clip), clip));
+        // n is an integer; below -2^31 the conversion gives i32::MIN.
+        out[i] = _mm256_cvttps_epi32(_mm256_min_ps(n[i], clip));
     }
     out
 }
@@ -150,6 +155,9 @@ pub unsafe fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8], stream:
     let nc = _mm256_set1_ps(-clip);
     // packs_epi32/packs_epi16 interleave the 128-bit lanes; this restores order.
     let unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    // The lower clamp, after the saturating packs (clip is within 0..=127,
+    // and an integer's clamp by -clip is its clamp by -floor(clip)).
+    let lowest = _mm256_set1_epi8(-(clip as i8));
     // Streaming stores need 32-byte alignment: the head up to it goes scalar.
     let head = if stream {
         out.as_ptr().align_offset(32).min(out.len())
@@ -171,7 +179,8 @@ pub unsafe fn quantize(x: &[f32], scale: f32, clip: f32, out: &mut [i8], stream:
         let [q0, q1, q2, q3] = quantize32(v, s, r, c, nc);
         let w01 = _mm256_packs_epi32(q0, q1);
         let w23 = _mm256_packs_epi32(q2, q3);
-        let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), unshuffle);
+        let b = _mm256_max_epi8(_mm256_packs_epi16(w01, w23), lowest);
+        let b = _mm256_permutevar8x32_epi32(b, unshuffle);
         let dst = out.as_mut_ptr().add(i) as *mut __m256i;
         if stream {
             _mm256_stream_si256(dst, b);
