@@ -239,7 +239,14 @@ def test_kernels_release_the_gil(rng: np.random.Generator) -> None:
         "smooth_factors": lambda: dq.compute_smooth_factors(a, a),
         "smooth_in_place": lambda: dq.smooth_weights(a, np.ones(1024, F32), out=a),
     }
-    held = [name for name, call in kernels.items() if not _advances_during(call)]
+    # One kernel thread, so that a core is free for the counter: with every
+    # core busy in the kernel, a fast call (the matvec takes ~0.1 ms on a
+    # Zen 4) can end before the counter thread is scheduled at all.
+    dq.set_num_threads(1)
+    try:
+        held = [name for name, call in kernels.items() if not _advances_during(call)]
+    finally:
+        dq.set_num_threads(0)
     assert not held, f"these calls never let another Python thread run: {held}"
 
 
