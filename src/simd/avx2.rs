@@ -371,9 +371,9 @@ unsafe fn tile_sums<M: MulAdd, const R: usize, const T: usize>(
         // Offset whichever side has more vectors per step: one `xor` each,
         // and one extra multiply-add per vector of the other side.
         if T >= R {
-            return offset_sums(mul, w, a, start, end);
+            return offset_sums(mul, w, a, start, end, false);
         }
-        let by_token = offset_sums(mul, a, w, start, end);
+        let by_token = offset_sums(mul, a, w, start, end, T == 1);
         let mut acc = [[_mm256_setzero_si256(); T]; R];
         for r in 0..R {
             for t in 0..T {
@@ -402,6 +402,8 @@ unsafe fn tile_sums<M: MulAdd, const R: usize, const T: usize>(
                 let ahead = w[r].as_ptr().wrapping_add(i + R * w[r].len());
                 _mm_prefetch::<_MM_HINT_T0>(ahead);
             }
+        } else if T == 1 && i.is_multiple_of(64) {
+            prefetch_next_rows_into_l2(w, i);
         }
         for r in 0..R {
             let wv = load32_i8(w[r], i);
@@ -415,6 +417,20 @@ unsafe fn tile_sums<M: MulAdd, const R: usize, const T: usize>(
     acc
 }
 
+/// Prefetches column `i` of the `R` rows after `rows` (as the GEMM lays
+/// them out, `R` rows on) into L2, for one token, whose weights stream from
+/// memory: into L1 (`_MM_HINT_T0`) the next rows would share the L1 sets of
+/// this tile's rows (rows 4096 bytes apart alias) and evict them.
+#[inline(always)]
+unsafe fn prefetch_next_rows_into_l2<const R: usize>(rows: &[&[i8]; R], i: usize) {
+    for row in rows {
+        // A prefetch never faults, so an address past the matrix is
+        // harmless (`wrapping_add`: no out-of-bounds pointer arithmetic).
+        let ahead = row.as_ptr().wrapping_add(i + R * row.len());
+        _mm_prefetch::<_MM_HINT_T1>(ahead);
+    }
+}
+
 /// i32 lane sums of `x[r][i] * y[j][i]` over `i` in `start..end` (32-byte
 /// steps) for every `r` and `j`, in the offset form: any int8 on either
 /// side, for a [`MulAdd`] with [`MulAdd::FULL_U8`].
@@ -425,6 +441,9 @@ unsafe fn tile_sums<M: MulAdd, const R: usize, const T: usize>(
 /// sign form needs an `abs` per `x` vector and a `sign` per product instead.
 /// Every lane and its correction stay within i32 for a block of at most
 /// [`STEPS_PER_BLOCK`] steps, and the instructions wrap anyway.
+///
+/// With `prefetch_y` (one token against weight rows `y`), the `Y` rows after
+/// `y` are prefetched into L2 as it goes ([`prefetch_next_rows_into_l2`]).
 ///
 /// # Safety
 /// The CPU supports AVX2 and `M`'s instructions; `M::FULL_U8`; `start` and
@@ -438,6 +457,7 @@ unsafe fn offset_sums<M: MulAdd, const X: usize, const Y: usize>(
     y: &[&[i8]; Y],
     start: usize,
     end: usize,
+    prefetch_y: bool,
 ) -> [[__m256i; Y]; X] {
     debug_assert!(M::FULL_U8);
     let flip = _mm256_set1_epi8(i8::MIN);
@@ -446,6 +466,9 @@ unsafe fn offset_sums<M: MulAdd, const X: usize, const Y: usize>(
     let mut x_sums = [_mm256_setzero_si256(); X];
     let mut i = start;
     while i < end {
+        if prefetch_y && i.is_multiple_of(64) {
+            prefetch_next_rows_into_l2(y, i);
+        }
         let mut yv = [_mm256_setzero_si256(); Y];
         for j in 0..Y {
             yv[j] = _mm256_xor_si256(load32_i8(y[j], i), flip);
