@@ -29,13 +29,23 @@ def test_quick_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixtur
     rows = doc["rows"]
     assert {r["threads"] for r in rows} == {1, 2}
     groups = {r["group"] for r in rows}
-    assert {"quantize_int8", "quantize_int8_per_row", "percentile", "w8a8_matvec"} <= groups
+    assert {
+        "quantize_int8",
+        "quantize_int8_per_row",
+        "percentile",
+        "w8a8_matvec",
+        "layers",
+    } <= groups
     assert "minilm" in groups  # timed, or skipped when the model is not installed
     assert not [r for r in rows if r["error"]]
     # dynquant's own rows and the NumPy peers always run; other peers may be skipped.
     timed = {(r["case"], r["impl"].split(":")[0]) for r in rows if r["seconds"] is not None}
     assert ("quantize_int8 N=4096", "dynquant") in timed
     assert ("quantize_int8 N=4096", "numpy") in timed
+    for kind in ("w8a8", "w4a8"):
+        for m in (1, 8):
+            case = f"{kind}_matmul M={m} 2 layers of 256x256 (weights from memory)"
+            assert (case, "dynquant") in timed
     assert all(r["seconds"] > 0 for r in rows if r["seconds"] is not None)
 
 
@@ -194,3 +204,30 @@ def test_ort_w4a8_peer_holds_dynquants_weights(n: int, k: int, group: int) -> No
     # Both quantize the activations to int8 (ORT per block of `group`), so
     # they differ from the float product by ~1%, not by a permutation.
     assert np.abs(y_ort - exact).max() <= 0.05 * np.abs(exact).max()
+
+
+def test_ort_chain_applies_the_layers_in_order() -> None:
+    """The layer-stack peer: one ONNX graph whose layers each take the
+    previous one's output, every layer with its own weights."""
+    pytest.importorskip("onnxruntime")
+    from dynquant.bench._peers import Peers
+
+    peers = Peers.load({"onnxruntime"})
+    rng = np.random.default_rng(7)
+    layers = [
+        dq.quantize_weights_int8(rng.standard_normal((64, 64)).astype(np.float32) * 0.1)
+        for _ in range(3)
+    ]
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    chain = peers.ort_chain([peers.ort_dynamic_quantize_matmul(q, s) for q, s in layers])
+    assert len(chain.graph.node) == 3
+    y_ort = peers.ort_session(chain, 1).run(None, {"A": x})[0]
+    y = x
+    for q, s in layers:
+        y = y @ (q.astype(np.float32) * s[:, None]).T
+    # ORT quantizes each layer's input per tensor (uint8), so ~1% per layer.
+    assert np.abs(y_ort - y).max() <= 0.05 * np.abs(y).max()
+    # The same layers in another order give another product.
+    swapped = peers.ort_chain([peers.ort_dynamic_quantize_matmul(q, s) for q, s in layers[::-1]])
+    y_swapped = peers.ort_session(swapped, 1).run(None, {"A": x})[0]
+    assert np.abs(y_swapped - y).max() > 0.2 * np.abs(y).max()

@@ -323,8 +323,11 @@ class _Shape:
     peers' models holding it; each made on first use and shared by the cases
     (M values, thread counts) of that shape."""
 
-    def __init__(self, peers: Peers, out_f: int, in_f: int, group: int | None = None) -> None:
+    def __init__(
+        self, peers: Peers, out_f: int, in_f: int, group: int | None = None, seed: int = 1
+    ) -> None:
         self.peers, self.out_f, self.in_f, self.group = peers, out_f, in_f, group
+        self.seed = seed
         self._w: F32 | None = None
         self._q: tuple[npt.NDArray[np.int8], F32] | None = None
         self._q4: tuple[npt.NDArray[np.uint8], F32] | None = None
@@ -335,7 +338,7 @@ class _Shape:
     @property
     def w(self) -> F32:
         if self._w is None:
-            self._w = _normal(_rng(1), (self.out_f, self.in_f), 0.02)
+            self._w = _normal(_rng(self.seed), (self.out_f, self.in_f), 0.02)
         return self._w
 
     @property
@@ -611,6 +614,113 @@ def _w4a8_cases(cfg: Config) -> Iterator[Case]:
             )
 
 
+def _layer_stack_cases(cfg: Config) -> Iterator[Case]:
+    """A stack of distinct square weight matrices applied one after the other,
+    as a model's layers are (each layer's output the next one's input):
+    together several times the last-level cache, so every layer's weights
+    come from memory, as in LLM decoding. (The other matmul cases repeat one
+    matrix, which can stay in a large L3.)"""
+    n_layers, width = (2, 256) if cfg.quick else (8, 4096)
+    group = 32
+    for kind in ("w8a8", "w4a8"):
+        fn = f"{kind}_matmul"
+        tags = ("layers", fn, "matmul")
+        if not hasattr(dq, fn):
+            yield _missing(fn, tags)
+            continue
+        for m in (1, 8):
+
+            def build(m: int = m, kind: str = kind) -> Builder:
+                g = group if kind == "w4a8" else None
+                peers = cfg.peers
+                shapes = [_Shape(peers, width, width, g, seed=20 + i) for i in range(n_layers)]
+                x = _normal(_rng(5 + m), (m, width))
+                if kind == "w8a8":
+                    weights = [s.int8 for s in shapes]
+
+                    def ours() -> object:
+                        y = x
+                        for q, sc in weights:
+                            y = dq.w8a8_matmul(y, q, sc, per_token=True)
+                        return y
+
+                    name, ort_name = "w8a8_matmul(per_token=True)", "DynamicQuantizeMatMul"
+                else:
+                    packed = [s.int4 for s in shapes]
+
+                    def ours() -> object:
+                        y = x
+                        for p4, sc in packed:
+                            y = dq.w4a8_matmul(y, p4, sc, group_size=group)
+                        return y
+
+                    name = f"w4a8_matmul(group_size={group})"
+                    ort_name = f"MatMulNBits(bits=4, block={group}, accuracy_level=4)"
+                for s in shapes:
+                    s._w = None  # the float weights are not needed again
+                chained = f" x {n_layers} layers"
+
+                def torch_rows() -> Impl:
+                    torch: Any = peers.torch
+                    if torch is None:
+                        return _skip("torch", peers.why_not.get("torch", ""))
+
+                    def make() -> Impl:
+                        layers = torch.nn.Sequential(*(s.torch_linear() for s in shapes))
+                        t = peers.torch_tensor(x)
+
+                        def run() -> object:
+                            with torch.inference_mode():
+                                return layers(t)
+
+                        note = "activation per tensor, uint8"
+                        return Impl(
+                            "torch: fbgemm dynamic int8 Linear" + chained,
+                            run,
+                            note=note + (", int8 weights" if kind == "w4a8" else ""),
+                        )
+
+                    return _guard("torch", make)
+
+                def ort_rows(threads: int) -> Impl:
+                    if peers.onnx is None:
+                        return _skip("onnxruntime", _ort_why(peers))
+
+                    def make() -> Impl:
+                        if kind == "w8a8":
+                            models = [peers.ort_dynamic_quantize_matmul(*s.int8) for s in shapes]
+                        else:
+                            models = [peers.ort_matmul_nbits(*s.int4, width, group) for s in shapes]
+                        sess = peers.ort_session(peers.ort_chain(models), threads)
+                        return Impl(
+                            f"onnxruntime: {ort_name}" + chained,
+                            lambda: sess.run(None, {"A": x}),
+                        )
+
+                    return _guard("onnxruntime", make)
+
+                def impls(threads: int) -> list[Impl]:
+                    return [
+                        Impl(f"dynquant: {name}" + chained, ours, dynquant=True),
+                        torch_rows(),
+                        ort_rows(threads),
+                    ]
+
+                return impls
+
+            if kind == "w8a8":
+                w_bytes = width * width + 4 * width
+            else:
+                w_bytes = width * ((width + 1) // 2) + 4 * width * (-(-width // group))
+            yield Case(
+                f"{fn} M={m} {n_layers} layers of {width}x{width} (weights from memory)",
+                tags,
+                build,
+                nbytes=n_layers * (w_bytes + 8 * m * width),
+                ops=2 * n_layers * m * width * width,
+            )
+
+
 def _calib_cases(cfg: Config) -> Iterator[Case]:
     nb, width = (4, 256) if cfg.quick else (64, 4096)
     peers = cfg.peers
@@ -801,6 +911,7 @@ def iter_cases(cfg: Config) -> Iterator[Case]:
         _matmul_cases,
         _gemm_form_cases,
         _w4a8_cases,
+        _layer_stack_cases,
         _observer_cases,
         _minilm_cases,
     ):

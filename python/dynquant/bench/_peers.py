@@ -218,6 +218,34 @@ class Peers:
             inits,
         )
 
+    def ort_chain(self, models: list[Any]) -> Any:
+        """One model applying ``models`` (each one node from ``A`` to ``Y``,
+        as the builders here make them) one after the other, as a network's
+        layers: one session, so one thread pool, not one per layer."""
+        onnx = self.onnx
+        assert onnx is not None
+        nodes, inits = [], []
+        for i, model in enumerate(models):
+            g = model.graph
+            rename = {t.name: f"l{i}_{t.name}" for t in g.initializer}
+            rename["A"] = "A" if i == 0 else f"Y{i - 1}"
+            rename["Y"] = "Y" if i == len(models) - 1 else f"Y{i}"
+            for t in g.initializer:
+                t2 = onnx.TensorProto()
+                t2.CopyFrom(t)
+                t2.name = rename[t.name]
+                inits.append(t2)
+            for node in g.node:
+                n2 = onnx.NodeProto()
+                n2.CopyFrom(node)
+                n2.ClearField("input")
+                n2.ClearField("output")
+                n2.input.extend(rename.get(x, x) for x in node.input)
+                n2.output.extend(rename.get(x, x) for x in node.output)
+                nodes.append(n2)
+        first, last = models[0].graph, models[-1].graph
+        return self._model(nodes, list(first.input), list(last.output), inits)
+
     def ort_matmul_nbits(
         self, packed: npt.NDArray[np.uint8], scales: npt.NDArray[np.float32], in_f: int, group: int
     ) -> Any:
