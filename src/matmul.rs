@@ -145,7 +145,8 @@ impl Sink<'_> {
     }
 
     /// Dot products and dequantization of the weight row pairs starting at
-    /// `j0` (`pairs` of them) with tokens `m0..m0 + T`, written.
+    /// `j0` (`pairs` of them) with tokens `m0..m0 + T`, written, prefetching
+    /// as [`simd::w8a8_row_pairs`] does for `prefetch_rows`.
     ///
     /// # Safety
     /// The caller's task owns weight rows `j0..j0 + 2 * pairs`.
@@ -157,6 +158,7 @@ impl Sink<'_> {
         m0: usize,
         j0: usize,
         pairs: usize,
+        prefetch_rows: isize,
     ) {
         const CHUNK: usize = 16;
         let k = q.k;
@@ -173,7 +175,7 @@ impl Sink<'_> {
                 &w[j * k..j_end * k],
                 &tokens,
                 sums,
-                m0 == 0,
+                prefetch_rows,
                 &d.weight_scales[j..j_end],
                 ts,
                 d.bias.map(|b| &b[j..j_end]),
@@ -268,12 +270,14 @@ impl Sink<'_> {
 ///
 /// # Safety
 /// The caller's task owns weight rows `rows`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn pair_rows<const T: usize>(
     w: &[i8],
     q: Tokens<'_>,
     offset: Option<(&SplitRows, Tokens<'_>)>,
     rows: Range<usize>,
     m0: usize,
+    prefetch_rows: isize,
     sink: &Sink<'_>,
 ) {
     let pairs = rows.len() / 2;
@@ -284,7 +288,7 @@ unsafe fn pair_rows<const T: usize>(
             Some((split, u)) => {
                 sink.row_pairs_offset::<T>(split, rows.start, u, m0, rows.start, pairs)
             }
-            None => sink.row_pairs::<T>(w, q, m0, rows.start, pairs),
+            None => sink.row_pairs::<T>(w, q, m0, rows.start, pairs, prefetch_rows),
         }
         if odd < rows.end {
             tile_rows::<1, T>(w, q, odd..rows.end, m0, sink);
@@ -333,6 +337,7 @@ unsafe fn gemm_block(
     offset_tokens: Option<OffsetTokens<'_>>,
     m: usize,
     rows: Range<usize>,
+    next: Option<Range<usize>>,
     sink: &Sink<'_>,
 ) {
     let k = q.k;
@@ -350,7 +355,7 @@ unsafe fn gemm_block(
                 let tokens = t0..(t0 + EXTRA_TOKENS).min(m);
                 split.fill_extras(block, q, qt, m, tokens.clone());
                 // SAFETY: the rows are the caller's.
-                unsafe { token_groups(w, q, Some((split, u)), tokens, rows.clone(), sink) }
+                unsafe { token_groups(w, q, Some((split, u)), tokens, rows.clone(), None, sink) }
             }
         });
         if done.is_some() {
@@ -358,7 +363,7 @@ unsafe fn gemm_block(
         }
     }
     // SAFETY: the rows are the caller's.
-    unsafe { token_groups(w, q, None, 0..m, rows, sink) }
+    unsafe { token_groups(w, q, None, 0..m, rows, next, sink) }
 }
 
 /// Tokens per chunk of [`SplitRows::fill_extras`]: its buffer holds at most
@@ -366,7 +371,12 @@ unsafe fn gemm_block(
 const EXTRA_TOKENS: usize = 512;
 
 /// [`pair_rows`] for every group of four of the tokens `tokens`, then the
-/// rest.
+/// rest. The first group over a block streams its weights in, prefetching
+/// the next tile's rows into L2; with two or more groups, the last one —
+/// its weights already in L2 — prefetches the rows of `next` (the block
+/// this thread will probably take next), so that memory stays busy while
+/// the block's later groups compute (8 tokens by 8 distinct 4096 x 4096
+/// matrices in turn: 0.55-0.59 against 0.62-0.64 ms per product).
 ///
 /// # Safety
 /// The caller's task owns weight rows `rows`.
@@ -376,19 +386,33 @@ unsafe fn token_groups(
     offset: Option<(&SplitRows, Tokens<'_>)>,
     tokens: Range<usize>,
     rows: Range<usize>,
+    next: Option<Range<usize>>,
     sink: &Sink<'_>,
 ) {
+    /// The first group's distance: the next tile (four rows on, at most).
+    const NEXT_TILE: isize = 4;
     let (mut m0, m) = (tokens.start, tokens.end);
+    let to_next = next.map_or(0, |n| n.start as isize - rows.start as isize);
+    let prefetch_for = |m0: usize| {
+        if m0 == 0 {
+            NEXT_TILE
+        } else if m0 + 4 >= m {
+            to_next
+        } else {
+            0
+        }
+    };
     // SAFETY (all calls): the rows are the caller's.
     unsafe {
         while m0 + 4 <= m {
-            pair_rows::<4>(w, q, offset, rows.clone(), m0, sink);
+            pair_rows::<4>(w, q, offset, rows.clone(), m0, prefetch_for(m0), sink);
             m0 += 4;
         }
+        let pf = prefetch_for(m0);
         match m - m0 {
-            3 => pair_rows::<3>(w, q, offset, rows, m0, sink),
-            2 => pair_rows::<2>(w, q, offset, rows, m0, sink),
-            1 => pair_rows::<1>(w, q, offset, rows, m0, sink),
+            3 => pair_rows::<3>(w, q, offset, rows, m0, pf, sink),
+            2 => pair_rows::<2>(w, q, offset, rows, m0, pf, sink),
+            1 => pair_rows::<1>(w, q, offset, rows, m0, pf, sink),
             _ => {}
         }
     }
@@ -497,7 +521,8 @@ pub(crate) fn int8_gemm(
         dequant,
     };
     // SAFETY: RowBlocks hands each task a distinct block of rows.
-    RowBlocks::weight_rows(m, n, k).run(|rows| unsafe { gemm_block(w, q, None, m, rows, &sink) });
+    RowBlocks::weight_rows(m, n, k)
+        .run_ahead(|rows, next| unsafe { gemm_block(w, q, None, m, rows, next, &sink) });
 }
 
 /// `out[o] = (dot(w[o], q) as f32 * w_scales[o]) * q_scale` — the
@@ -725,7 +750,7 @@ pub(crate) fn w8a8_matmul_in_form(
         return Ok(());
     }
     let out = DisjointOut::new(out);
-    let gemm = |acts: &QuantizedActs, rows: Range<usize>| {
+    let gemm = |acts: &QuantizedActs, rows: Range<usize>, next: Option<Range<usize>>| {
         let sink = Sink {
             out: &out,
             n,
@@ -743,6 +768,7 @@ pub(crate) fn w8a8_matmul_in_form(
                 acts.offset_tokens(),
                 m,
                 rows,
+                next,
                 &sink,
             )
         }
@@ -752,7 +778,7 @@ pub(crate) fn w8a8_matmul_in_form(
     let offset = offset_form_use(form, m, n, k);
     if act.per_token {
         // Quantized while the helper threads wake up.
-        blocks.run_prepared(
+        blocks.run_prepared_ahead(
             || {
                 QuantizedActs::per_token(x, m, k, act, stride)
                     .map(|a| a.with_offset(offset).with_token_sums())
@@ -763,7 +789,7 @@ pub(crate) fn w8a8_matmul_in_form(
         let acts = QuantizedActs::per_tensor(x, m, k, act, stride)?
             .with_offset(offset)
             .with_token_sums();
-        blocks.run(|rows| gemm(&acts, rows));
+        blocks.run_ahead(|rows, next| gemm(&acts, rows, next));
         Ok(())
     }
 }
@@ -1400,7 +1426,7 @@ mod tests {
         };
         simd::set_isa(simd::Isa::Scalar).unwrap();
         let mut want = vec![[[0.0f32; 2]; T]; pairs];
-        simd::w8a8_row_pairs(&w, &q, None, false, &ws, ts, None, &mut want);
+        simd::w8a8_row_pairs(&w, &q, None, 0, &ws, ts, None, &mut want);
         for isa in simd::supported() {
             simd::set_isa(isa).unwrap();
             let sums = q.map(simd::token_sum);
@@ -1408,7 +1434,16 @@ mod tests {
             assert_eq!(sums[1] as i64, plain, "{isa:?}");
             for a_sums in [None, Some(sums)] {
                 let mut got = vec![[[0.0f32; 2]; T]; pairs];
-                simd::w8a8_row_pairs(&w, &q, a_sums, a_sums.is_some(), &ws, ts, None, &mut got);
+                simd::w8a8_row_pairs(
+                    &w,
+                    &q,
+                    a_sums,
+                    if a_sums.is_some() { -2 } else { 4 },
+                    &ws,
+                    ts,
+                    None,
+                    &mut got,
+                );
                 assert_eq!(bits(&got), bits(&want), "{isa:?} {}", a_sums.is_some());
             }
         }

@@ -12,7 +12,8 @@
 //! caller starts at once and never sleeps waiting for the pool. Only
 //! [`run`] (offline weight quantization) still hands its work to the pool.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use core::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use rayon::ThreadPool;
@@ -356,6 +357,47 @@ impl Drop for FailUnlessDone<'_> {
     }
 }
 
+/// Blocks `0..count` handed out from both ends: [`BlockQueue::take`] from
+/// the front or from the back, each block once, until the ends meet.
+struct BlockQueue {
+    /// The next block from the front in the low 32 bits, one past the next
+    /// from the back in the high 32 bits.
+    ends: AtomicU64,
+}
+
+impl BlockQueue {
+    fn new(count: usize) -> Self {
+        // More blocks than u32 holds cannot occur (each has >= 4 rows of
+        // an allocation), but clamp rather than wrap.
+        let count = count.min(u32::MAX as usize) as u64;
+        BlockQueue {
+            ends: AtomicU64::new(count << 32),
+        }
+    }
+
+    fn take(&self, from_back: bool) -> Option<usize> {
+        let mut ends = self.ends.load(Ordering::Relaxed);
+        loop {
+            let (front, back) = (ends & 0xffff_ffff, ends >> 32);
+            if front >= back {
+                return None;
+            }
+            let (taken, new) = if from_back {
+                (back - 1, front | ((back - 1) << 32))
+            } else {
+                (front, (front + 1) | (back << 32))
+            };
+            match self
+                .ends
+                .compare_exchange_weak(ends, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(taken as usize),
+                Err(current) => ends = current,
+            }
+        }
+    }
+}
+
 impl RowBlocks {
     /// Blocks of an `[m, k] x [n, k]^T` product: sized for L2 (or, for one
     /// token, a grain of streaming work), with a few per thread.
@@ -393,9 +435,24 @@ impl RowBlocks {
     /// Runs `f` over the blocks, on every thread when the product is worth
     /// it, else on the calling thread, block by block.
     pub(crate) fn run(&self, f: impl Fn(core::ops::Range<usize>) + Sync + Send) {
+        self.run_ahead(|rows, _| f(rows));
+    }
+
+    /// [`RowBlocks::run`], with `f` also told the block its thread will
+    /// probably take next (see [`RowBlocks::run_prepared_ahead`]).
+    pub(crate) fn run_ahead(&self, f: impl Fn(Range<usize>, Option<Range<usize>>) + Sync + Send) {
         let ready: Result<(), core::convert::Infallible> =
-            self.run_prepared(|| Ok(()), |(), rows| f(rows));
+            self.run_prepared_ahead(|| Ok(()), |(), rows, next| f(rows, next));
         let Ok(()) = ready;
+    }
+
+    /// [`RowBlocks::run_prepared_ahead`] without the next block.
+    pub(crate) fn run_prepared<P: Send + Sync, E: Send>(
+        &self,
+        prepare: impl FnOnce() -> Result<P, E> + Send,
+        f: impl Fn(&P, Range<usize>) + Sync + Send,
+    ) -> Result<(), E> {
+        self.run_prepared_ahead(prepare, |p, rows, _| f(p, rows))
     }
 
     /// Runs `prepare` on the calling thread, then `f(&prepared, block)` over
@@ -403,12 +460,17 @@ impl RowBlocks {
     /// *before* `prepare` runs, so their wake-up (tens of microseconds, more
     /// in a VM) overlaps it instead of delaying the blocks; they wait for its
     /// value, and take no block if it fails. The calling thread takes blocks
-    /// too, from a shared counter: a helper that wakes late finds them taken.
-    /// Each block is computed the same way by any thread.
-    pub(crate) fn run_prepared<P: Send + Sync, E: Send>(
+    /// too: it takes them from the front, the helpers from the back, so a
+    /// helper that wakes late finds them taken, and each thread's next
+    /// block is usually the one beside its current block (until the two
+    /// ends meet). `f(&prepared, block, next)` gets that guess as `next`, for
+    /// a kernel to prefetch it while it works on `block` (a wrong guess costs
+    /// only the wasted prefetch). Each block is computed the same way by any
+    /// thread.
+    pub(crate) fn run_prepared_ahead<P: Send + Sync, E: Send>(
         &self,
         prepare: impl FnOnce() -> Result<P, E> + Send,
-        f: impl Fn(&P, core::ops::Range<usize>) + Sync + Send,
+        f: impl Fn(&P, Range<usize>, Option<Range<usize>>) + Sync + Send,
     ) -> Result<(), E> {
         let RowBlocks {
             work,
@@ -418,22 +480,26 @@ impl RowBlocks {
         let pool = pool();
         let threads = pool.current_num_threads();
         let blocks = n.div_ceil(rows_per_block);
+        let block = |b: usize| b * rows_per_block..((b + 1) * rows_per_block).min(n);
         if work < 2 * GRAIN || threads < 2 || blocks < 2 {
             // Block by block all the same: the blocks are sized for the
             // cache, which one call over all rows would overrun.
             return prepare().map(|p| {
                 for b in 0..blocks {
-                    f(&p, b * rows_per_block..((b + 1) * rows_per_block).min(n));
+                    f(&p, block(b), (b + 1 < blocks).then(|| block(b + 1)));
                 }
             });
         }
-        let next = AtomicUsize::new(0);
-        let take_blocks = |p: &P| loop {
-            let b = next.fetch_add(1, Ordering::Relaxed);
-            if b >= blocks {
-                break;
+        let queue = BlockQueue::new(blocks);
+        let take_blocks = |p: &P, from_back: bool| {
+            while let Some(b) = queue.take(from_back) {
+                let next = if from_back {
+                    b.checked_sub(1)
+                } else {
+                    Some(b + 1).filter(|&c| c < blocks)
+                };
+                f(p, block(b), next.map(block));
             }
-            f(p, b * rows_per_block..((b + 1) * rows_per_block).min(n));
         };
         let prepared = Prepared {
             value: OnceLock::new(),
@@ -441,7 +507,7 @@ impl RowBlocks {
         };
         let helper_part = || {
             if let Some(p) = prepared.wait() {
-                take_blocks(p);
+                take_blocks(p, true);
             }
         };
         pool.in_place_scope(|scope| {
@@ -468,7 +534,7 @@ impl RowBlocks {
             prepared.state.store(state, Ordering::Release);
             drop(guard);
             if let Some(p) = prepared.value.get() {
-                take_blocks(p);
+                take_blocks(p, false);
             }
             if let Some(ticket) = ticket {
                 ticket.finish();
@@ -481,6 +547,7 @@ impl RowBlocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
 
     /// `RAYON_NUM_THREADS` as rayon reads it (a positive integer, else the
@@ -505,6 +572,68 @@ mod tests {
             work: 4 * GRAIN,
             n,
             rows_per_block: 3,
+        }
+    }
+
+    #[test]
+    fn block_queue_hands_out_each_block_once_from_both_ends() {
+        for count in [0, 1, 2, 3, 10, 1000] {
+            let queue = BlockQueue::new(count);
+            let (front, back) = std::thread::scope(|s| {
+                let back = s.spawn(|| {
+                    let mut taken = vec![];
+                    while let Some(b) = queue.take(true) {
+                        taken.push(b);
+                    }
+                    taken
+                });
+                let mut front = vec![];
+                while let Some(b) = queue.take(false) {
+                    front.push(b);
+                }
+                (front, back.join().unwrap())
+            });
+            // The front counts up from 0, the back down from count - 1, and
+            // together they take every block exactly once.
+            assert!(front.iter().enumerate().all(|(i, &b)| b == i), "{front:?}");
+            assert!(
+                back.iter().enumerate().all(|(i, &b)| b == count - 1 - i),
+                "{back:?}"
+            );
+            let mut all: Vec<usize> = front.into_iter().chain(back).collect();
+            all.sort_unstable();
+            assert_eq!(all, (0..count).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn the_next_block_is_a_neighbour_or_none() {
+        let _ = set_num_threads(2);
+        for n in [1, 3, 7, 64, 301] {
+            let seen = Mutex::new(vec![]);
+            let blocks = split_rows(n);
+            let _: Result<(), ()> = blocks.run_prepared_ahead(
+                || Ok(()),
+                |(), rows, next| seen.lock().unwrap().push((rows, next)),
+            );
+            let seen = seen.into_inner().unwrap();
+            let mut covered = vec![0u32; n];
+            for (rows, next) in &seen {
+                rows.clone().for_each(|r| covered[r] += 1);
+                if let Some(next) = next {
+                    // Just after or just before, never the block itself.
+                    assert!(
+                        next.start == rows.end || next.end == rows.start,
+                        "{rows:?} {next:?}"
+                    );
+                    assert!(next.end <= n && !next.is_empty());
+                }
+            }
+            assert!(covered.iter().all(|&c| c == 1), "n={n}");
+            // The last block from the front (or the only one) has no
+            // neighbour after it.
+            let last = seen.iter().find(|(rows, _)| rows.end == n).unwrap();
+            assert!(last.1.as_ref().is_none_or(|next| next.end == last.0.start));
         }
     }
 

@@ -389,16 +389,17 @@ pub fn w8a8_tile<const T: usize>(
 /// `k / 32 * 32` columns ([`token_sum`]): with them the VNNI paths take
 /// the weights as the unsigned side (`w + 128`) and subtract `128 * a_sums`,
 /// one `vpdpbusd` per product; the other paths do not need them. With
-/// `prefetch` (for rows that are probably not in cache yet) those kernels
-/// also fetch the next rows (`w` continues past `out`'s rows, or the
-/// prefetch lands nowhere, harmlessly) into L2 as they go.
+/// `prefetch_rows != 0` (for rows that are probably not in cache yet)
+/// those kernels also fetch into L2, as they go, each row's counterpart
+/// `prefetch_rows` rows on (before, when negative) in the matrix `w` is
+/// part of (or nowhere, harmlessly).
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub fn w8a8_row_pairs<const T: usize>(
     w: &[i8],
     a: &[&[i8]; T],
     a_sums: Option<[i32; T]>,
-    prefetch: bool,
+    prefetch_rows: isize,
     ws: &[f32],
     ts: [f32; T],
     bias: Option<&[f32]>,
@@ -416,14 +417,23 @@ pub fn w8a8_row_pairs<const T: usize>(
     debug_assert!(a_sums.is_none_or(|sums| sums == a.map(token_sum)));
     // Only the x86-64 VNNI kernels use the hint.
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = prefetch;
+    let _ = prefetch_rows;
     #[cfg(target_arch = "x86_64")]
     if T > 0 && k < EXACT_I32_TOTAL {
         // SAFETY: the path's features confirmed by active(); shapes checked
         // above, and k is small enough for i32 sums.
-        if let Some(()) =
-            unsafe { avx2_int8_dot!(w8a8_row_pairs(w, a, a_sums, prefetch, ws, ts, bias, out)) }
-        {
+        if let Some(()) = unsafe {
+            avx2_int8_dot!(w8a8_row_pairs(
+                w,
+                a,
+                a_sums,
+                prefetch_rows,
+                ws,
+                ts,
+                bias,
+                out
+            ))
+        } {
             return;
         }
     }
