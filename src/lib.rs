@@ -20,6 +20,7 @@ pub mod error;
 mod huge_pages;
 pub mod matmul;
 pub mod observer;
+pub mod packed;
 mod pair_split;
 pub mod parallel;
 pub mod quantize;

@@ -60,7 +60,7 @@ pub(crate) struct Dequant<'a> {
 
 impl Dequant<'_> {
     #[inline(always)]
-    fn value(&self, i: usize, j: usize, acc: i64) -> f32 {
+    pub(crate) fn value(&self, i: usize, j: usize, acc: i64) -> f32 {
         let v = (acc as f32 * self.weight_scales[j]) * self.token_scales[i];
         match self.bias {
             Some(b) => v + b[j],

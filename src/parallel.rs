@@ -415,6 +415,16 @@ impl RowBlocks {
         }
     }
 
+    /// `count` blocks of one unit each (panels of a packed matrix, say),
+    /// `work` in all (the same threshold as [`RowBlocks::weight_rows`]).
+    pub(crate) fn units(count: usize, work: usize) -> Self {
+        RowBlocks {
+            work,
+            n: count,
+            rows_per_block: 1,
+        }
+    }
+
     /// Blocks of a one-token product (`n` rows of `k` bytes each): the same
     /// threshold as [`RowBlocks::weight_rows`], but fewer, larger blocks
     /// (about `tasks_per_thread` per thread, at least `min_rows` rows, a

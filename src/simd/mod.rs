@@ -21,6 +21,8 @@ pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -349,6 +351,37 @@ pub fn dot_tile<const R: usize, const T: usize>(w: &[&[i8]; R], a: &[&[i8]; T]) 
         return sums;
     }
     scalar::dot_tile(w, a)
+}
+
+/// Whether [`panel_sums`] runs its AVX-512 kernel: the active path is
+/// `avx512vnni` and the CPU has AVX512F (every AVX512-VNNI CPU does).
+pub fn panel_kernel_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        active() == Isa::Avx512Vnni && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// For `MR` tokens `u` (unsigned bytes, at least `4 * k4` each) and a panel
+/// of 64 weight rows packed `[k4][64][4]` (at least `256 * k4` bytes): each
+/// token's wrapping i32 sums with each row ([`scalar::panel_sums`]), by
+/// the AVX-512 kernel where [`panel_kernel_available`], else the scalar
+/// definition.
+pub fn panel_sums<const MR: usize>(panel: &[i8], k4: usize, u: &[&[u8]; MR]) -> [[i32; 64]; MR] {
+    assert!(
+        panel.len() >= 256 * k4 && u.iter().all(|t| t.len() >= 4 * k4),
+        "panel_sums: lengths"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if panel_kernel_available() {
+        // SAFETY: features checked just above; lengths asserted.
+        return unsafe { avx512::panel_sums(panel, k4, u) };
+    }
+    scalar::panel_sums(panel, k4, u)
 }
 
 /// Dequantized W8A8 outputs of two int8 weight rows by `T` token rows (all

@@ -202,6 +202,25 @@ pub fn w4a8_tile<const R: usize, const T: usize>(
     })
 }
 
+/// The broadcast panel kernel's definition ([`super::panel_sums`]): for
+/// each token `t`, each of the panel's 64 rows `r`, the wrapping i32 sum
+/// over `k4` steps of `u[t][4s + j] * panel[(s * 64 + r) * 4 + j]`, `u`
+/// unsigned and the panel signed.
+pub fn panel_sums<const MR: usize>(panel: &[i8], k4: usize, u: &[&[u8]; MR]) -> [[i32; 64]; MR] {
+    let mut out = [[0i32; 64]; MR];
+    for (t, row) in out.iter_mut().enumerate() {
+        for s in 0..k4 {
+            for (r, acc) in row.iter_mut().enumerate() {
+                for j in 0..4 {
+                    let p = i32::from(u[t][4 * s + j]) * i32::from(panel[(s * 64 + r) * 4 + j]);
+                    *acc = acc.wrapping_add(p);
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

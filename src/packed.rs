@@ -1,0 +1,359 @@
+//! Int8 weights packed once for the broadcast W8A8 kernel.
+//!
+//! Layout: panels of [`PANEL_ROWS`] weight rows; within a panel, for each
+//! step of 4 columns, the 64 rows' 4 bytes one after the other
+//! (`[k4][64][4]`), columns past `k` and rows past `n` zero. The kernel
+//! ([`simd::panel_sums`]) loads 16 rows x 4 columns per 512-bit register and
+//! broadcasts each token's 4 bytes against them, so each token byte is
+//! loaded once per 64 rows (once per 4 in the row-major GEMM's tiles): about
+//! half the load bandwidth per multiply-add, which is what the row-major
+//! tile runs short of (docs/performance-notes.md, Session 14). The tokens
+//! are the unsigned side, `a + 128`, and each row's sum corrects for it:
+//! `sum a*w = sum (a+128)*w - 128 * sum w`, exact in wrapping i32 whenever
+//! the true sum fits, as every sum of `k < EXACT_I32_TOTAL` products does.
+//! Results equal [`crate::w8a8_matmul_into`]'s on the unpacked weights, bit
+//! for bit.
+
+use crate::error::{check_finite_argument, checked_size, try_vec};
+use crate::matmul::{w8a8_matmul_into, ActQuant, Dequant, QuantizedActs};
+use crate::parallel::{DisjointOut, RowBlocks};
+use crate::simd::{self, EXACT_I32_TOTAL};
+use crate::DynQuantError;
+
+/// Weight rows per panel.
+pub const PANEL_ROWS: usize = 64;
+
+/// Int8 weights `[n, k]` packed for [`w8a8_matmul_packed_into`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackedInt8Weights {
+    n: usize,
+    k: usize,
+    data: Vec<i8>,
+    row_sums: Vec<i32>,
+}
+
+impl PackedInt8Weights {
+    /// Packs the row-major int8 weights `w` (`n` rows of `k`).
+    pub fn pack(w: &[i8], n: usize, k: usize) -> Result<Self, DynQuantError> {
+        let expected = checked_size(n, k, "weights")?;
+        if w.len() != expected {
+            return Err(DynQuantError::ShapeMismatch {
+                expected,
+                actual: w.len(),
+            });
+        }
+        let k4 = k.div_ceil(4);
+        let panels = n.div_ceil(PANEL_ROWS);
+        let len = checked_size(panels * PANEL_ROWS, 4 * k4, "packed weights")?;
+        let mut data = try_vec(len, 0i8)?;
+        let mut row_sums = try_vec(n, 0i32)?;
+        for (r, (row, sum)) in w.chunks_exact(k.max(1)).zip(&mut row_sums).enumerate() {
+            let base = (r / PANEL_ROWS) * PANEL_ROWS * 4 * k4 + (r % PANEL_ROWS) * 4;
+            for (c, &v) in row.iter().enumerate() {
+                data[base + (c / 4) * PANEL_ROWS * 4 + c % 4] = v;
+            }
+            *sum = row
+                .iter()
+                .map(|&v| i32::from(v))
+                .fold(0i32, i32::wrapping_add);
+        }
+        Ok(PackedInt8Weights {
+            n,
+            k,
+            data,
+            row_sums,
+        })
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Input columns.
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes held: the packed panels and the row sums.
+    pub fn nbytes(&self) -> usize {
+        self.data.len() + 4 * self.row_sums.len()
+    }
+
+    /// The row-major weights back, exactly.
+    pub fn unpack(&self) -> Vec<i8> {
+        let k4 = self.k.div_ceil(4);
+        let mut w = vec![0i8; self.n * self.k];
+        for (r, row) in w.chunks_exact_mut(self.k.max(1)).enumerate() {
+            let base = (r / PANEL_ROWS) * PANEL_ROWS * 4 * k4 + (r % PANEL_ROWS) * 4;
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = self.data[base + (c / 4) * PANEL_ROWS * 4 + c % 4];
+            }
+        }
+        w
+    }
+
+    fn panel(&self, p: usize) -> &[i8] {
+        let size = PANEL_ROWS * 4 * self.k.div_ceil(4);
+        &self.data[p * size..(p + 1) * size]
+    }
+}
+
+/// [`crate::w8a8_matmul_into`] on packed weights: the same checks, errors
+/// and bits. Without the AVX-512 panel kernel ([`simd::panel_kernel_available`])
+/// or for `k` too long for i32 sums it unpacks the weights and runs the
+/// row-major GEMM (correct, not faster).
+pub fn w8a8_matmul_packed_into(
+    x: &[f32],
+    m: usize,
+    weights: &PackedInt8Weights,
+    weight_scales: &[f32],
+    bias: Option<&[f32]>,
+    act: ActQuant,
+    out: &mut [f32],
+) -> Result<(), DynQuantError> {
+    let (n, k) = (weights.n, weights.k);
+    if !simd::panel_kernel_available() || k >= EXACT_I32_TOTAL || m == 0 || k == 0 {
+        return w8a8_matmul_into(x, m, &weights.unpack(), weight_scales, bias, act, out);
+    }
+    for (expected, actual) in [
+        (checked_size(m, k, "activations")?, x.len()),
+        (n, weight_scales.len()),
+        (n, bias.map_or(n, <[f32]>::len)),
+        (checked_size(m, n, "outputs")?, out.len()),
+    ] {
+        if expected != actual {
+            return Err(DynQuantError::ShapeMismatch { expected, actual });
+        }
+    }
+    check_finite_argument(weight_scales, "weight_scales")?;
+    check_finite_argument(bias.unwrap_or_default(), "bias")?;
+    let k4 = k.div_ceil(4);
+    let acts = if act.per_token {
+        QuantizedActs::per_token(x, m, k, act, k)?
+    } else {
+        QuantizedActs::per_tensor(x, m, k, act, k)?
+    };
+    // The tokens as unsigned bytes, `a + 128`, each padded to 4 * k4 (the
+    // padding meets zero weights).
+    let stride = 4 * k4;
+    let mut u = try_vec(checked_size(m, stride, "tokens")?, 0u8)?;
+    for (dst, src) in u.chunks_exact_mut(stride).zip(acts.q.chunks_exact(k)) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = (s as u8) ^ 0x80;
+        }
+    }
+    let dequant = Dequant {
+        weight_scales,
+        token_scales: &acts.scales,
+        bias,
+    };
+    let out = DisjointOut::new(out);
+    let panels = n.div_ceil(PANEL_ROWS);
+    let token = |i: usize| &u[i * stride..(i + 1) * stride];
+    RowBlocks::units(panels, m.saturating_mul(n).saturating_mul(k) / 4).run(|ps| {
+        for p in ps {
+            let j0 = p * PANEL_ROWS;
+            let rows = PANEL_ROWS.min(n - j0);
+            let panel = weights.panel(p);
+            let mut t0 = 0;
+            while t0 < m {
+                let group = (m - t0).min(4);
+                let sums: [[i32; 64]; 4] = match group {
+                    4 => simd::panel_sums::<4>(panel, k4, &core::array::from_fn(|t| token(t0 + t))),
+                    3 => pad(simd::panel_sums::<3>(
+                        panel,
+                        k4,
+                        &core::array::from_fn(|t| token(t0 + t)),
+                    )),
+                    2 => pad(simd::panel_sums::<2>(
+                        panel,
+                        k4,
+                        &core::array::from_fn(|t| token(t0 + t)),
+                    )),
+                    _ => pad(simd::panel_sums::<1>(panel, k4, &[token(t0)])),
+                };
+                for (t, sums) in sums.iter().enumerate().take(group) {
+                    let i = t0 + t;
+                    let mut run = [0.0f32; PANEL_ROWS];
+                    for (r, y) in run.iter_mut().enumerate().take(rows) {
+                        let j = j0 + r;
+                        let acc = sums[r].wrapping_sub(weights.row_sums[j].wrapping_mul(128));
+                        *y = dequant.value(i, j, i64::from(acc));
+                    }
+                    // SAFETY: panel p's rows j0..j0 + rows belong to this
+                    // task alone (RowBlocks hands out each panel once).
+                    unsafe { out.write_run(i * n + j0, &run[..rows]) };
+                }
+                t0 += group;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn pad<const MR: usize>(s: [[i32; 64]; MR]) -> [[i32; 64]; 4] {
+    let mut out = [[0i32; 64]; 4];
+    out[..MR].copy_from_slice(&s);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::scalar;
+    use crate::test_rng::xorshift;
+
+    fn weights(n: usize, k: usize, seed: u64) -> Vec<i8> {
+        let mut rng = xorshift(seed);
+        (0..n * k)
+            .map(|i| match i % 7 {
+                0 => -128,
+                1 => 127,
+                _ => (rng() >> 24) as i8,
+            })
+            .collect()
+    }
+
+    fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut rng = xorshift(seed);
+        (0..m * k)
+            .map(|i| {
+                let v = ((rng() >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
+                // An outlier column and an exact .5 tie now and then.
+                if i % 97 == 3 {
+                    40.0 * v
+                } else if i % 89 == 0 {
+                    0.5
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pack_round_trips_and_pads_with_zeros() {
+        for (n, k) in [(1, 1), (3, 5), (64, 8), (65, 4), (130, 37), (7, 0)] {
+            let w = weights(n, k, (n * 31 + k) as u64);
+            let p = PackedInt8Weights::pack(&w, n, k).unwrap();
+            assert_eq!(p.unpack(), w, "n={n} k={k}");
+            assert_eq!(p.data.len(), n.div_ceil(64) * 64 * 4 * k.div_ceil(4));
+            let nonzero = p.data.iter().filter(|&&v| v != 0).count();
+            assert_eq!(nonzero, w.iter().filter(|&&v| v != 0).count());
+            for (r, row) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+                let want: i64 = row.iter().map(|&v| i64::from(v)).sum();
+                assert_eq!(i64::from(p.row_sums[r]), want);
+            }
+        }
+        assert!(matches!(
+            PackedInt8Weights::pack(&[0; 5], 2, 3),
+            Err(DynQuantError::ShapeMismatch {
+                expected: 6,
+                actual: 5
+            })
+        ));
+    }
+
+    #[test]
+    fn panel_kernel_equals_its_scalar_definition() {
+        for k4 in [1, 2, 7, 64, 257] {
+            let panel = weights(64, 4 * k4, k4 as u64);
+            let mut rng = xorshift(99 + k4 as u64);
+            let toks: Vec<Vec<u8>> = (0..4)
+                .map(|t| {
+                    (0..4 * k4)
+                        .map(|i| {
+                            if (i + t) % 5 == 0 {
+                                255
+                            } else {
+                                (rng() >> 30) as u8
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            let u: [&[u8]; 4] = core::array::from_fn(|t| &toks[t][..]);
+            assert_eq!(
+                simd::panel_sums::<4>(&panel, k4, &u),
+                scalar::panel_sums::<4>(&panel, k4, &u)
+            );
+            let u1 = [&toks[1][..]];
+            assert_eq!(
+                simd::panel_sums::<1>(&panel, k4, &u1),
+                scalar::panel_sums::<1>(&panel, k4, &u1)
+            );
+        }
+    }
+
+    #[test]
+    fn packed_matmul_equals_the_row_major_gemm_bit_for_bit() {
+        let bias_of = |n: usize| (0..n).map(|j| j as f32 * 0.25 - 3.0).collect::<Vec<f32>>();
+        for (m, n, k) in [
+            (1, 1, 1),
+            (1, 64, 4),
+            (2, 65, 5),
+            (5, 130, 384),
+            (9, 64, 31),
+            (17, 200, 129),
+            (4, 3, 4096),
+        ] {
+            let w = weights(n, k, (m * 7 + n * 3 + k) as u64);
+            let x = activations(m, k, (m + n + k) as u64);
+            let s: Vec<f32> = (0..n).map(|j| 1e-3 * (1 + j % 13) as f32).collect();
+            let p = PackedInt8Weights::pack(&w, n, k).unwrap();
+            let bias = bias_of(n);
+            for act in [ActQuant::PER_TOKEN, ActQuant::PER_TENSOR] {
+                for b in [None, Some(&bias[..])] {
+                    let mut want = vec![0.0f32; m * n];
+                    w8a8_matmul_into(&x, m, &w, &s, b, act, &mut want).unwrap();
+                    let mut got = vec![f32::NAN; m * n];
+                    w8a8_matmul_packed_into(&x, m, &p, &s, b, act, &mut got).unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "m={m} n={n} k={k} {act:?} bias={}",
+                        b.is_some()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_matmul_errors_name_the_shapes() {
+        let p = PackedInt8Weights::pack(&[1; 8], 2, 4).unwrap();
+        let run = |x: &[f32], m: usize, s: &[f32], out: &mut [f32]| {
+            w8a8_matmul_packed_into(x, m, &p, s, None, ActQuant::PER_TOKEN, out)
+        };
+        let mut out = [0.0; 2];
+        assert!(matches!(
+            run(&[1.0; 3], 1, &[1.0; 2], &mut out),
+            Err(DynQuantError::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            run(&[1.0; 4], 1, &[1.0; 3], &mut out),
+            Err(DynQuantError::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            run(&[1.0; 4], 1, &[1.0, f32::NAN], &mut out),
+            Err(DynQuantError::NonFiniteArgument { .. })
+        ));
+        assert!(run(&[f32::NAN, 1.0, 1.0, 1.0], 1, &[1.0; 2], &mut out).is_err());
+        assert!(run(&[1.0, 2.0, 3.0, 4.0], 1, &[1.0; 2], &mut out).is_ok());
+        let mut want = [0.0; 2];
+        let x = [1.0, 2.0, 3.0, 4.0];
+        w8a8_matmul_into(
+            &x,
+            1,
+            &[1; 8],
+            &[1.0; 2],
+            None,
+            ActQuant::PER_TOKEN,
+            &mut want,
+        )
+        .unwrap();
+        assert_eq!(out, want);
+    }
+}
