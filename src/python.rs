@@ -20,6 +20,7 @@ use crate::calib::CalibStats;
 use crate::scale::{DynamicScaleMode, NanPolicy};
 use crate::tensor::DynQuantFormat;
 mod observer;
+mod packed;
 
 use crate::{
     matmul, parallel, quantize, scale, simd, smooth, tensor, w4a8, weights, DynQuantError,
@@ -713,6 +714,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // Streaming calibration (src/observer.rs).
     m.add_class::<observer::PyCalibObserver>()?;
+    m.add_class::<packed::PyPackedInt8Weights>()?;
+    m.add_function(wrap_pyfunction!(packed::pack_weights_int8, m)?)?;
+    m.add_function(wrap_pyfunction!(packed::w8a8_matmul_packed, m)?)?;
     m.add_class::<observer::PyChannelMaxObserver>()?;
     Ok(())
 }

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from strategies import assert_same_f32
 
 F32 = np.float32
+PATHS = list(dq.kernel_info().supported)
 I64 = np.int64
 
 
@@ -111,6 +112,62 @@ def test_w8a8_matmul_is_its_definition(case: tuple[Any, ...]) -> None:
     if per_token and bias is None:
         for i in range(x.shape[0]):
             assert_same_f32(got[i], dq.w8a8_matvec(w, ws, x[i]), f"token {i} vs w8a8_matvec")
+
+
+@settings(max_examples=150, deadline=None)
+@given(w8a8_case(), st.sampled_from(PATHS))
+def test_w8a8_matmul_on_packed_weights_is_bit_identical(case: tuple[Any, ...], path: str) -> None:
+    """``pack_weights_int8`` changes the layout, never the bits, on every
+    kernel path (the AVX-512 panel kernel where there is one, the row-major
+    GEMM on the unpacked weights elsewhere)."""
+    x, w, ws, bias, per_token = case
+    dq.set_kernel(path)
+    packed = dq.pack_weights_int8(w)
+    got = dq.w8a8_matmul(x, packed, ws, per_token=per_token, bias=bias)
+    assert_same_f32(got, dq.w8a8_matmul(x, w, ws, per_token=per_token, bias=bias), path)
+    assert_same_f32(got, ref_w8a8(x, w, ws, per_token, bias), "definition")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 64, 4), (5, 65, 5), (9, 130, 384), (4, 200, 1027)])
+def test_packed_panels_rows_and_columns_past_the_edges(path: str, m: int, n: int, k: int) -> None:
+    """Panels of 64 rows and steps of 4 columns: shapes that leave partial
+    panels, partial steps and partial token groups, with -128 weights and
+    .5 ties in the activations."""
+    dq.set_kernel(path)
+    rng = np.random.default_rng(m * n * k)
+    w = rng.integers(-128, 128, size=(n, k)).astype(np.int8)
+    w[:, ::3] = -128
+    x = rng.standard_normal((m, k)).astype(F32)
+    x[:, 1] = 63.5 / 127.0 * np.abs(x).max(axis=1)  # ties at the int8 step
+    ws = rng.uniform(1e-3, 1.0, size=n).astype(F32)
+    packed = dq.pack_weights_int8(w)
+    assert packed.shape == (n, k)
+    assert packed.nbytes == -(-n // 64) * 64 * 4 * -(-k // 4) + 4 * n
+    np.testing.assert_array_equal(packed.unpack(), w)
+    for per_token in (True, False):
+        got = dq.w8a8_matmul(x, packed, ws, per_token=per_token)
+        assert_same_f32(got, dq.w8a8_matmul(x, w, ws, per_token=per_token), f"{path}")
+
+
+def test_packed_weights_pickle_repr_and_errors() -> None:
+    w = np.arange(-6, 6, dtype=np.int8).reshape(3, 4)
+    packed = dq.pack_weights_int8(w)
+    again = pickle.loads(pickle.dumps(packed))
+    np.testing.assert_array_equal(again.unpack(), w)
+    assert repr(packed) == f"PackedInt8Weights(shape=(3, 4), nbytes={packed.nbytes})"
+    ws = np.ones(3, F32)
+    with pytest.raises(dq.ShapeMismatchError, match="x must be"):
+        dq.w8a8_matmul(np.ones((2, 5), F32), packed, ws)
+    with pytest.raises(dq.ShapeMismatchError, match="weight_scales has 2 values for 3"):
+        dq.w8a8_matmul(np.ones((2, 4), F32), packed, ws[:2])
+    with pytest.raises(dq.NonFiniteError):
+        dq.w8a8_matmul(np.full((2, 4), np.nan, F32), packed, ws)
+    with pytest.raises(dq.DTypeError):
+        dq.pack_weights_int8(w.astype(np.float32))
+    with pytest.raises(dq.ShapeMismatchError):
+        dq.pack_weights_int8(w.reshape(-1))
+    assert dq.w8a8_matmul(np.ones((0, 4), F32), packed, ws).shape == (0, 3)
 
 
 @st.composite

@@ -35,7 +35,14 @@ from .smooth import (
     smooth_weights,
 )
 from .tensor import DynQuantTensor, quantization_mae
-from .weights import pack_int4, quantize_weights_int4, quantize_weights_int8, unpack_int4
+from .weights import (
+    PackedInt8Weights,
+    pack_int4,
+    pack_weights_int8,
+    quantize_weights_int4,
+    quantize_weights_int8,
+    unpack_int4,
+)
 
 __all__ = [
     "ArgumentTypeError",
@@ -56,6 +63,7 @@ __all__ = [
     "KernelInfo",
     "MaxAbs",
     "NonFiniteError",
+    "PackedInt8Weights",
     "Percentile",
     "QuantizedLinear",
     "ScaleMode",
@@ -67,6 +75,7 @@ __all__ = [
     "compute_smooth_factors",
     "kernel_info",
     "pack_int4",
+    "pack_weights_int8",
     "quantization_mae",
     "quantize_int4",
     "quantize_int8",

@@ -118,6 +118,9 @@ def w8a8_matmul(
 ) -> npt.NDArray[np.float32]:
     """Batched W8A8: ``x [..., in]`` times int8 ``weight_i8 [out, in]`` → ``[..., out]``.
 
+    ``weight_i8`` may also be ``dq.pack_weights_int8(weight_i8)``: the same
+    bits, faster from a few tokens on AVX-512 VNNI CPUs.
+
     Activations are quantized per token (one scale per row of ``x``, the
     default — each token's result equals ``w8a8_matvec`` on it, bit for bit)
     or per tensor (``per_token=False``, the reference's rule); the integer
@@ -127,24 +130,25 @@ def w8a8_matmul(
     """
     per_token = check_bool(per_token, "per_token")
     x2, lead = _tokens(x)
-    w = as_int8(weight_i8, "weight_i8", ndim=2)
+    packed = isinstance(weight_i8, _core.PackedInt8Weights)
+    w: Any = weight_i8 if packed else as_int8(weight_i8, "weight_i8", ndim=2)
+    shape: tuple[int, int] = tuple(w.shape)
     s = as_float32(weight_scales, "weight_scales", ndim=1)
-    if x2.shape[1] != w.shape[1]:
+    if x2.shape[1] != shape[1]:
         raise ShapeMismatchError(
             f"x has {x2.shape[1]} features (last axis of shape {tuple(lead) + x2.shape[1:]}), "
-            f"but weight_i8 is {w.shape}: x must be [..., {w.shape[1]}]",
-            expected=w.shape[1],
+            f"but weight_i8 is {shape}: x must be [..., {shape[1]}]",
+            expected=shape[1],
             actual=x2.shape[1],
         )
     _check_row_scales(s, w)
     p = percentile_arg(act_mode, "act_mode")
+    matmul = _core.w8a8_matmul_packed if packed else _core.w8a8_matmul
     try:
-        y = _core.w8a8_matmul(
-            x2, w, s, _bias(bias, w.shape[0]), per_token, p, check_nan_policy(nan_policy)
-        )
+        y = matmul(x2, w, s, _bias(bias, shape[0]), per_token, p, check_nan_policy(nan_policy))
     except NonFiniteError as e:
         raise _reworded(e, nan_policy, p, x2) from None
-    out: npt.NDArray[np.float32] = y.reshape(*lead, w.shape[0])
+    out: npt.NDArray[np.float32] = y.reshape(*lead, shape[0])
     return out
 
 

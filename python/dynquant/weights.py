@@ -32,7 +32,16 @@ from .errors import DTypeError, InvalidArgumentError, NonFiniteError, ShapeMisma
 #: until 2026-12-05; 2: the lane layout). Pickled 4-bit layers carry it.
 INT4_LAYOUT = 2
 
-__all__ = ["pack_int4", "quantize_weights_int4", "quantize_weights_int8", "unpack_int4"]
+__all__ = [
+    "PackedInt8Weights",
+    "pack_int4",
+    "pack_weights_int8",
+    "quantize_weights_int4",
+    "quantize_weights_int8",
+    "unpack_int4",
+]
+
+PackedInt8Weights = _core.PackedInt8Weights
 
 GROUP_SIZES = (None, 32, 64, 128)
 
@@ -64,6 +73,21 @@ def quantize_weights_int8(
     with _weights_must_be_finite():
         q, scales = _core.quantize_weights_int8(w)
     return q, scales
+
+
+def pack_weights_int8(weight_i8: Any) -> _core.PackedInt8Weights:
+    """Int8 weights ``[out, in]`` packed once for ``w8a8_matmul``.
+
+    The packed form (panels of 64 rows, 4 columns per step, padded with
+    zeros; see ``dynquant.packed`` in the Rust crate) lets the AVX-512 VNNI
+    kernel broadcast each token's bytes against 64 rows at a time, as
+    fbgemm and ONNX Runtime do with their prepacked weights. Results are
+    bit-identical to ``w8a8_matmul`` on ``weight_i8``; on other kernels
+    (AVX2, NEON, scalar) the weights are unpacked on every call — correct,
+    not faster. ``.shape``, ``.nbytes``, ``.unpack()``; picklable.
+    """
+    w = as_int8(weight_i8, "weight_i8", ndim=2)
+    return _core.pack_weights_int8(w)
 
 
 def quantize_weights_int4(
