@@ -331,6 +331,7 @@ class _Shape:
         self._w: F32 | None = None
         self._q: tuple[npt.NDArray[np.int8], F32] | None = None
         self._q4: tuple[npt.NDArray[np.uint8], F32] | None = None
+        self._packed: Any = None
         self._torch: Any = None
         self._ort_model: Any = None
         self._sessions: dict[int, Any] = {}
@@ -354,6 +355,12 @@ class _Shape:
         if self._q4 is None:
             self._q4 = dq.quantize_weights_int4(self.w, group_size=self.group)
         return self._q4
+
+    def packed_int8(self) -> Any:
+        """``dq.pack_weights_int8`` of the int8 weights, made once."""
+        if self._packed is None:
+            self._packed = dq.pack_weights_int8(self.int8[0])
+        return self._packed
 
     def torch_linear(self) -> Any:
         if self._torch is None:
@@ -491,12 +498,20 @@ def _matmul_cases(cfg: Config) -> Iterator[Case]:
                 q, scales = shape.int8
                 x = _normal(_rng(5 + m), (m, shape.in_f))
 
+                packed = shape.packed_int8()
+
                 def impls(threads: int) -> list[Impl]:
                     return [
                         Impl(
                             "dynquant: w8a8_matmul(per_token=True)",
                             lambda: dq.w8a8_matmul(x, q, scales, per_token=True),
                             dynquant=True,
+                        ),
+                        Impl(
+                            "dynquant: w8a8_matmul on pack_weights_int8",
+                            lambda: dq.w8a8_matmul(x, packed, scales, per_token=True),
+                            dynquant=True,
+                            note="weights packed once, as the peers'",
                         ),
                         shape.torch_impl(x, note="activation per tensor, uint8"),
                         shape.ort_impl("onnxruntime: DynamicQuantizeMatMul", threads, x),
@@ -635,14 +650,31 @@ def _layer_stack_cases(cfg: Config) -> Iterator[Case]:
                 peers = cfg.peers
                 shapes = [_Shape(peers, width, width, g, seed=20 + i) for i in range(n_layers)]
                 x = _normal(_rng(5 + m), (m, width))
+                extra: list[Impl] = []
                 if kind == "w8a8":
                     weights = [s.int8 for s in shapes]
+                    packs = [(s.packed_int8(), s.int8[1]) for s in shapes]
 
                     def ours() -> object:
                         y = x
                         for q, sc in weights:
                             y = dq.w8a8_matmul(y, q, sc, per_token=True)
                         return y
+
+                    def ours_packed() -> object:
+                        y = x
+                        for pk, sc in packs:
+                            y = dq.w8a8_matmul(y, pk, sc, per_token=True)
+                        return y
+
+                    extra.append(
+                        Impl(
+                            f"dynquant: w8a8_matmul on pack_weights_int8 x {n_layers} layers",
+                            ours_packed,
+                            dynquant=True,
+                            note="weights packed once, as the peers'",
+                        )
+                    )
 
                     name, ort_name = "w8a8_matmul(per_token=True)", "DynamicQuantizeMatMul"
                 else:
@@ -702,6 +734,7 @@ def _layer_stack_cases(cfg: Config) -> Iterator[Case]:
                 def impls(threads: int) -> list[Impl]:
                     return [
                         Impl(f"dynquant: {name}" + chained, ours, dynquant=True),
+                        *extra,
                         torch_rows(),
                         ort_rows(threads),
                     ]
