@@ -10,6 +10,7 @@ import numpy.typing as npt
 __all__ = [
     "CalibObserver",
     "ChannelMaxObserver",
+    "PackedInt8Weights",
     "__version__",
     "calib_collect",
     "compute_scale",
@@ -17,6 +18,7 @@ __all__ = [
     "kernel_info",
     "noop",
     "pack_int4",
+    "pack_weights_int8",
     "quantization_mae",
     "quantize_per_row",
     "quantize_per_tensor",
@@ -32,6 +34,7 @@ __all__ = [
     "unpack_int4",
     "w4a8_matmul",
     "w8a8_matmul",
+    "w8a8_matmul_packed",
     "w8a8_matvec",
 ]
 
@@ -72,6 +75,7 @@ def w8a8_matmul(
 ) -> _F32: ...
 def quantize_weights_int8(weight: _F32) -> tuple[_I8, _F32]: ...
 
+@final
 class PackedInt8Weights:
     @property
     def shape(self) -> tuple[int, int]: ...
