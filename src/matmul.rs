@@ -735,17 +735,14 @@ pub(crate) fn w8a8_matmul_in_form(
     } else {
         k
     };
-    for (expected, actual) in [
-        (checked_size(n, k, "weights")?, weight_i8.len()),
-        (n, bias.map_or(n, <[f32]>::len)),
-        (checked_size(m, n, "outputs")?, out.len()),
-    ] {
-        if expected != actual {
-            return Err(DynQuantError::ShapeMismatch { expected, actual });
-        }
+    let expected = checked_size(n, k, "weights")?;
+    if expected != weight_i8.len() {
+        return Err(DynQuantError::ShapeMismatch {
+            expected,
+            actual: weight_i8.len(),
+        });
     }
-    check_finite_argument(weight_scales, "weight_scales")?;
-    check_finite_argument(bias.unwrap_or_default(), "bias")?;
+    check_bias_output_and_scales(m, weight_scales, bias, out.len())?;
     if m == 0 {
         return Ok(());
     }
@@ -792,6 +789,28 @@ pub(crate) fn w8a8_matmul_in_form(
         blocks.run_ahead(|rows, next| gemm(&acts, rows, next));
         Ok(())
     }
+}
+
+/// The GEMM's checks once the weights' shape is known, in the reference's
+/// order: a bias of one value per weight row (`weight_scales.len()` of
+/// them), an output of `m` such rows, finite weight scales and bias.
+pub(crate) fn check_bias_output_and_scales(
+    m: usize,
+    weight_scales: &[f32],
+    bias: Option<&[f32]>,
+    out_len: usize,
+) -> Result<(), DynQuantError> {
+    let n = weight_scales.len();
+    for (expected, actual) in [
+        (n, bias.map_or(n, <[f32]>::len)),
+        (checked_size(m, n, "outputs")?, out_len),
+    ] {
+        if expected != actual {
+            return Err(DynQuantError::ShapeMismatch { expected, actual });
+        }
+    }
+    check_finite_argument(weight_scales, "weight_scales")?;
+    check_finite_argument(bias.unwrap_or_default(), "bias")
 }
 
 /// The `m` tokens `q` transposed: `[k, m]`, column `c`'s tokens side by

@@ -14,8 +14,10 @@
 //! Results equal [`crate::w8a8_matmul_into`]'s on the unpacked weights, bit
 //! for bit.
 
-use crate::error::{check_finite_argument, checked_size, try_vec};
-use crate::matmul::{w8a8_matmul_into, ActQuant, Dequant, QuantizedActs};
+use crate::error::{checked_size, try_vec};
+use crate::matmul::{
+    check_bias_output_and_scales, w8a8_matmul_into, ActQuant, Dequant, QuantizedActs,
+};
 use crate::parallel::{DisjointOut, RowBlocks};
 use crate::simd::{self, EXACT_I32_TOTAL};
 use crate::DynQuantError;
@@ -119,15 +121,12 @@ pub fn w8a8_matmul_packed_into(
     for (expected, actual) in [
         (checked_size(m, k, "activations")?, x.len()),
         (n, weight_scales.len()),
-        (n, bias.map_or(n, <[f32]>::len)),
-        (checked_size(m, n, "outputs")?, out.len()),
     ] {
         if expected != actual {
             return Err(DynQuantError::ShapeMismatch { expected, actual });
         }
     }
-    check_finite_argument(weight_scales, "weight_scales")?;
-    check_finite_argument(bias.unwrap_or_default(), "bias")?;
+    check_bias_output_and_scales(m, weight_scales, bias, out.len())?;
     let k4 = k.div_ceil(4);
     let acts = if act.per_token {
         QuantizedActs::per_token(x, m, k, act, k)?
