@@ -68,34 +68,33 @@ fn advise(_start: *const u8, _bytes: usize) -> usize {
     0
 }
 
+/// The `VmFlags` of the mapping of this process that holds `addr`, from
+/// /proc/self/smaps (None when it cannot be read or has no such line).
+#[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
+pub(crate) fn vm_flags(addr: usize) -> Option<String> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let range = line.split_whitespace().next().unwrap_or("");
+        if let Some((lo, hi)) = range.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                inside = (lo..hi).contains(&addr);
+                continue;
+            }
+        }
+        if inside {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                return Some(flags.to_string());
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The `VmFlags` of the mapping of this process that holds `addr`, from
-    /// /proc/self/smaps (None when it cannot be read or has no such line).
-    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    fn vm_flags(addr: usize) -> Option<String> {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-        let mut inside = false;
-        for line in smaps.lines() {
-            let range = line.split_whitespace().next().unwrap_or("");
-            if let Some((lo, hi)) = range.split_once('-') {
-                if let (Ok(lo), Ok(hi)) =
-                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-                {
-                    inside = (lo..hi).contains(&addr);
-                    continue;
-                }
-            }
-            if inside {
-                if let Some(flags) = line.strip_prefix("VmFlags:") {
-                    return Some(flags.to_string());
-                }
-            }
-        }
-        None
-    }
 
     /// Buffers hold their values; small ones are plain; a large one from
     /// `try_vec` is advised: wherever the kernel accepts the advice at all,

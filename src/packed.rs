@@ -15,6 +15,7 @@
 //! for bit.
 
 use crate::error::{checked_size, try_vec};
+use crate::huge_pages;
 use crate::matmul::{
     check_bias_output_and_scales, w8a8_matmul_into, ActQuant, Dequant, QuantizedActs,
 };
@@ -47,7 +48,10 @@ impl PackedInt8Weights {
         let k4 = k.div_ceil(4);
         let panels = n.div_ceil(PANEL_ROWS);
         let len = checked_size(panels * PANEL_ROWS, 4 * k4, "packed weights")?;
-        let mut data = try_vec(len, 0i8)?;
+        // On huge pages, as the row-major weights are (`huge_pages`): at a
+        // few tokens the panels stream from memory, and on 4 KiB pages the
+        // prefetchers restart every 16 column steps of a panel.
+        let mut data = huge_pages::try_vec(len, 0i8)?;
         let mut row_sums = try_vec(n, 0i32)?;
         for (r, (row, sum)) in w.chunks_exact(k.max(1)).zip(&mut row_sums).enumerate() {
             let base = (r / PANEL_ROWS) * PANEL_ROWS * 4 * k4 + (r % PANEL_ROWS) * 4;
@@ -252,6 +256,26 @@ mod tests {
                 actual: 5
             })
         ));
+    }
+
+    /// Large packed weights sit on memory advised for huge pages, as the
+    /// row-major weights from `quantize_weights_int8` do (x86-64 Linux,
+    /// where the kernel takes the advice; see `huge_pages`' own test).
+    #[test]
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    fn large_packed_weights_are_advised_for_huge_pages() {
+        let (n, k) = (1024, 8192); // 8 MiB packed
+        let p = PackedInt8Weights::pack(&vec![3i8; n * k], n, k).unwrap();
+        let middle = p.data.as_ptr() as usize + p.data.len() / 2;
+        let flags = crate::huge_pages::vm_flags(middle).expect("the panels' mapping in smaps");
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+        if thp.is_ok_and(|mode| !mode.contains("[never]")) {
+            assert!(
+                flags.split_whitespace().any(|f| f == "hg"),
+                "VmFlags {flags}"
+            );
+        }
+        assert!(p.data.iter().step_by(4096).all(|&v| v == 3));
     }
 
     #[test]
