@@ -282,6 +282,7 @@ fn kernel_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let supported: Vec<&str> = simd::supported().iter().map(|i| i.name()).collect();
     info.set_item("supported", PyList::new(py, supported)?)?;
     info.set_item("arch", std::env::consts::ARCH)?;
+    info.set_item("packed_gemm", simd::panel_kernel_available())?;
     Ok(info)
 }
 

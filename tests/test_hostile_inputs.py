@@ -1059,6 +1059,13 @@ CASES: list[Case] = [
     # QuantizedLinear and weight quantizers
     Case("QuantizedLinear", "bits=3", lambda: dq.QuantizedLinear.from_float(W, bits=3), IA),
     Case("QuantizedLinear", "bits=True", lambda: dq.QuantizedLinear.from_float(W, bits=True), IA),
+    Case("QuantizedLinear", "pack 'yes'", lambda: dq.QuantizedLinear.from_float(W, pack="yes"), AT),  # type: ignore[arg-type]
+    Case(
+        "QuantizedLinear",
+        "pack=True with bits=4",
+        lambda: dq.QuantizedLinear.from_float(W, bits=4, pack=True),
+        IA,
+    ),
     Case(
         "QuantizedLinear",
         "group_size with bits=8",

@@ -500,6 +500,70 @@ def test_a_4bit_layer_pickled_with_the_old_int4_layout_is_refused() -> None:
     assert_same_f32(back(X), dq.QuantizedLinear.from_float(W)(X), "8-bit state")
 
 
+W_WIDE = np.random.default_rng(10).standard_normal((130, 76)).astype(F32)  # 3 panels, 2 partial
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_quantized_linear_packs_where_the_kernel_multiplies_packed_weights(path: str) -> None:
+    """Auto layout follows kernel_info().packed_gemm; every layout gives
+    the definition's bits on every path, and the layout survives neither
+    way through a pickle except when it was forced."""
+    dq.set_kernel(path)
+    assert dq.kernel_info().packed_gemm == (path == "avx512vnni")
+    wq, ws = ref.quantize_weights_rows(W_WIDE)
+    x = np.random.default_rng(11).standard_normal((9, 76)).astype(F32)
+    x[2, :4] = [127.0, 0.5, -2.5, 1.5]  # token 2's scale is 1: .5 ties in the int8 step
+    for per_token in (True, False):
+        want = ref_w8a8(x, wq, ws, per_token, B[:1].repeat(130))
+        for pack in (None, True, False):
+            layer = dq.QuantizedLinear.from_float(
+                W_WIDE, B[:1].repeat(130), pack=pack, per_token=per_token
+            )
+            assert layer.packed == (dq.kernel_info().packed_gemm if pack is None else pack)
+            assert f"packed={layer.packed}" in repr(layer)
+            assert_same_f32(layer(x), want, f"pack={pack} per_token={per_token}")
+            np.testing.assert_array_equal(layer.weight, wq)
+            assert not layer.weight.flags.writeable
+            back = pickle.loads(pickle.dumps(layer))
+            assert back.packed == layer.packed
+            assert_same_f32(back(x), want, f"pickled, pack={pack}")
+    # Bytes as held: 3 panels of 64 rows x 76 columns and 130 row sums.
+    packed = dq.QuantizedLinear.from_float(W_WIDE, pack=True)
+    assert packed.memory_bytes() == 3 * 64 * 76 + 4 * 130 + 4 * 130
+    assert dq.QuantizedLinear.from_float(W_WIDE, pack=False).memory_bytes() == 130 * 76 + 4 * 130
+
+
+def test_an_auto_layout_is_chosen_again_by_the_machine_that_unpickles() -> None:
+    auto = dq.QuantizedLinear.from_float(W)
+    forced = dq.QuantizedLinear.from_float(W, pack=True)
+    dq.set_kernel("scalar")  # a machine without the packed kernel
+    assert not pickle.loads(pickle.dumps(auto)).packed
+    assert pickle.loads(pickle.dumps(forced)).packed
+    # Pickles from before the layouts (no "pack" in the state) are auto.
+    state = forced.__getstate__()
+    del state["pack"]
+    back = object.__new__(dq.QuantizedLinear)
+    back.__setstate__(state)
+    assert not back.packed
+    assert_same_f32(back(X), forced(X), "old state")
+
+
+def test_pack_is_a_bool_for_8_bit_layers_and_empty_weights_stay_row_major() -> None:
+    with pytest.raises(dq.ArgumentTypeError, match="pack must be a bool"):
+        dq.QuantizedLinear.from_float(W, pack="yes")  # type: ignore[arg-type]
+    with pytest.raises(dq.InvalidArgumentError, match="bits=8 only"):
+        dq.QuantizedLinear.from_float(W, bits=4, pack=True)
+    assert not dq.QuantizedLinear.from_float(W, bits=4, pack=False).packed
+    assert not dq.QuantizedLinear.from_float(np.zeros((3, 0), F32)).packed
+    assert not dq.QuantizedLinear.from_float(np.zeros((0, 5), F32)).packed
+    for pack in (True, False):  # no features: refused alike in either layout
+        empty = dq.QuantizedLinear.from_float(np.zeros((3, 0), F32), pack=pack)
+        with pytest.raises(dq.EmptyInputError):
+            empty(np.zeros((2, 0), F32))
+        no_rows = dq.QuantizedLinear.from_float(np.zeros((0, 5), F32), pack=pack)
+        assert no_rows(np.ones((2, 5), F32)).shape == (2, 0)
+
+
 def test_quantized_linear_pickles_reprs_and_counts_its_bytes() -> None:
     for layer in (
         dq.QuantizedLinear.from_float(W, B),
@@ -509,7 +573,8 @@ def test_quantized_linear_pickles_reprs_and_counts_its_bytes() -> None:
         assert_same_f32(back(X), layer(X), "after pickling")
         assert repr(back) == repr(layer)
         assert f"bits={layer.bits}" in repr(layer) and "in_features=80" in repr(layer)
-        parts = [layer.weight, layer.weight_scales, layer.bias, layer.smooth_factors]
+        held = dq.pack_weights_int8(layer.weight) if layer.packed else layer.weight
+        parts = [held, layer.weight_scales, layer.bias, layer.smooth_factors]
         assert layer.memory_bytes() == sum(p.nbytes for p in parts if p is not None)
         for one in (layer, back):
             with pytest.raises(ValueError, match="read-only"):

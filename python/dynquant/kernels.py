@@ -13,18 +13,26 @@ __all__ = ["KernelInfo", "kernel_info", "set_kernel", "set_num_threads"]
 
 @dataclass(frozen=True, slots=True)
 class KernelInfo:
-    """The active instruction-set path, the thread count, what this CPU supports."""
+    """The active instruction-set path, the thread count, what this CPU supports.
+
+    ``packed_gemm``: whether the active path has the kernel for weights from
+    ``pack_weights_int8`` (AVX-512 VNNI); elsewhere such weights are unpacked
+    on every call. ``QuantizedLinear(bits=8)`` packs its weights when it is.
+    """
 
     isa: str
     threads: int
     supported: tuple[str, ...]
     arch: str
+    packed_gemm: bool
 
 
 def kernel_info() -> KernelInfo:
     """The path (``DYNQUANT_KERNEL`` or detected) and threads in use."""
     info = _core.kernel_info()
-    return KernelInfo(info["isa"], info["threads"], tuple(info["supported"]), info["arch"])
+    return KernelInfo(
+        info["isa"], info["threads"], tuple(info["supported"]), info["arch"], info["packed_gemm"]
+    )
 
 
 def set_kernel(name: str) -> None:

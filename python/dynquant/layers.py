@@ -31,7 +31,13 @@ from .matmul import w4a8_matmul, w8a8_matmul
 from .modes import MaxAbs, Percentile, ScaleMode
 from .observer import ChannelMaxObserver
 from .smooth import SmoothQuantConfig, compute_smooth_factors, smooth_activations, smooth_weights
-from .weights import INT4_LAYOUT, quantize_weights_int4, quantize_weights_int8, unpack_int4
+from .weights import (
+    INT4_LAYOUT,
+    pack_weights_int8,
+    quantize_weights_int4,
+    quantize_weights_int8,
+    unpack_int4,
+)
 
 __all__ = ["QuantizedLinear"]
 
@@ -84,9 +90,32 @@ class QuantizedLinear:
     token (default) or per tensor, with ``act_mode`` choosing each scale.
     With ``smooth``, SmoothQuant factors are folded into the weights and the
     activations are divided by them at run time.
+
+    8-bit weights are held packed (``pack_weights_int8``) where the active
+    kernel path multiplies packed weights (``kernel_info().packed_gemm``:
+    AVX-512 VNNI), row-major elsewhere; ``pack=`` forces either. The layout
+    changes the speed, never the bits. It is chosen when the layer is built
+    or unpickled: a layer pickled on one machine is packed or not for the
+    one that loads it.
     """
 
     __slots__ = (
+        "_pack",
+        "_weight",
+        "act_mode",
+        "bias",
+        "bits",
+        "group_size",
+        "in_features",
+        "out_features",
+        "per_token",
+        "smooth_alpha",
+        "smooth_factors",
+        "weight_scales",
+    )
+
+    # What a pickle holds: the weights row-major (portable), never packed.
+    _STATE = (
         "act_mode",
         "bias",
         "bits",
@@ -106,7 +135,8 @@ class QuantizedLinear:
     group_size: int | None
     per_token: bool
     act_mode: ScaleMode
-    weight: npt.NDArray[Any]
+    _weight: npt.NDArray[Any] | _core.PackedInt8Weights
+    _pack: bool | None
     weight_scales: npt.NDArray[np.float32]
     bias: npt.NDArray[np.float32] | None
     smooth_factors: npt.NDArray[np.float32] | None
@@ -130,18 +160,27 @@ class QuantizedLinear:
         act_mode: ScaleMode = MaxAbs(),  # noqa: B008 - frozen, immutable
         per_token: bool = True,
         smooth: tuple[SmoothQuantConfig, Any] | None = None,
+        pack: bool | None = None,
     ) -> QuantizedLinear:
         """Quantize a float Linear: ``weight [out, in]``, ``bias [out]``.
 
         ``smooth=(SmoothQuantConfig(alpha), calibration)`` where calibration
         is activations ``[tokens, in]`` seen by this layer, or their
-        per-channel ``max|A_j|`` ``[in]``.
+        per-channel ``max|A_j|`` ``[in]``. ``pack`` (8 bits only): ``None``
+        packs the weights where this machine's kernel path multiplies packed
+        weights, ``True``/``False`` force it.
         """
         if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits not in (4, 8):
             raise InvalidArgumentError(f"bits must be 8 or 4, got {bits!r}")
         bits = int(bits)
         if bits == 8 and group_size is not None:
             raise InvalidArgumentError("group_size applies to bits=4 only")
+        if pack is not None:
+            pack = check_bool(pack, "pack")
+            if pack and bits == 4:
+                raise InvalidArgumentError(
+                    "pack=True applies to bits=8 only (int4 weights are packed already)"
+                )
         if not isinstance(act_mode, (MaxAbs, Percentile)):
             raise ArgumentTypeError(
                 f"act_mode must be dq.MaxAbs() or dq.Percentile(p), got {act_mode!r}"
@@ -168,19 +207,40 @@ class QuantizedLinear:
             w = smooth_weights(w, factors)
             layer.smooth_factors, layer.smooth_alpha = factors, smooth[0].alpha
         if bits == 8:
-            layer.weight, layer.weight_scales = quantize_weights_int8(w)
+            weight, layer.weight_scales = quantize_weights_int8(w)
         else:
-            layer.weight, layer.weight_scales = quantize_weights_int4(w, group_size)
-        layer._freeze()
+            weight, layer.weight_scales = quantize_weights_int4(w, group_size)
+        layer._pack = pack
+        layer._set_weight(weight)
         return layer
 
-    def _freeze(self) -> None:
-        """Make the arrays read-only: the layer owns them, and an in-place
-        edit through an attribute would change every later result silently."""
-        for name in ("weight", "weight_scales", "bias", "smooth_factors"):
-            a = getattr(self, name)
+    def _set_weight(self, weight: npt.NDArray[Any]) -> None:
+        """Hold ``weight`` (row-major) in the layout ``_pack`` asks for, and
+        make the arrays read-only: the layer owns them, and an in-place edit
+        through an attribute would change every later result silently."""
+        pack = self._pack
+        if pack is None:  # packed where it is faster, and never for nothing
+            pack = self.bits == 8 and weight.size > 0 and bool(_core.kernel_info()["packed_gemm"])
+        self._weight = pack_weights_int8(weight) if pack else weight
+        for a in (weight, self.weight_scales, self.bias, self.smooth_factors):
             if a is not None:
                 a.flags.writeable = False
+
+    @property
+    def weight(self) -> npt.NDArray[Any]:
+        """The weights row-major and read-only: int8 ``[out, in]``, or int4
+        packed two per byte ``[out, ceil(in / 2)]`` uint8. A copy, unpacked
+        on each access, when the layer holds them packed (``packed``)."""
+        if isinstance(self._weight, _core.PackedInt8Weights):
+            w: npt.NDArray[Any] = self._weight.unpack()
+            w.flags.writeable = False
+            return w
+        return self._weight
+
+    @property
+    def packed(self) -> bool:
+        """Whether the int8 weights are held packed for the AVX-512 VNNI kernel."""
+        return isinstance(self._weight, _core.PackedInt8Weights)
 
     def __call__(self, x: Any, *, nan_policy: str = "raise") -> npt.NDArray[np.float32]:
         """``x [..., in]`` → ``[..., out]``."""
@@ -230,7 +290,7 @@ class QuantizedLinear:
         if self.bits == 8:
             return w8a8_matmul(
                 a,
-                self.weight,
+                self._weight,
                 self.weight_scales,
                 per_token=self.per_token,
                 bias=self.bias,
@@ -268,12 +328,13 @@ class QuantizedLinear:
         return out
 
     def memory_bytes(self) -> int:
-        """Bytes of weights, scales, bias and smoothing factors."""
-        parts = [self.weight, self.weight_scales, self.bias, self.smooth_factors]
+        """Bytes of weights (as held: packed panels and row sums when
+        ``packed``), scales, bias and smoothing factors."""
+        parts = [self._weight, self.weight_scales, self.bias, self.smooth_factors]
         return sum(int(p.nbytes) for p in parts if p is not None)
 
     def __repr__(self) -> str:
-        group = f", group_size={self.group_size}" if self.bits == 4 else ""
+        group = f", group_size={self.group_size}" if self.bits == 4 else f", packed={self.packed}"
         smooth = (
             f", smooth=SmoothQuant(alpha={self.smooth_alpha})"
             if self.smooth_alpha is not None
@@ -286,8 +347,9 @@ class QuantizedLinear:
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        state = {name: getattr(self, name) for name in self.__slots__}
+        state = {name: getattr(self, name) for name in self._STATE}
         state["int4_layout"] = INT4_LAYOUT
+        state["pack"] = self._pack
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -299,6 +361,8 @@ class QuantizedLinear:
                 f"int4 layout (version {state.get('int4_layout', 1)}, this build reads "
                 f"{INT4_LAYOUT}); quantize it again from its float weights"
             )
-        for name in self.__slots__:
-            setattr(self, name, state[name])
-        self._freeze()
+        for name in self._STATE:
+            if name != "weight":
+                setattr(self, name, state[name])
+        self._pack = state.get("pack")  # absent from older pickles: auto
+        self._set_weight(state["weight"])
