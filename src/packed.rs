@@ -3,7 +3,7 @@
 //! Layout: panels of [`PANEL_ROWS`] weight rows; within a panel, for each
 //! step of 4 columns, the 64 rows' 4 bytes one after the other
 //! (`[k4][64][4]`), columns past `k` and rows past `n` zero. The kernel
-//! ([`simd::panel_sums`]) loads 16 rows x 4 columns per 512-bit register and
+//! ([`simd::panel_w8a8`]) loads 16 rows x 4 columns per 512-bit register and
 //! broadcasts each token's 4 bytes against them, so each token byte is
 //! loaded once per 64 rows (once per 4 in the row-major GEMM's tiles): about
 //! half the load bandwidth per multiply-add, which is what the row-major
@@ -16,9 +16,7 @@
 
 use crate::error::{checked_size, try_vec};
 use crate::huge_pages;
-use crate::matmul::{
-    check_bias_output_and_scales, w8a8_matmul_into, ActQuant, Dequant, QuantizedActs,
-};
+use crate::matmul::{check_bias_output_and_scales, w8a8_matmul_into, ActQuant, QuantizedActs};
 use crate::parallel::{DisjointOut, RowBlocks};
 use crate::simd::{self, EXACT_I32_TOTAL};
 use crate::DynQuantError;
@@ -146,59 +144,75 @@ pub fn w8a8_matmul_packed_into(
             *d = (s as u8) ^ 0x80;
         }
     }
-    let dequant = Dequant {
-        weight_scales,
-        token_scales: &acts.scales,
-        bias,
-    };
     let out = DisjointOut::new(out);
     let panels = n.div_ceil(PANEL_ROWS);
-    let token = |i: usize| &u[i * stride..(i + 1) * stride];
     RowBlocks::units(panels, m.saturating_mul(n).saturating_mul(k) / 4).run(|ps| {
         for p in ps {
             let j0 = p * PANEL_ROWS;
             let rows = PANEL_ROWS.min(n - j0);
-            let panel = weights.panel(p);
+            // The panel's per-row data, zero past its last row.
+            let mut offsets = [0i32; PANEL_ROWS];
+            let mut ws = [0.0f32; PANEL_ROWS];
+            let mut b = [0.0f32; PANEL_ROWS];
+            for r in 0..rows {
+                offsets[r] = weights.row_sums[j0 + r].wrapping_mul(128);
+                ws[r] = weight_scales[j0 + r];
+                b[r] = bias.map_or(0.0, |bias| bias[j0 + r]);
+            }
+            let finish = simd::PanelFinish {
+                offsets: &offsets,
+                weight_scales: &ws,
+                bias: bias.map(|_| &b),
+            };
+            let group = TokenGroup {
+                panel: weights.panel(p),
+                k4,
+                finish: &finish,
+                u: &u,
+                scales: &acts.scales,
+            };
+            let write = |i: usize, y: &[f32; PANEL_ROWS]| {
+                // SAFETY: panel p's rows j0..j0 + rows belong to this task
+                // alone (RowBlocks hands out each panel once).
+                unsafe { out.write_run(i * n + j0, &y[..rows]) }
+            };
             let mut t0 = 0;
             while t0 < m {
-                let group = (m - t0).min(4);
-                let sums: [[i32; 64]; 4] = match group {
-                    4 => simd::panel_sums::<4>(panel, k4, &core::array::from_fn(|t| token(t0 + t))),
-                    3 => pad(simd::panel_sums::<3>(
-                        panel,
-                        k4,
-                        &core::array::from_fn(|t| token(t0 + t)),
-                    )),
-                    2 => pad(simd::panel_sums::<2>(
-                        panel,
-                        k4,
-                        &core::array::from_fn(|t| token(t0 + t)),
-                    )),
-                    _ => pad(simd::panel_sums::<1>(panel, k4, &[token(t0)])),
-                };
-                for (t, sums) in sums.iter().enumerate().take(group) {
-                    let i = t0 + t;
-                    let mut run = [0.0f32; PANEL_ROWS];
-                    for (r, y) in run.iter_mut().enumerate().take(rows) {
-                        let j = j0 + r;
-                        let acc = sums[r].wrapping_sub(weights.row_sums[j].wrapping_mul(128));
-                        *y = dequant.value(i, j, i64::from(acc));
-                    }
-                    // SAFETY: panel p's rows j0..j0 + rows belong to this
-                    // task alone (RowBlocks hands out each panel once).
-                    unsafe { out.write_run(i * n + j0, &run[..rows]) };
+                match m - t0 {
+                    1 => group.run::<1>(t0, write),
+                    2 => group.run::<2>(t0, write),
+                    3 => group.run::<3>(t0, write),
+                    _ => group.run::<4>(t0, write),
                 }
-                t0 += group;
+                t0 += 4;
             }
         }
     });
     Ok(())
 }
 
-fn pad<const MR: usize>(s: [[i32; 64]; MR]) -> [[i32; 64]; 4] {
-    let mut out = [[0i32; 64]; 4];
-    out[..MR].copy_from_slice(&s);
-    out
+/// One panel's products with runs of tokens.
+struct TokenGroup<'a> {
+    panel: &'a [i8],
+    k4: usize,
+    finish: &'a simd::PanelFinish<'a>,
+    /// The tokens as unsigned bytes, `4 * k4` each.
+    u: &'a [u8],
+    scales: &'a [f32],
+}
+
+impl TokenGroup<'_> {
+    /// Tokens `t0 .. t0 + MR`, each output row handed to `write(token, row)`.
+    fn run<const MR: usize>(&self, t0: usize, write: impl Fn(usize, &[f32; PANEL_ROWS])) {
+        let stride = 4 * self.k4;
+        let u: [&[u8]; MR] =
+            core::array::from_fn(|t| &self.u[(t0 + t) * stride..(t0 + t + 1) * stride]);
+        let ts: [f32; MR] = core::array::from_fn(|t| self.scales[t0 + t]);
+        let y = simd::panel_w8a8::<MR>(self.panel, self.k4, &u, self.finish, &ts);
+        for (t, row) in y.iter().enumerate() {
+            write(t0 + t, row);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -296,16 +310,51 @@ mod tests {
                         .collect()
                 })
                 .collect();
-            let u: [&[u8]; 4] = core::array::from_fn(|t| &toks[t][..]);
-            assert_eq!(
-                simd::panel_sums::<4>(&panel, k4, &u),
-                scalar::panel_sums::<4>(&panel, k4, &u)
-            );
-            let u1 = [&toks[1][..]];
-            assert_eq!(
-                simd::panel_sums::<1>(&panel, k4, &u1),
-                scalar::panel_sums::<1>(&panel, k4, &u1)
-            );
+            // Offsets up to the i32 extremes (the subtraction wraps), scales
+            // from subnormal to huge (products round, overflow to inf), sums
+            // past 2^24 at the longer k4 (the conversion rounds, to even).
+            let offsets: [i32; 64] = core::array::from_fn(|r| match r % 9 {
+                0 => i32::MIN,
+                1 => i32::MAX,
+                _ => (rng() >> 32) as i32 >> (r % 24),
+            });
+            let ws: [f32; 64] = core::array::from_fn(|r| match r % 11 {
+                0 => 1e-40,
+                1 => 3e38,
+                2 => 0.0,
+                _ => ((rng() >> 40) as f32 + 1.0) * 1e-9,
+            });
+            let bias: [f32; 64] = core::array::from_fn(|r| r as f32 * 0.375 - 7.0);
+            let ts = [0.013f32, 2.5e-3, 1.0, 7.75e-5];
+            let bits =
+                |y: &[[f32; 64]]| -> Vec<u32> { y.iter().flatten().map(|v| v.to_bits()).collect() };
+            for b in [None, Some(&bias)] {
+                let finish = simd::PanelFinish {
+                    offsets: &offsets,
+                    weight_scales: &ws,
+                    bias: b,
+                };
+                let u: [&[u8]; 4] = core::array::from_fn(|t| &toks[t][..]);
+                assert_eq!(
+                    bits(&simd::panel_w8a8::<4>(&panel, k4, &u, &finish, &ts)),
+                    bits(&scalar::panel_w8a8::<4>(&panel, k4, &u, &finish, &ts)),
+                    "k4={k4} bias={}",
+                    b.is_some()
+                );
+                for (t, u1) in toks.iter().enumerate() {
+                    let u1 = [&u1[..]];
+                    assert_eq!(
+                        bits(&simd::panel_w8a8::<1>(&panel, k4, &u1, &finish, &[ts[t]])),
+                        bits(&scalar::panel_w8a8::<1>(&panel, k4, &u1, &finish, &[ts[t]])),
+                    );
+                }
+                let u3: [&[u8]; 3] = core::array::from_fn(|t| &toks[t + 1][..]);
+                let ts3 = [ts[1], ts[2], ts[3]];
+                assert_eq!(
+                    bits(&simd::panel_w8a8::<3>(&panel, k4, &u3, &finish, &ts3)),
+                    bits(&scalar::panel_w8a8::<3>(&panel, k4, &u3, &finish, &ts3)),
+                );
+            }
         }
     }
 

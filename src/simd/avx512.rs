@@ -3,21 +3,28 @@
 
 use core::arch::x86_64::*;
 
-/// [`super::scalar::panel_sums`] by `vpdpbusd` on 512-bit registers: per
+use super::PanelFinish;
+
+/// [`super::scalar::panel_w8a8`] by `vpdpbusd` on 512-bit registers: per
 /// 4-column step, the panel's 64 rows in four loads (16 rows x 4 columns
 /// each), each token's 4 bytes broadcast against them; 4 x `MR`
-/// accumulators hold 16 rows' sums each, so nothing is reduced across lanes.
+/// accumulators hold 16 rows' sums each, so nothing is reduced across lanes,
+/// and each is finished in its register (offset, convert, the two scales,
+/// bias: the scalar definition's operations in its order, no fused
+/// multiply-add).
 ///
 /// # Safety
 /// The CPU supports AVX512F and AVX512-VNNI; `panel.len() >= k4 * 256` and
 /// every `u[t].len() >= 4 * k4` (every load is in bounds).
 #[target_feature(enable = "avx512f,avx512vnni")]
 #[allow(clippy::needless_range_loop)] // t, v index several arrays
-pub unsafe fn panel_sums<const MR: usize>(
+pub unsafe fn panel_w8a8<const MR: usize>(
     panel: &[i8],
     k4: usize,
     u: &[&[u8]; MR],
-) -> [[i32; 64]; MR] {
+    finish: &PanelFinish<'_>,
+    token_scales: &[f32; MR],
+) -> [[f32; 64]; MR] {
     debug_assert!(panel.len() >= k4 * 256 && u.iter().all(|t| t.len() >= 4 * k4));
     let mut acc = [[_mm512_setzero_si512(); 4]; MR];
     for s in 0..k4 {
@@ -36,11 +43,27 @@ pub unsafe fn panel_sums<const MR: usize>(
             }
         }
     }
-    let mut out = [[0i32; 64]; MR];
-    for t in 0..MR {
-        for v in 0..4 {
-            // SAFETY: 16 i32 at v*16 of a 64-element array.
-            unsafe { _mm512_storeu_si512(out[t].as_mut_ptr().add(16 * v) as *mut _, acc[t][v]) };
+    let mut out = [[0.0f32; 64]; MR];
+    for v in 0..4 {
+        // SAFETY: 16 values at v*16 of 64-element arrays, unaligned loads
+        // and stores.
+        unsafe {
+            let offsets = _mm512_loadu_si512(finish.offsets.as_ptr().add(16 * v) as *const _);
+            let ws = _mm512_loadu_ps(finish.weight_scales.as_ptr().add(16 * v));
+            let bias = finish.bias.map(|b| _mm512_loadu_ps(b.as_ptr().add(16 * v)));
+            for t in 0..MR {
+                let exact = _mm512_sub_epi32(acc[t][v], offsets);
+                // Round to nearest even whatever MXCSR says, as `as f32` does.
+                let x = _mm512_cvt_roundepi32_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    exact,
+                );
+                let y = _mm512_mul_ps(_mm512_mul_ps(x, ws), _mm512_set1_ps(token_scales[t]));
+                let y = match bias {
+                    Some(b) => _mm512_add_ps(y, b),
+                    None => y,
+                };
+                _mm512_storeu_ps(out[t].as_mut_ptr().add(16 * v), y);
+            }
         }
     }
     out

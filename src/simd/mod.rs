@@ -353,7 +353,7 @@ pub fn dot_tile<const R: usize, const T: usize>(w: &[&[i8]; R], a: &[&[i8]; T]) 
     scalar::dot_tile(w, a)
 }
 
-/// Whether [`panel_sums`] runs its AVX-512 kernel: the active path is
+/// Whether [`panel_w8a8`] runs its AVX-512 kernel: the active path is
 /// `avx512vnni` and the CPU has AVX512F (every AVX512-VNNI CPU does).
 pub fn panel_kernel_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -366,22 +366,38 @@ pub fn panel_kernel_available() -> bool {
     }
 }
 
+/// How [`panel_w8a8`] turns a panel's sums into outputs, per row (entries
+/// past the panel's last row are computed and ignored).
+#[derive(Clone, Copy, Debug)]
+pub struct PanelFinish<'a> {
+    /// What the tokens' `+128` added to each row's sum: `128 * row sum`, wrapping.
+    pub offsets: &'a [i32; 64],
+    pub weight_scales: &'a [f32; 64],
+    pub bias: Option<&'a [f32; 64]>,
+}
+
 /// For `MR` tokens `u` (unsigned bytes, at least `4 * k4` each) and a panel
-/// of 64 weight rows packed `[k4][64][4]` (at least `256 * k4` bytes): each
-/// token's wrapping i32 sums with each row ([`scalar::panel_sums`]), by
+/// of 64 weight rows packed `[k4][64][4]` (at least `256 * k4` bytes): the
+/// W8A8 outputs of each token with each row ([`scalar::panel_w8a8`]), by
 /// the AVX-512 kernel where [`panel_kernel_available`], else the scalar
 /// definition.
-pub fn panel_sums<const MR: usize>(panel: &[i8], k4: usize, u: &[&[u8]; MR]) -> [[i32; 64]; MR] {
+pub fn panel_w8a8<const MR: usize>(
+    panel: &[i8],
+    k4: usize,
+    u: &[&[u8]; MR],
+    finish: &PanelFinish<'_>,
+    token_scales: &[f32; MR],
+) -> [[f32; 64]; MR] {
     assert!(
         panel.len() >= 256 * k4 && u.iter().all(|t| t.len() >= 4 * k4),
-        "panel_sums: lengths"
+        "panel_w8a8: lengths"
     );
     #[cfg(target_arch = "x86_64")]
     if panel_kernel_available() {
         // SAFETY: features checked just above; lengths asserted.
-        return unsafe { avx512::panel_sums(panel, k4, u) };
+        return unsafe { avx512::panel_w8a8(panel, k4, u, finish, token_scales) };
     }
-    scalar::panel_sums(panel, k4, u)
+    scalar::panel_w8a8(panel, k4, u, finish, token_scales)
 }
 
 /// Dequantized W8A8 outputs of two int8 weight rows by `T` token rows (all

@@ -202,20 +202,35 @@ pub fn w4a8_tile<const R: usize, const T: usize>(
     })
 }
 
-/// The broadcast panel kernel's definition ([`super::panel_sums`]): for
-/// each token `t`, each of the panel's 64 rows `r`, the wrapping i32 sum
-/// over `k4` steps of `u[t][4s + j] * panel[(s * 64 + r) * 4 + j]`, `u`
-/// unsigned and the panel signed.
-pub fn panel_sums<const MR: usize>(panel: &[i8], k4: usize, u: &[&[u8]; MR]) -> [[i32; 64]; MR] {
-    let mut out = [[0i32; 64]; MR];
+/// The broadcast panel kernel's definition ([`super::panel_w8a8`]): for
+/// each token `t` and each of the panel's 64 rows `r`, the wrapping i32 sum
+/// over `k4` steps of `u[t][4s + j] * panel[(s * 64 + r) * 4 + j]` (`u`
+/// unsigned, the panel signed), less `finish.offsets[r]`, then
+/// `(acc as f32 * weight_scales[r]) * token_scales[t] (+ bias[r])` — the
+/// W8A8 formula ([`crate::matmul`]'s dequantization) on the exact sum.
+pub fn panel_w8a8<const MR: usize>(
+    panel: &[i8],
+    k4: usize,
+    u: &[&[u8]; MR],
+    finish: &super::PanelFinish<'_>,
+    token_scales: &[f32; MR],
+) -> [[f32; 64]; MR] {
+    let mut out = [[0.0f32; 64]; MR];
     for (t, row) in out.iter_mut().enumerate() {
-        for s in 0..k4 {
-            for (r, acc) in row.iter_mut().enumerate() {
+        for (r, y) in row.iter_mut().enumerate() {
+            let mut acc = 0i32;
+            for s in 0..k4 {
                 for j in 0..4 {
                     let p = i32::from(u[t][4 * s + j]) * i32::from(panel[(s * 64 + r) * 4 + j]);
-                    *acc = acc.wrapping_add(p);
+                    acc = acc.wrapping_add(p);
                 }
             }
+            let exact = acc.wrapping_sub(finish.offsets[r]);
+            let v = (exact as f32 * finish.weight_scales[r]) * token_scales[t];
+            *y = match finish.bias {
+                Some(b) => v + b[r],
+                None => v,
+            };
         }
     }
     out
