@@ -171,18 +171,17 @@ pub fn w8a8_matmul_packed_into(
                 u: &u,
                 scales: &acts.scales,
             };
-            let write = |i: usize, y: &[f32; PANEL_ROWS]| {
-                // SAFETY: panel p's rows j0..j0 + rows belong to this task
-                // alone (RowBlocks hands out each panel once).
-                unsafe { out.write_run(i * n + j0, &y[..rows]) }
-            };
+            // SAFETY: panel p's rows j0..j0 + rows of every token belong
+            // to this task alone (RowBlocks hands out each panel once), and
+            // each token's run is borrowed for one kernel call at a time.
+            let run = |i: usize| unsafe { out.run_mut(i * n + j0, rows) };
             let mut t0 = 0;
             while t0 < m {
                 match m - t0 {
-                    1 => group.run::<1>(t0, write),
-                    2 => group.run::<2>(t0, write),
-                    3 => group.run::<3>(t0, write),
-                    _ => group.run::<4>(t0, write),
+                    1 => group.run::<1>(t0, run),
+                    2 => group.run::<2>(t0, run),
+                    3 => group.run::<3>(t0, run),
+                    _ => group.run::<4>(t0, run),
                 }
                 t0 += 4;
             }
@@ -202,16 +201,14 @@ struct TokenGroup<'a> {
 }
 
 impl TokenGroup<'_> {
-    /// Tokens `t0 .. t0 + MR`, each output row handed to `write(token, row)`.
-    fn run<const MR: usize>(&self, t0: usize, write: impl Fn(usize, &[f32; PANEL_ROWS])) {
+    /// Tokens `t0 .. t0 + MR`, each into its output run `run(token)`.
+    fn run<'o, const MR: usize>(&self, t0: usize, run: impl Fn(usize) -> &'o mut [f32]) {
         let stride = 4 * self.k4;
         let u: [&[u8]; MR] =
             core::array::from_fn(|t| &self.u[(t0 + t) * stride..(t0 + t + 1) * stride]);
         let ts: [f32; MR] = core::array::from_fn(|t| self.scales[t0 + t]);
-        let y = simd::panel_w8a8::<MR>(self.panel, self.k4, &u, self.finish, &ts);
-        for (t, row) in y.iter().enumerate() {
-            write(t0 + t, row);
-        }
+        let mut out: [&mut [f32]; MR] = core::array::from_fn(|t| run(t0 + t));
+        simd::panel_w8a8::<MR>(self.panel, self.k4, &u, self.finish, &ts, &mut out);
     }
 }
 
@@ -326,8 +323,35 @@ mod tests {
             });
             let bias: [f32; 64] = core::array::from_fn(|r| r as f32 * 0.375 - 7.0);
             let ts = [0.013f32, 2.5e-3, 1.0, 7.75e-5];
-            let bits =
-                |y: &[[f32; 64]]| -> Vec<u32> { y.iter().flatten().map(|v| v.to_bits()).collect() };
+            // The kernel and its twin on the panel's first `rows` rows; the
+            // output's cells past them must stay untouched.
+            fn both<const MR: usize>(
+                panel: &[i8],
+                k4: usize,
+                u: &[&[u8]; MR],
+                finish: &simd::PanelFinish<'_>,
+                ts: &[f32; MR],
+                rows: usize,
+            ) {
+                let run = |kernel: &dyn Fn(&mut [&mut [f32]; MR])| {
+                    let mut cells = vec![[f32::NAN; 65]; MR];
+                    let mut it = cells.iter_mut();
+                    let mut out: [&mut [f32]; MR] =
+                        core::array::from_fn(|_| &mut it.next().unwrap()[..rows]);
+                    kernel(&mut out);
+                    cells
+                };
+                let got = run(&|out| simd::panel_w8a8(panel, k4, u, finish, ts, out));
+                let want = run(&|out| scalar::panel_w8a8(panel, k4, u, finish, ts, out));
+                for (g, w) in got.iter().zip(&want) {
+                    let bits = |v: &[f32]| v.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(g), bits(w), "k4={k4} MR={MR} rows={rows}");
+                    assert!(
+                        g[rows..].iter().all(|y| y.is_nan()),
+                        "a store past row {rows}"
+                    );
+                }
+            }
             for b in [None, Some(&bias)] {
                 let finish = simd::PanelFinish {
                     offsets: &offsets,
@@ -335,25 +359,14 @@ mod tests {
                     bias: b,
                 };
                 let u: [&[u8]; 4] = core::array::from_fn(|t| &toks[t][..]);
-                assert_eq!(
-                    bits(&simd::panel_w8a8::<4>(&panel, k4, &u, &finish, &ts)),
-                    bits(&scalar::panel_w8a8::<4>(&panel, k4, &u, &finish, &ts)),
-                    "k4={k4} bias={}",
-                    b.is_some()
-                );
-                for (t, u1) in toks.iter().enumerate() {
-                    let u1 = [&u1[..]];
-                    assert_eq!(
-                        bits(&simd::panel_w8a8::<1>(&panel, k4, &u1, &finish, &[ts[t]])),
-                        bits(&scalar::panel_w8a8::<1>(&panel, k4, &u1, &finish, &[ts[t]])),
-                    );
-                }
                 let u3: [&[u8]; 3] = core::array::from_fn(|t| &toks[t + 1][..]);
-                let ts3 = [ts[1], ts[2], ts[3]];
-                assert_eq!(
-                    bits(&simd::panel_w8a8::<3>(&panel, k4, &u3, &finish, &ts3)),
-                    bits(&scalar::panel_w8a8::<3>(&panel, k4, &u3, &finish, &ts3)),
-                );
+                for rows in [64, 63, 48, 17, 16, 1, 0] {
+                    both::<4>(&panel, k4, &u, &finish, &ts, rows);
+                    both::<3>(&panel, k4, &u3, &finish, &[ts[1], ts[2], ts[3]], rows);
+                    for (t, u1) in toks.iter().enumerate() {
+                        both::<1>(&panel, k4, &[&u1[..]], &finish, &[ts[t]], rows);
+                    }
+                }
             }
         }
     }

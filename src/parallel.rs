@@ -267,6 +267,23 @@ impl<'a> DisjointOut<'a> {
         unsafe { *self.ptr.add(index) = value };
     }
 
+    /// The run `index .. index + len` to write in place (a kernel's stores
+    /// straight into the output, no staging copy).
+    ///
+    /// # Safety
+    /// No other thread reads or writes those indices while the slice lives.
+    #[allow(clippy::mut_from_ref)] // disjointness is the caller's contract
+    pub(crate) unsafe fn run_mut(&self, index: usize, len: usize) -> &mut [f32] {
+        assert!(
+            index <= self.len && self.len - index >= len,
+            "DisjointOut: {len} values at {index} of {}",
+            self.len
+        );
+        // SAFETY: in bounds (asserted) of the borrowed buffer, which
+        // outlives `self`; exclusive per the caller's contract.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(index), len) }
+    }
+
     /// Writes `values` at `index ..`.
     ///
     /// # Safety

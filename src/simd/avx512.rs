@@ -14,8 +14,9 @@ use super::PanelFinish;
 /// multiply-add).
 ///
 /// # Safety
-/// The CPU supports AVX512F and AVX512-VNNI; `panel.len() >= k4 * 256` and
-/// every `u[t].len() >= 4 * k4` (every load is in bounds).
+/// The CPU supports AVX512F and AVX512-VNNI; `panel.len() >= k4 * 256`,
+/// every `u[t].len() >= 4 * k4` (every load is in bounds) and every
+/// `out[t].len() == rows <= 64` (every store is).
 #[target_feature(enable = "avx512f,avx512vnni")]
 #[allow(clippy::needless_range_loop)] // t, v index several arrays
 pub unsafe fn panel_w8a8<const MR: usize>(
@@ -24,8 +25,11 @@ pub unsafe fn panel_w8a8<const MR: usize>(
     u: &[&[u8]; MR],
     finish: &PanelFinish<'_>,
     token_scales: &[f32; MR],
-) -> [[f32; 64]; MR] {
+    out: &mut [&mut [f32]; MR],
+) {
+    let rows = out[0].len();
     debug_assert!(panel.len() >= k4 * 256 && u.iter().all(|t| t.len() >= 4 * k4));
+    debug_assert!(rows <= 64 && out.iter().all(|o| o.len() == rows));
     let mut acc = [[_mm512_setzero_si512(); 4]; MR];
     for s in 0..k4 {
         // SAFETY: s < k4, so bytes s*256 .. s*256 + 256 and token bytes
@@ -43,10 +47,16 @@ pub unsafe fn panel_w8a8<const MR: usize>(
             }
         }
     }
-    let mut out = [[0.0f32; 64]; MR];
     for v in 0..4 {
-        // SAFETY: 16 values at v*16 of 64-element arrays, unaligned loads
-        // and stores.
+        // Rows 16v .. 16v + lanes of out[t] exist; the rest are masked off.
+        let lanes = rows.saturating_sub(16 * v).min(16);
+        if lanes == 0 {
+            break;
+        }
+        let mask: __mmask16 = if lanes == 16 { !0 } else { (1 << lanes) - 1 };
+        // SAFETY: loads of 16 values at 16v of the 64-element arrays;
+        // masked stores write only out[t][16v .. 16v + lanes], inside
+        // `rows` (masked-off lanes are not accessed).
         unsafe {
             let offsets = _mm512_loadu_si512(finish.offsets.as_ptr().add(16 * v) as *const _);
             let ws = _mm512_loadu_ps(finish.weight_scales.as_ptr().add(16 * v));
@@ -62,9 +72,8 @@ pub unsafe fn panel_w8a8<const MR: usize>(
                     Some(b) => _mm512_add_ps(y, b),
                     None => y,
                 };
-                _mm512_storeu_ps(out[t].as_mut_ptr().add(16 * v), y);
+                _mm512_mask_storeu_ps(out[t].as_mut_ptr().add(16 * v), mask, y);
             }
         }
     }
-    out
 }

@@ -378,26 +378,32 @@ pub struct PanelFinish<'a> {
 
 /// For `MR` tokens `u` (unsigned bytes, at least `4 * k4` each) and a panel
 /// of 64 weight rows packed `[k4][64][4]` (at least `256 * k4` bytes): the
-/// W8A8 outputs of each token with each row ([`scalar::panel_w8a8`]), by
-/// the AVX-512 kernel where [`panel_kernel_available`], else the scalar
-/// definition.
+/// W8A8 outputs of each token `t` with the panel's first `out[t].len()`
+/// rows (the same for every token, at most 64) into `out[t]`
+/// ([`scalar::panel_w8a8`]), by the AVX-512 kernel where
+/// [`panel_kernel_available`], else the scalar definition.
 pub fn panel_w8a8<const MR: usize>(
     panel: &[i8],
     k4: usize,
     u: &[&[u8]; MR],
     finish: &PanelFinish<'_>,
     token_scales: &[f32; MR],
-) -> [[f32; 64]; MR] {
+    out: &mut [&mut [f32]; MR],
+) {
+    let rows = out.first().map_or(0, |o| o.len());
     assert!(
-        panel.len() >= 256 * k4 && u.iter().all(|t| t.len() >= 4 * k4),
+        panel.len() >= 256 * k4
+            && u.iter().all(|t| t.len() >= 4 * k4)
+            && rows <= 64
+            && out.iter().all(|o| o.len() == rows),
         "panel_w8a8: lengths"
     );
     #[cfg(target_arch = "x86_64")]
-    if panel_kernel_available() {
+    if panel_kernel_available() && MR > 0 {
         // SAFETY: features checked just above; lengths asserted.
-        return unsafe { avx512::panel_w8a8(panel, k4, u, finish, token_scales) };
+        return unsafe { avx512::panel_w8a8(panel, k4, u, finish, token_scales, out) };
     }
-    scalar::panel_w8a8(panel, k4, u, finish, token_scales)
+    scalar::panel_w8a8(panel, k4, u, finish, token_scales, out)
 }
 
 /// Dequantized W8A8 outputs of two int8 weight rows by `T` token rows (all

@@ -207,15 +207,16 @@ pub fn w4a8_tile<const R: usize, const T: usize>(
 /// over `k4` steps of `u[t][4s + j] * panel[(s * 64 + r) * 4 + j]` (`u`
 /// unsigned, the panel signed), less `finish.offsets[r]`, then
 /// `(acc as f32 * weight_scales[r]) * token_scales[t] (+ bias[r])` — the
-/// W8A8 formula ([`crate::matmul`]'s dequantization) on the exact sum.
+/// W8A8 formula ([`crate::matmul`]'s dequantization) on the exact sum,
+/// into `out[t][r]` for the rows `r < out[t].len()`.
 pub fn panel_w8a8<const MR: usize>(
     panel: &[i8],
     k4: usize,
     u: &[&[u8]; MR],
     finish: &super::PanelFinish<'_>,
     token_scales: &[f32; MR],
-) -> [[f32; 64]; MR] {
-    let mut out = [[0.0f32; 64]; MR];
+    out: &mut [&mut [f32]; MR],
+) {
     for (t, row) in out.iter_mut().enumerate() {
         for (r, y) in row.iter_mut().enumerate() {
             let mut acc = 0i32;
@@ -233,7 +234,6 @@ pub fn panel_w8a8<const MR: usize>(
             };
         }
     }
-    out
 }
 
 #[cfg(test)]
