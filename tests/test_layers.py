@@ -533,6 +533,15 @@ def test_quantized_linear_packs_where_the_kernel_multiplies_packed_weights(path:
     assert dq.QuantizedLinear.from_float(W_WIDE, pack=False).memory_bytes() == 130 * 76 + 4 * 130
 
 
+def test_a_shallow_copy_shares_the_held_weights() -> None:
+    for pack in (True, False):
+        layer = dq.QuantizedLinear.from_float(W, B, pack=pack)
+        twin = copy.copy(layer)
+        assert twin._weight is layer._weight and twin.packed == pack
+        assert_same_f32(twin(X), layer(X), f"copy, pack={pack}")
+        assert repr(twin) == repr(layer)
+
+
 def test_an_auto_layout_is_chosen_again_by_the_machine_that_unpickles() -> None:
     auto = dq.QuantizedLinear.from_float(W)
     forced = dq.QuantizedLinear.from_float(W, pack=True)

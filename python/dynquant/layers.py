@@ -346,6 +346,14 @@ class QuantizedLinear:
             f"bias={self.bias is not None}{smooth}, memory_bytes={self.memory_bytes()})"
         )
 
+    def __copy__(self) -> QuantizedLinear:
+        # Everything the layer holds is read-only (arrays) or immutable
+        # (packed weights): a shallow copy shares it rather than repacking.
+        new = object.__new__(type(self))
+        for name in self.__slots__:
+            setattr(new, name, getattr(self, name))
+        return new
+
     def __getstate__(self) -> dict[str, Any]:
         state = {name: getattr(self, name) for name in self._STATE}
         state["int4_layout"] = INT4_LAYOUT
