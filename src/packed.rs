@@ -13,6 +13,25 @@
 //! the true sum fits, as every sum of `k < EXACT_I32_TOTAL` products does.
 //! Results equal [`crate::w8a8_matmul_into`]'s on the unpacked weights, bit
 //! for bit.
+//!
+//! ```
+//! use dynquant::packed::{w8a8_matmul_packed_into, PackedInt8Weights};
+//! use dynquant::{quantize_weights_int8, w8a8_matmul_into, ActQuant};
+//!
+//! let (n, k, m) = (70, 9, 3); // a partial panel and a partial column step
+//! let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 8.0).collect();
+//! let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.7).sin()).collect();
+//! let (w_i8, scales) = quantize_weights_int8(&w, n, k)?;
+//! let packed = PackedInt8Weights::pack(&w_i8, n, k)?; // once, ahead of time
+//! assert_eq!(packed.unpack(), w_i8);
+//!
+//! let mut y = vec![0.0f32; m * n];
+//! w8a8_matmul_packed_into(&x, m, &packed, &scales, None, ActQuant::PER_TOKEN, &mut y)?;
+//! let mut want = vec![0.0f32; m * n];
+//! w8a8_matmul_into(&x, m, &w_i8, &scales, None, ActQuant::PER_TOKEN, &mut want)?;
+//! assert!(y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+//! # Ok::<(), dynquant::DynQuantError>(())
+//! ```
 
 use crate::error::{checked_size, try_vec};
 use crate::huge_pages;
