@@ -433,6 +433,12 @@ pub enum GemmForm {
     /// block of any product of two or more tokens with 32 or more columns,
     /// on every path (the scalar twin where there is no AVX2) — for tests.
     Offset,
+    /// The packed GEMM's broadcast kernel ([`crate::packed`]), each 64-row
+    /// panel packed on the fly, for every product with `0 < k <`
+    /// [`simd::EXACT_I32_TOTAL`] (the scalar twin where there is no
+    /// AVX-512 VNNI) — for tests. `Auto` takes it on the `avx512vnni` path
+    /// from [`PANEL_MIN_TOKENS`] tokens.
+    Panel,
 }
 
 static GEMM_FORM: AtomicU8 = AtomicU8::new(0);
@@ -444,6 +450,7 @@ pub fn set_gemm_form(form: GemmForm) {
         GemmForm::Auto => 0,
         GemmForm::Sign => 1,
         GemmForm::Offset => 2,
+        GemmForm::Panel => 3,
     };
     GEMM_FORM.store(code, Ordering::Relaxed);
 }
@@ -453,8 +460,24 @@ pub fn gemm_form() -> GemmForm {
     match GEMM_FORM.load(Ordering::Relaxed) {
         1 => GemmForm::Sign,
         2 => GemmForm::Offset,
+        3 => GemmForm::Panel,
         _ => GemmForm::Auto,
     }
+}
+
+/// From this many tokens `Auto` takes the panel form where the panel
+/// kernel runs: packing a panel costs about as much as multiplying it by
+/// a few tokens (measured in session 15; docs/performance-notes.md).
+pub const PANEL_MIN_TOKENS: usize = 32;
+
+/// Whether an `m`-token product of `k` columns takes the panel form.
+fn panel_form_use(form: GemmForm, m: usize, k: usize) -> bool {
+    (1..simd::EXACT_I32_TOTAL).contains(&k)
+        && match form {
+            GemmForm::Panel => true,
+            GemmForm::Auto => m >= PANEL_MIN_TOKENS && simd::panel_kernel_available(),
+            GemmForm::Sign | GemmForm::Offset => false,
+        }
 }
 
 /// From this many tokens, columns and weight rows the offset form's split
@@ -479,7 +502,7 @@ fn offset_form_use(form: GemmForm, m: usize, n: usize, k: usize) -> Option<bool>
         return None;
     }
     match form {
-        GemmForm::Sign => None,
+        GemmForm::Sign | GemmForm::Panel => None,
         GemmForm::Offset => Some(true),
         GemmForm::Auto => (m >= OFFSET_MIN_TOKENS
             && n >= OFFSET_MIN_ROWS
@@ -745,6 +768,17 @@ pub(crate) fn w8a8_matmul_in_form(
     check_bias_output_and_scales(m, weight_scales, bias, out.len())?;
     if m == 0 {
         return Ok(());
+    }
+    if panel_form_use(form, m, k) {
+        return crate::packed::w8a8_matmul_panels_into(
+            x,
+            m,
+            weight_i8,
+            weight_scales,
+            bias,
+            act,
+            out,
+        );
     }
     let out = DisjointOut::new(out);
     let gemm = |acts: &QuantizedActs, rows: Range<usize>, next: Option<Range<usize>>| {
@@ -1212,7 +1246,7 @@ mod tests {
         let mut results = Vec::new();
         for isa in simd::supported() {
             simd::set_isa(isa).unwrap();
-            for form in [GemmForm::Sign, GemmForm::Offset] {
+            for form in [GemmForm::Sign, GemmForm::Offset, GemmForm::Panel] {
                 let mut y = vec![0.0; m * n];
                 let act = ActQuant::PER_TOKEN;
                 w8a8_matmul_in_form(x, m, w, s, Some(b), act, &mut y, form).unwrap();
@@ -1285,7 +1319,7 @@ mod tests {
                 let mut results = Vec::new();
                 for isa in simd::supported() {
                     simd::set_isa(isa).unwrap();
-                    for form in [GemmForm::Sign, GemmForm::Offset] {
+                    for form in [GemmForm::Sign, GemmForm::Offset, GemmForm::Panel] {
                         let mut y = vec![0.0; m * n];
                         w8a8_matmul_in_form(&x, m, &w, &s, None, act, &mut y, form).unwrap();
                         results.push(y);
@@ -1568,7 +1602,7 @@ mod tests {
         }
         let s = vec![1.0f32; n];
         let mut results = Vec::new();
-        for form in [GemmForm::Sign, GemmForm::Offset] {
+        for form in [GemmForm::Sign, GemmForm::Offset, GemmForm::Panel] {
             let mut y = vec![0.0; m * n];
             w8a8_matmul_in_form(&x, m, &w, &s, None, ActQuant::PER_TOKEN, &mut y, form).unwrap();
             for i in 0..m {

@@ -39,6 +39,7 @@ use crate::matmul::{check_bias_output_and_scales, w8a8_matmul_into, ActQuant, Qu
 use crate::parallel::{DisjointOut, RowBlocks};
 use crate::simd::{self, EXACT_I32_TOTAL};
 use crate::DynQuantError;
+use core::cell::RefCell;
 
 /// Weight rows per panel.
 pub const PANEL_ROWS: usize = 64;
@@ -70,15 +71,14 @@ impl PackedInt8Weights {
         // prefetchers restart every 16 column steps of a panel.
         let mut data = huge_pages::try_vec(len, 0i8)?;
         let mut row_sums = try_vec(n, 0i32)?;
-        for (r, (row, sum)) in w.chunks_exact(k.max(1)).zip(&mut row_sums).enumerate() {
-            let base = (r / PANEL_ROWS) * PANEL_ROWS * 4 * k4 + (r % PANEL_ROWS) * 4;
-            for (c, &v) in row.iter().enumerate() {
-                data[base + (c / 4) * PANEL_ROWS * 4 + c % 4] = v;
+        if k > 0 {
+            for (p, (panel, sums)) in data
+                .chunks_exact_mut(PANEL_ROWS * 4 * k4)
+                .zip(row_sums.chunks_mut(PANEL_ROWS))
+                .enumerate()
+            {
+                pack_panel(&w[p * PANEL_ROWS * k..], k, sums, panel);
             }
-            *sum = row
-                .iter()
-                .map(|&v| i32::from(v))
-                .fold(0i32, i32::wrapping_add);
         }
         Ok(PackedInt8Weights {
             n,
@@ -122,6 +122,53 @@ impl PackedInt8Weights {
     }
 }
 
+/// Packs the first `sums.len()` (at most 64) rows of the row-major `w`
+/// (`k > 0` columns each) into `panel` (`256 * ceil(k / 4)` bytes, zero
+/// where there is no weight) and writes each row's wrapping sum to `sums`.
+fn pack_panel(w: &[i8], k: usize, sums: &mut [i32], panel: &mut [i8]) {
+    let rows = sums.len();
+    let k4 = k.div_ceil(4);
+    assert!(
+        rows <= PANEL_ROWS && w.len() >= rows * k && panel.len() == PANEL_ROWS * 4 * k4,
+        "pack_panel: shapes"
+    );
+    if let Some(simd_sums) = simd::pack_panel(&w[..rows * k], k, panel) {
+        sums.copy_from_slice(&simd_sums[..rows]);
+        return;
+    }
+    panel.fill(0);
+    for (r, (row, sum)) in w.chunks_exact(k).zip(sums.iter_mut()).enumerate() {
+        for (s, four) in row.chunks(4).enumerate() {
+            let at = s * PANEL_ROWS * 4 + r * 4;
+            panel[at..at + four.len()].copy_from_slice(four);
+        }
+        *sum = row
+            .iter()
+            .map(|&v| i32::from(v))
+            .fold(0i32, i32::wrapping_add);
+    }
+}
+
+/// Where the panel GEMM finds its panels.
+#[derive(Clone, Copy)]
+enum Panels<'a> {
+    /// Packed once ahead.
+    Packed(&'a PackedInt8Weights),
+    /// Row-major `[n, k]` weights, each panel packed by the task that takes
+    /// it, into that thread's buffer (in L2 while the tokens stream by).
+    RowMajor(&'a [i8]),
+}
+
+thread_local! {
+    /// Each thread's panel, packed from row-major weights, reused from call
+    /// to call up to [`MAX_KEPT_PANEL`] bytes.
+    static PANEL: RefCell<Vec<i8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Larger panels (rows of more than 65536 columns) are freed after use
+/// rather than kept by the thread.
+const MAX_KEPT_PANEL: usize = 4 << 20;
+
 /// [`crate::w8a8_matmul_into`] on packed weights: the same checks, errors
 /// and bits. Without the AVX-512 panel kernel ([`simd::panel_kernel_available`])
 /// or for `k` too long for i32 sums it unpacks the weights and runs the
@@ -148,6 +195,62 @@ pub fn w8a8_matmul_packed_into(
         }
     }
     check_bias_output_and_scales(m, weight_scales, bias, out.len())?;
+    panel_gemm(
+        x,
+        m,
+        n,
+        k,
+        Panels::Packed(weights),
+        weight_scales,
+        bias,
+        act,
+        out,
+    )
+}
+
+/// The row-major GEMM's panel form ([`crate::matmul::GemmForm::Panel`]):
+/// [`w8a8_matmul_packed_into`]'s kernel, each 64-row panel packed on the fly
+/// by the thread that multiplies it. The caller has checked the shapes,
+/// bias, scales and `0 < k < EXACT_I32_TOTAL`, `m > 0`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn w8a8_matmul_panels_into(
+    x: &[f32],
+    m: usize,
+    weight_i8: &[i8],
+    weight_scales: &[f32],
+    bias: Option<&[f32]>,
+    act: ActQuant,
+    out: &mut [f32],
+) -> Result<(), DynQuantError> {
+    let n = weight_scales.len();
+    let k = x.len() / m;
+    panel_gemm(
+        x,
+        m,
+        n,
+        k,
+        Panels::RowMajor(weight_i8),
+        weight_scales,
+        bias,
+        act,
+        out,
+    )
+}
+
+/// The panel GEMM once the arguments are checked (`m > 0`, `0 < k <
+/// EXACT_I32_TOTAL`).
+#[allow(clippy::too_many_arguments)]
+fn panel_gemm(
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    panels: Panels<'_>,
+    weight_scales: &[f32],
+    bias: Option<&[f32]>,
+    act: ActQuant,
+    out: &mut [f32],
+) -> Result<(), DynQuantError> {
     let k4 = k.div_ceil(4);
     let acts = if act.per_token {
         QuantizedActs::per_token(x, m, k, act, k)?
@@ -164,45 +267,64 @@ pub fn w8a8_matmul_packed_into(
         }
     }
     let out = DisjointOut::new(out);
-    let panels = n.div_ceil(PANEL_ROWS);
-    RowBlocks::units(panels, m.saturating_mul(n).saturating_mul(k) / 4).run(|ps| {
-        for p in ps {
-            let j0 = p * PANEL_ROWS;
-            let rows = PANEL_ROWS.min(n - j0);
-            // The panel's per-row data, zero past its last row.
-            let mut offsets = [0i32; PANEL_ROWS];
-            let mut ws = [0.0f32; PANEL_ROWS];
-            let mut b = [0.0f32; PANEL_ROWS];
-            for r in 0..rows {
-                offsets[r] = weights.row_sums[j0 + r].wrapping_mul(128);
-                ws[r] = weight_scales[j0 + r];
-                b[r] = bias.map_or(0.0, |bias| bias[j0 + r]);
+    let panel_bytes = PANEL_ROWS * stride;
+    let multiply = |p: usize, panel: &[i8], row_sums: &[i32]| {
+        let j0 = p * PANEL_ROWS;
+        let rows = row_sums.len();
+        // The panel's per-row data, zero past its last row.
+        let mut offsets = [0i32; PANEL_ROWS];
+        let mut ws = [0.0f32; PANEL_ROWS];
+        let mut b = [0.0f32; PANEL_ROWS];
+        for r in 0..rows {
+            offsets[r] = row_sums[r].wrapping_mul(128);
+            ws[r] = weight_scales[j0 + r];
+            b[r] = bias.map_or(0.0, |bias| bias[j0 + r]);
+        }
+        let finish = simd::PanelFinish {
+            offsets: &offsets,
+            weight_scales: &ws,
+            bias: bias.map(|_| &b),
+        };
+        let group = TokenGroup {
+            panel,
+            k4,
+            finish: &finish,
+            u: &u,
+            scales: &acts.scales,
+        };
+        // SAFETY: panel p's rows j0..j0 + rows of every token belong to
+        // this task alone (RowBlocks hands out each panel once), and each
+        // token's run is borrowed for one kernel call at a time.
+        let run = |i: usize| unsafe { out.run_mut(i * n + j0, rows) };
+        let mut t0 = 0;
+        while t0 < m {
+            match m - t0 {
+                1 => group.run::<1>(t0, run),
+                2 => group.run::<2>(t0, run),
+                3 => group.run::<3>(t0, run),
+                _ => group.run::<4>(t0, run),
             }
-            let finish = simd::PanelFinish {
-                offsets: &offsets,
-                weight_scales: &ws,
-                bias: bias.map(|_| &b),
-            };
-            let group = TokenGroup {
-                panel: weights.panel(p),
-                k4,
-                finish: &finish,
-                u: &u,
-                scales: &acts.scales,
-            };
-            // SAFETY: panel p's rows j0..j0 + rows of every token belong
-            // to this task alone (RowBlocks hands out each panel once), and
-            // each token's run is borrowed for one kernel call at a time.
-            let run = |i: usize| unsafe { out.run_mut(i * n + j0, rows) };
-            let mut t0 = 0;
-            while t0 < m {
-                match m - t0 {
-                    1 => group.run::<1>(t0, run),
-                    2 => group.run::<2>(t0, run),
-                    3 => group.run::<3>(t0, run),
-                    _ => group.run::<4>(t0, run),
+            t0 += 4;
+        }
+    };
+    let count = n.div_ceil(PANEL_ROWS);
+    RowBlocks::units(count, m.saturating_mul(n).saturating_mul(k) / 4).run(|ps| {
+        for p in ps {
+            let rows = PANEL_ROWS.min(n - p * PANEL_ROWS);
+            match panels {
+                Panels::Packed(weights) => {
+                    let sums = &weights.row_sums[p * PANEL_ROWS..p * PANEL_ROWS + rows];
+                    multiply(p, weights.panel(p), sums);
                 }
-                t0 += 4;
+                Panels::RowMajor(w) => PANEL.with_borrow_mut(|panel| {
+                    panel.resize(panel_bytes, 0);
+                    let mut sums = [0i32; PANEL_ROWS];
+                    pack_panel(&w[p * PANEL_ROWS * k..], k, &mut sums[..rows], panel);
+                    multiply(p, panel, &sums[..rows]);
+                    if panel_bytes > MAX_KEPT_PANEL {
+                        *panel = Vec::new();
+                    }
+                }),
             }
         }
     });
@@ -267,7 +389,18 @@ mod tests {
 
     #[test]
     fn pack_round_trips_and_pads_with_zeros() {
-        for (n, k) in [(1, 1), (3, 5), (64, 8), (65, 4), (130, 37), (7, 0)] {
+        // k a multiple of 64 with full panels: the AVX-512 transpose where it runs.
+        for (n, k) in [
+            (1, 1),
+            (3, 5),
+            (64, 8),
+            (65, 4),
+            (130, 37),
+            (7, 0),
+            (128, 64),
+            (130, 192),
+            (64, 4096),
+        ] {
             let w = weights(n, k, (n * 31 + k) as u64);
             let p = PackedInt8Weights::pack(&w, n, k).unwrap();
             assert_eq!(p.unpack(), w, "n={n} k={k}");

@@ -293,7 +293,7 @@ fn set_kernel(py: Python<'_>, name: &str) -> PyResult<()> {
         .map_err(|e| to_py_err(py, e))
 }
 
-/// Forces the W8A8 GEMM's form ("auto", "sign" or "offset"; tests and
+/// Forces the W8A8 GEMM's form ("auto", "sign", "offset" or "panel"; tests and
 /// benchmarks — every form gives the same bits).
 #[pyfunction]
 fn set_gemm_form(py: Python<'_>, name: &str) -> PyResult<()> {
@@ -301,11 +301,12 @@ fn set_gemm_form(py: Python<'_>, name: &str) -> PyResult<()> {
         "auto" => matmul::GemmForm::Auto,
         "sign" => matmul::GemmForm::Sign,
         "offset" => matmul::GemmForm::Offset,
+        "panel" => matmul::GemmForm::Panel,
         _ => {
             return Err(to_py_err(
                 py,
                 DynQuantError::InvalidArgument(format!(
-                    "GEMM form must be 'auto', 'sign' or 'offset', got {name:?}"
+                    "GEMM form must be 'auto', 'sign', 'offset' or 'panel', got {name:?}"
                 )),
             ))
         }

@@ -312,7 +312,7 @@ def test_spin_env_var_controls_the_always_awake_helper(value: str | None, helper
     assert float(y) == pytest.approx(512.0, rel=1e-6)
 
 
-FORMS = ["sign", "offset"]
+FORMS = ["sign", "offset", "panel"]
 
 
 def _gemm_weights(rng: np.random.Generator, n: int, k: int, kind: str) -> np.ndarray:
@@ -331,13 +331,19 @@ def _gemm_weights(rng: np.random.Generator, n: int, k: int, kind: str) -> np.nda
 
 
 @pytest.mark.parametrize("kind", ["real", "uniform", "extreme"])
-@pytest.mark.parametrize(("m", "n", "k"), [(2, 3, 32), (9, 17, 95), (70, 40, 1024), (66, 70, 1061)])
+# (33, 130, 256): two full 64-row panels (the AVX-512 transpose packs them)
+# and a partial one (packed in scalar code), 8 groups of 4 tokens and one.
+@pytest.mark.parametrize(
+    ("m", "n", "k"), [(2, 3, 32), (9, 17, 95), (70, 40, 1024), (66, 70, 1061), (33, 130, 256)]
+)
 def test_gemm_forms_give_the_same_bits_on_every_path(
     m: int, n: int, k: int, kind: str, rng: np.random.Generator, two_threads: None
 ) -> None:
     """The offset form (pair-safe weights times q + 128, residuals added
-    back) and the sign form give identical W8A8 GEMM results on every kernel
-    path, equal to w8a8_matvec per token (so to the reference)."""
+    back), the panel form (64-row panels packed on the fly, the packed
+    GEMM's kernel) and the sign form give identical W8A8 GEMM results on
+    every kernel path, equal to w8a8_matvec per token (so to the
+    reference)."""
     w = _gemm_weights(rng, n, k, kind)
     ws = rng.uniform(0.001, 0.02, n).astype(F32)
     x = (rng.standard_normal((m, k)) * rng.uniform(0.1, 30, (m, 1))).astype(F32)
@@ -367,21 +373,25 @@ def test_gemm_forms_agree_on_random_weights(
     m: int, k: int, n: int, seed: int, spread: float
 ) -> None:
     """Property: for int8 weights of any spread (from mostly pair-safe to
-    mostly not), the forced offset form equals the sign form bit for bit."""
+    mostly not), the forced offset and panel forms equal the sign form bit
+    for bit."""
     rng = np.random.default_rng(seed)
     w = np.clip(np.round(rng.standard_normal((n, k)) * spread), -128, 127).astype(np.int8)
     ws = rng.uniform(0.001, 0.02, n).astype(F32)
     x = rng.standard_normal((m, k)).astype(F32)
     _core.set_gemm_form("offset")
     offset = dq.w8a8_matmul(x, w, ws)
+    _core.set_gemm_form("panel")
+    panel = dq.w8a8_matmul(x, w, ws)
     _core.set_gemm_form("sign")
     assert_same_f32(offset, dq.w8a8_matmul(x, w, ws))
+    assert_same_f32(panel, dq.w8a8_matmul(x, w, ws), "panel")
 
 
 def test_set_gemm_form_errors() -> None:
     with pytest.raises(dq.InvalidArgumentError) as info:
         _core.set_gemm_form("fast")
-    assert "fast" in str(info.value) and "offset" in str(info.value)
+    assert "fast" in str(info.value) and "offset" in str(info.value) and "panel" in str(info.value)
 
 
 @pytest.mark.parametrize("kind", ["real", "uniform"])

@@ -406,6 +406,26 @@ pub fn panel_w8a8<const MR: usize>(
     scalar::panel_w8a8(panel, k4, u, finish, token_scales, out)
 }
 
+/// Packs 64 row-major rows `w` of `k` columns into a panel (`[k/4][64][4]`
+/// bytes, see [`crate::packed`]) by the AVX-512 transpose where
+/// [`panel_kernel_available`] and `k` is a multiple of 64, returning the
+/// rows' wrapping i32 sums; `None`, writing nothing, elsewhere (the caller
+/// packs in scalar code).
+pub fn pack_panel(w: &[i8], k: usize, panel: &mut [i8]) -> Option<[i32; 64]> {
+    #[cfg(target_arch = "x86_64")]
+    if panel_kernel_available()
+        && k.is_multiple_of(64)
+        && w.len() == 64 * k
+        && panel.len() == 64 * k
+    {
+        // SAFETY: AVX512F and VNNI checked by panel_kernel_available;
+        // lengths just checked.
+        return Some(unsafe { avx512::pack_panel(w, k, panel) });
+    }
+    let _ = (w, k, panel);
+    None
+}
+
 /// Dequantized W8A8 outputs of two int8 weight rows by `T` token rows (all
 /// of one length `k`): `out[t][r] = (acc as f32 * ws[r]) * ts[t] (+ bias[r])`
 /// with `acc = sum_i w[r][i] * a[t][i]` exact — the W8A8 formula, so every
