@@ -466,16 +466,29 @@ pub fn gemm_form() -> GemmForm {
 }
 
 /// From this many tokens `Auto` takes the panel form where the panel
-/// kernel runs: packing a panel costs about as much as multiplying it by
-/// a few tokens (measured in session 15; docs/performance-notes.md).
-pub const PANEL_MIN_TOKENS: usize = 32;
+/// kernel runs; from [`PANEL_MIN_TOKENS_SMALL`] when the weights take at
+/// most [`PANEL_SMALL_WEIGHTS`] bytes. Packing a panel streams its rows
+/// once more, which pays at fewer tokens while the weights stay in cache
+/// (session 15, 2 threads, panel ÷ sign form: 4096² 1.28 at 16 tokens, 1.00
+/// at 48, 0.82 at 128; 11008 × 4096 1.17 at 16, 1.00 at 64, 0.90 at 128;
+/// 1024² 0.93 at 16; 1536 × 384 0.89 at 8, 0.64 at 16).
+pub const PANEL_MIN_TOKENS: usize = 64;
+/// See [`PANEL_MIN_TOKENS`].
+pub const PANEL_MIN_TOKENS_SMALL: usize = 16;
+/// See [`PANEL_MIN_TOKENS`].
+pub const PANEL_SMALL_WEIGHTS: usize = 2 << 20;
 
-/// Whether an `m`-token product of `k` columns takes the panel form.
-fn panel_form_use(form: GemmForm, m: usize, k: usize) -> bool {
+/// Whether an `m`-token product with `n` weight rows of `k` columns takes
+/// the panel form.
+fn panel_form_use(form: GemmForm, m: usize, n: usize, k: usize) -> bool {
     (1..simd::EXACT_I32_TOTAL).contains(&k)
         && match form {
             GemmForm::Panel => true,
-            GemmForm::Auto => m >= PANEL_MIN_TOKENS && simd::panel_kernel_available(),
+            GemmForm::Auto => {
+                let small = n.saturating_mul(k) <= PANEL_SMALL_WEIGHTS;
+                (m >= PANEL_MIN_TOKENS || (small && m >= PANEL_MIN_TOKENS_SMALL))
+                    && simd::panel_kernel_available()
+            }
             GemmForm::Sign | GemmForm::Offset => false,
         }
 }
@@ -769,7 +782,7 @@ pub(crate) fn w8a8_matmul_in_form(
     if m == 0 {
         return Ok(());
     }
-    if panel_form_use(form, m, k) {
+    if panel_form_use(form, m, n, k) {
         return crate::packed::w8a8_matmul_panels_into(
             x,
             m,
@@ -1047,6 +1060,21 @@ impl QuantizedActs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_takes_the_panel_form_past_its_thresholds() {
+        use GemmForm::{Auto, Offset, Panel, Sign};
+        let kernel = simd::panel_kernel_available();
+        assert_eq!(panel_form_use(Auto, 64, 4096, 4096), kernel);
+        assert!(!panel_form_use(Auto, 63, 4096, 4096));
+        assert_eq!(panel_form_use(Auto, 16, 1024, 1024), kernel);
+        assert!(!panel_form_use(Auto, 15, 1024, 1024));
+        assert!(!panel_form_use(Auto, 32, 2048, 2048)); // 4 MiB: not small
+        assert!(panel_form_use(Panel, 1, 3, 5));
+        assert!(!panel_form_use(Panel, 1, 3, 0));
+        assert!(!panel_form_use(Panel, 2, 1, simd::EXACT_I32_TOTAL));
+        assert!(!panel_form_use(Sign, 128, 4096, 4096) && !panel_form_use(Offset, 128, 4096, 4096));
+    }
 
     /// `out.len()` is the reference's `out_size`: an `out` of the wrong
     /// length gets the reference's error for that size, after its checks of

@@ -575,8 +575,8 @@ proptest! {
             }
         }
         let act = if per_token { ActQuant::PER_TOKEN } else { ActQuant::PER_TENSOR };
-        // Both forms of the AVX2 GEMM (the only test here that sets one).
-        for form in [matmul::GemmForm::Sign, matmul::GemmForm::Offset] {
+        // Every forced form of the GEMM (the only test here that sets one).
+        for form in [matmul::GemmForm::Sign, matmul::GemmForm::Offset, matmul::GemmForm::Panel] {
             matmul::set_gemm_form(form);
             let mut y = vec![f32::NAN; m * n];
             matmul::w8a8_matmul_into(&x, m, &w, &ws, with_bias.then_some(b.as_slice()), act, &mut y).unwrap();
