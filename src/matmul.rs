@@ -783,15 +783,8 @@ pub(crate) fn w8a8_matmul_in_form(
         return Ok(());
     }
     if panel_form_use(form, m, n, k) {
-        return crate::packed::w8a8_matmul_panels_into(
-            x,
-            m,
-            weight_i8,
-            weight_scales,
-            bias,
-            act,
-            out,
-        );
+        let panels = crate::packed::Panels::RowMajor(weight_i8);
+        return crate::packed::panel_gemm(x, m, n, k, panels, weight_scales, bias, act, out);
     }
     let out = DisjointOut::new(out);
     let gemm = |acts: &QuantizedActs, rows: Range<usize>, next: Option<Range<usize>>| {

@@ -151,7 +151,7 @@ fn pack_panel(w: &[i8], k: usize, sums: &mut [i32], panel: &mut [i8]) {
 
 /// Where the panel GEMM finds its panels.
 #[derive(Clone, Copy)]
-enum Panels<'a> {
+pub(crate) enum Panels<'a> {
     /// Packed once ahead.
     Packed(&'a PackedInt8Weights),
     /// Row-major `[n, k]` weights, each panel packed by the task that takes
@@ -208,39 +208,12 @@ pub fn w8a8_matmul_packed_into(
     )
 }
 
-/// The row-major GEMM's panel form ([`crate::matmul::GemmForm::Panel`]):
-/// [`w8a8_matmul_packed_into`]'s kernel, each 64-row panel packed on the fly
-/// by the thread that multiplies it. The caller has checked the shapes,
-/// bias, scales and `0 < k < EXACT_I32_TOTAL`, `m > 0`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn w8a8_matmul_panels_into(
-    x: &[f32],
-    m: usize,
-    weight_i8: &[i8],
-    weight_scales: &[f32],
-    bias: Option<&[f32]>,
-    act: ActQuant,
-    out: &mut [f32],
-) -> Result<(), DynQuantError> {
-    let n = weight_scales.len();
-    let k = x.len() / m;
-    panel_gemm(
-        x,
-        m,
-        n,
-        k,
-        Panels::RowMajor(weight_i8),
-        weight_scales,
-        bias,
-        act,
-        out,
-    )
-}
-
 /// The panel GEMM once the arguments are checked (`m > 0`, `0 < k <
-/// EXACT_I32_TOTAL`).
+/// EXACT_I32_TOTAL`): [`w8a8_matmul_packed_into`], and the row-major GEMM's
+/// panel form ([`crate::matmul::GemmForm::Panel`]), where each 64-row panel
+/// is packed on the fly by the thread that multiplies it.
 #[allow(clippy::too_many_arguments)]
-fn panel_gemm(
+pub(crate) fn panel_gemm(
     x: &[f32],
     m: usize,
     n: usize,

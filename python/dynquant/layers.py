@@ -115,19 +115,7 @@ class QuantizedLinear:
     )
 
     # What a pickle holds: the weights row-major (portable), never packed.
-    _STATE = (
-        "act_mode",
-        "bias",
-        "bits",
-        "group_size",
-        "in_features",
-        "out_features",
-        "per_token",
-        "smooth_alpha",
-        "smooth_factors",
-        "weight",
-        "weight_scales",
-    )
+    _STATE = tuple(sorted({*__slots__} - {"_pack", "_weight"} | {"weight"}))
 
     in_features: int
     out_features: int
