@@ -8,6 +8,7 @@
 //! and rayon parallelism ([`parallel`]).
 //!
 //! One module per concept:
+//! [`activation`] (the float GELU between quantized layers),
 //! [`scale`] (scale modes, percentile), [`quantize`] (the quantizers),
 //! [`tensor`] (the quantized tensor), [`smooth`] (SmoothQuant),
 //! [`matmul`] (W8A8 products), [`weights`] (weight quantizers, int4
@@ -15,6 +16,7 @@
 //! [`error`], [`simd`] (kernel dispatch), [`parallel`] (the thread pool).
 //! The Python bindings live in `python.rs` behind the `python` feature.
 
+pub mod activation;
 pub mod calib;
 pub mod error;
 mod huge_pages;

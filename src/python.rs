@@ -23,7 +23,8 @@ mod observer;
 mod packed;
 
 use crate::{
-    matmul, parallel, quantize, scale, simd, smooth, tensor, w4a8, weights, DynQuantError,
+    activation, matmul, parallel, quantize, scale, simd, smooth, tensor, w4a8, weights,
+    DynQuantError,
 };
 
 /// Quantized values and their scales, as returned to Python.
@@ -409,6 +410,18 @@ fn quantization_mae(
     })
 }
 
+/// BERT's erf GELU of every value, in a new array of `x`'s shape.
+#[pyfunction]
+fn gelu<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let shape = x.shape().to_vec();
+    let x = contiguous(x.as_slice())?;
+    let (out, ()) = new_array(py, &shape, x.len(), |out| activation::gelu_into(x, out))?;
+    Ok(out)
+}
+
 #[pyfunction]
 fn smooth_factors<'py>(
     py: Python<'py>,
@@ -701,6 +714,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize_per_row, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(quantization_mae, m)?)?;
+    m.add_function(wrap_pyfunction!(gelu, m)?)?;
     m.add_function(wrap_pyfunction!(smooth_factors, m)?)?;
     m.add_function(wrap_pyfunction!(smooth_factors_from_act_max, m)?)?;
     m.add_function(wrap_pyfunction!(smooth_apply, m)?)?;

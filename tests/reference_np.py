@@ -269,3 +269,41 @@ def quantize_weights_rows(w: F32Array) -> tuple[I8Array, F32Array]:
     for o in range(w.shape[0]):
         q[o], s[o] = quantize_per_tensor(w[o], 127.0)
     return q, s
+
+
+# erf(z) = z * P(z^2) / Q(z^2) on [-4, 4]: the float32 rational approximation
+# of Eigen / XLA, as the decimal constants are written there.
+_ERF_P = (
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+)
+_ERF_Q = (
+    -1.45660718464996e-05,
+    -2.13374055278905e-04,
+    -1.68282697438203e-03,
+    -7.37332916720468e-03,
+    -1.42647390514189e-02,
+)
+
+
+def gelu_erf(x: F32Array) -> F32Array:
+    """BERT's erf GELU in float32 NumPy passes, each rounded as the definition
+    says: z = clip(x / sqrt 2, -4, 4), Horner in z^2 (multiply, then add),
+    erf = p * z / q, result ((erf + 1) * x) * 0.5."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        z = np.clip(x * np.float32(1.0 / math.sqrt(2.0)), np.float32(-4.0), np.float32(4.0))
+        z2 = z * z
+        p = np.full_like(z2, np.float32(_ERF_P[0]))
+        for c in _ERF_P[1:]:
+            p = p * z2 + np.float32(c)
+        q = np.full_like(z2, np.float32(_ERF_Q[0]))
+        for c in _ERF_Q[1:]:
+            q = q * z2 + np.float32(c)
+        erf = p * z / q
+        return ((erf + np.float32(1.0)) * x) * np.float32(0.5)

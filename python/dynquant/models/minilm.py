@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .. import _core
+from .._arrays import as_float32
 from .sentences import DEMO_SENTENCES
 
 __all__ = [
@@ -116,74 +118,15 @@ def layer_norm(x: F32, gamma: F32, beta: F32, eps: float) -> F32:
     return centred
 
 
-# erf(x) = x * P(x^2) / Q(x^2) on [-4, 4] (beyond, erf is +-1 in float32): the
-# float32 rational approximation of Eigen / XLA; absolute error < 5e-7.
-_ERF_P = tuple(
-    np.float32(c)
-    for c in (
-        -2.72614225801306e-10,
-        2.77068142495902e-08,
-        -2.10102402082508e-06,
-        -5.69250639462346e-05,
-        -7.34990630326855e-04,
-        -2.95459980854025e-03,
-        -1.60960333262415e-02,
-    )
-)
-_ERF_Q = tuple(
-    np.float32(c)
-    for c in (
-        -1.45660718464996e-05,
-        -2.13374055278905e-04,
-        -1.68282697438203e-03,
-        -7.37332916720468e-03,
-        -1.42647390514189e-02,
-    )
-)
+def gelu(x: npt.ArrayLike) -> F32:
+    """Exact (erf) GELU, as BERT's ``hidden_act = "gelu"``: ``x/2 * (1 + erf(x/sqrt 2))``.
 
-
-def erf(x: F32) -> F32:
-    """Error function of a float32 array, vectorised (NumPy has none)."""
-    x = np.clip(x, np.float32(-4.0), np.float32(4.0))
-    x2 = x * x
-    p = np.full_like(x2, _ERF_P[0])
-    for c in _ERF_P[1:]:
-        p *= x2
-        p += c
-    q = np.full_like(x2, _ERF_Q[0])
-    for c in _ERF_Q[1:]:
-        q *= x2
-        q += c
-    p *= x
-    p /= q
-    return p
-
-
-# GELU works on blocks of about this many values: its ~30 NumPy passes then
-# stay in L2 and its temporaries stay small enough for malloc to reuse. On
-# the FFN's [tokens, 1536] activations this made the whole fp32 encode ~20%
-# faster (bit-identical: every value is computed the same way).
-_GELU_BLOCK = 1 << 15
-
-
-def _gelu_block(x: F32) -> F32:
-    y = erf(x * np.float32(1.0 / math.sqrt(2.0)))
-    y += np.float32(1.0)
-    y *= x
-    y *= np.float32(0.5)
-    return y
-
-
-def gelu(x: F32) -> F32:
-    """Exact (erf) GELU, as BERT's ``hidden_act = "gelu"``: ``x/2 * (1 + erf(x/sqrt 2))``."""
-    if x.size <= _GELU_BLOCK or x.ndim == 0:
-        return _gelu_block(x)
-    rows = x.reshape(-1, x.shape[-1])
-    step = max(1, _GELU_BLOCK // rows.shape[1])
-    out = np.empty_like(rows)
-    for start in range(0, rows.shape[0], step):
-        out[start : start + step] = _gelu_block(rows[start : start + step])
-    return out.reshape(x.shape)
+    float32 in and out (other real dtypes are converted; same shape), in one
+    vectorised, multi-threaded pass of dynquant's core. erf is the float32
+    rational approximation of Eigen / XLA (absolute error < 5e-7); the
+    formula, step by step, is ``activation::gelu`` in the Rust crate.
+    """
+    return _core.gelu(as_float32(x, "x"))
 
 
 def _softmax_inplace(scores: F32) -> F32:
