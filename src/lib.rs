@@ -8,7 +8,7 @@
 //! and rayon parallelism ([`parallel`]).
 //!
 //! One module per concept:
-//! [`activation`] (the float GELU between quantized layers),
+//! [`float_layers`] (an encoder's GELU and LayerNorm around its quantized Linears),
 //! [`scale`] (scale modes, percentile), [`quantize`] (the quantizers),
 //! [`tensor`] (the quantized tensor), [`smooth`] (SmoothQuant),
 //! [`matmul`] (W8A8 products), [`weights`] (weight quantizers, int4
@@ -16,9 +16,9 @@
 //! [`error`], [`simd`] (kernel dispatch), [`parallel`] (the thread pool).
 //! The Python bindings live in `python.rs` behind the `python` feature.
 
-pub mod activation;
 pub mod calib;
 pub mod error;
+pub mod float_layers;
 mod huge_pages;
 pub mod matmul;
 pub mod observer;

@@ -223,12 +223,26 @@ pub fn chunks_mut<U: Send>(
     items_per_task: usize,
     f: impl Fn(&mut [U]) + Sync + Send,
 ) {
+    chunks_mut_at(data, item_len, items_per_task, |_, chunk| f(chunk))
+}
+
+/// [`chunks_mut`], with `f` also told where its chunk starts in `data`
+/// (an index of `U`s), so it can take the matching part of other inputs.
+pub fn chunks_mut_at<U: Send>(
+    data: &mut [U],
+    item_len: usize,
+    items_per_task: usize,
+    f: impl Fn(usize, &mut [U]) + Sync + Send,
+) {
     let work = data.len();
     if !worth_splitting(work) {
-        return f(data);
+        return f(0, data);
     }
-    let chunks = locked(data.chunks_mut(item_len.max(1) * items_per_task.max(1)));
-    for_each_block(work, chunks.len(), |b| f(&mut lock(&chunks[b])));
+    let chunk_len = item_len.max(1) * items_per_task.max(1);
+    let chunks = locked(data.chunks_mut(chunk_len));
+    for_each_block(work, chunks.len(), |b| {
+        f(b * chunk_len, &mut lock(&chunks[b]))
+    });
 }
 
 /// The output of a product, shared by tasks that each write their own

@@ -23,7 +23,7 @@ mod observer;
 mod packed;
 
 use crate::{
-    activation, matmul, parallel, quantize, scale, simd, smooth, tensor, w4a8, weights,
+    float_layers, matmul, parallel, quantize, scale, simd, smooth, tensor, w4a8, weights,
     DynQuantError,
 };
 
@@ -418,7 +418,32 @@ fn gelu<'py>(
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let shape = x.shape().to_vec();
     let x = contiguous(x.as_slice())?;
-    let (out, ()) = new_array(py, &shape, x.len(), |out| activation::gelu_into(x, out))?;
+    let (out, ()) = new_array(py, &shape, x.len(), |out| float_layers::gelu_into(x, out))?;
+    Ok(out)
+}
+
+/// LayerNorm of `x (+ residual)` over rows of `gamma.len()` values, in a
+/// new array of `x`'s shape.
+#[pyfunction]
+#[pyo3(signature = (x, residual, gamma, beta, eps))]
+fn layer_norm<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    residual: Option<PyReadonlyArrayDyn<'py, f32>>,
+    gamma: PyReadonlyArray1<'py, f32>,
+    beta: PyReadonlyArray1<'py, f32>,
+    eps: f32,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let shape = x.shape().to_vec();
+    let x = contiguous(x.as_slice())?;
+    let residual = match &residual {
+        Some(r) => Some(contiguous(r.as_slice())?),
+        None => None,
+    };
+    let (gamma, beta) = (contiguous(gamma.as_slice())?, contiguous(beta.as_slice())?);
+    let (out, ()) = new_array(py, &shape, x.len(), |out| {
+        float_layers::layer_norm_into(x, residual, gamma, beta, eps, out)
+    })?;
     Ok(out)
 }
 
@@ -715,6 +740,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(quantization_mae, m)?)?;
     m.add_function(wrap_pyfunction!(gelu, m)?)?;
+    m.add_function(wrap_pyfunction!(layer_norm, m)?)?;
     m.add_function(wrap_pyfunction!(smooth_factors, m)?)?;
     m.add_function(wrap_pyfunction!(smooth_factors_from_act_max, m)?)?;
     m.add_function(wrap_pyfunction!(smooth_apply, m)?)?;

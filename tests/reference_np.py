@@ -307,3 +307,18 @@ def gelu_erf(x: F32Array) -> F32Array:
             q = q * z2 + np.float32(c)
         erf = p * z / q
         return ((erf + np.float32(1.0)) * x) * np.float32(0.5)
+
+
+def layer_norm(
+    x: F32Array, gamma: F32Array, beta: F32Array, eps: float, residual: F32Array | None = None
+) -> F32Array:
+    """BERT's LayerNorm in float32 NumPy passes (population variance), after
+    ``x + residual`` when given."""
+    v = np.array(x, dtype=np.float32) if residual is None else x + residual
+    with np.errstate(all="ignore"):
+        centred = v - v.mean(axis=-1, keepdims=True)
+        var = np.mean(np.square(centred), axis=-1, keepdims=True)
+        centred /= np.sqrt(var + np.float32(eps))
+        centred *= gamma
+        centred += beta
+    return centred

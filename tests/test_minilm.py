@@ -37,7 +37,7 @@ from dynquant.demo import (
     worst_outlier,
     worst_sentence_note,
 )
-from dynquant.models import DEMO_SENTENCES, MiniLM, ModelNotInstalledError, gelu
+from dynquant.models import DEMO_SENTENCES, MiniLM, ModelNotInstalledError, gelu, layer_norm
 from dynquant.models.sentences import PARAPHRASE_PAIRS, UNRELATED_PAIRS
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
@@ -177,6 +177,82 @@ def test_gelu_refuses_what_is_not_a_real_number() -> None:
         gelu(np.array([True]))
     with pytest.raises(dq.ShapeMismatchError, match="rectangular"):
         gelu([[1.0, 2.0], [3.0]])
+
+
+def _layer_norm_rows(rng: np.random.Generator, rows: int, width: int) -> np.ndarray:
+    """Rows at every scale and offset, constant rows (variance 0: the result
+    is beta), rows with a subnormal, an overflowing square (inf variance), inf
+    and NaN, and MiniLM-like outlier rows (one channel ~600x the rest)."""
+    x = rng.standard_normal((rows, width)) * rng.uniform(1e-3, 1e3, (rows, 1))
+    x += rng.uniform(-50, 50, (rows, 1))
+    x = x.astype(np.float32)
+    if width > 1 and rows >= 6:
+        x[0] = np.float32(3.0)
+        x[1, 0] = np.float32(1e-45)
+        x[2, -1] = np.float32(3e38)
+        x[3, 0], x[4, -1] = np.inf, np.nan
+        x[5, width // 2] *= np.float32(600.0)
+    return x
+
+
+@pytest.mark.parametrize("path", dq.kernel_info().supported)
+def test_layer_norm_gives_the_numpy_formulas_bits_on_every_path(
+    path: str, two_threads: None
+) -> None:
+    # One Rust pass replaces eight NumPy passes; it must give their bits
+    # (NumPy's pairwise float32 sums in the means included), with the
+    # residual added first or not, on widths around the pairwise blocks (8,
+    # 128) and past the threading threshold.
+    from reference_np import layer_norm as reference
+
+    rng = np.random.default_rng(3)
+    dq.set_kernel(path)  # the autouse fixture restores it
+    for width in (1, 2, 7, 8, 9, 127, 128, 129, 136, 255, 256, 257, 384, 1000, 1536):
+        rows = 600 if width == 384 else 9
+        x = _layer_norm_rows(rng, rows, width)
+        res = rng.standard_normal((rows, width)).astype(np.float32)
+        gamma = rng.standard_normal(width).astype(np.float32)
+        beta = rng.standard_normal(width).astype(np.float32)
+        for eps in (1e-12, 1e-5):
+            got = layer_norm(x, gamma, beta, eps)
+            assert _same_bits(got, reference(x, gamma, beta, eps)), (path, width, eps)
+            got = layer_norm(x, gamma, beta, eps, residual=res)
+            assert _same_bits(got, reference(x, gamma, beta, eps, res)), (path, width, eps)
+
+
+def test_layer_norm_shapes_layouts_and_errors() -> None:
+    from reference_np import layer_norm as reference
+
+    rng = np.random.default_rng(4)
+    g, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    got = layer_norm(x, g, b, 1e-12)
+    assert got.shape == x.shape and got.dtype == np.float32
+    assert _same_bits(got, reference(x, g, b, 1e-12))
+    assert not np.shares_memory(got, x)
+    # strided input and residual, float64 input: converted first
+    wide = rng.standard_normal((4, 16)).astype(np.float32)
+    assert _same_bits(layer_norm(wide[:, ::2], g, b, 1e-6), reference(wide[:, ::2], g, b, 1e-6))
+    res = wide[:, 1::2]
+    assert _same_bits(
+        layer_norm(wide[:, ::2], g, b, 1e-6, residual=res),
+        reference(np.ascontiguousarray(wide[:, ::2]), g, b, 1e-6, np.ascontiguousarray(res)),
+    )
+    assert _same_bits(layer_norm(x.astype(np.float64), g, b, 1e-12), got)
+    assert layer_norm(np.zeros((0, 8), np.float32), g, b, 1e-12).shape == (0, 8)
+    assert layer_norm(np.zeros((5, 0), np.float32), g[:0], b[:0], 1e-12).shape == (5, 0)
+    with pytest.raises(dq.ShapeMismatchError, match="gamma must have one value per feature"):
+        layer_norm(x, g[:7], b, 1e-12)
+    with pytest.raises(dq.ShapeMismatchError, match="beta must have one value per feature"):
+        layer_norm(x, g, np.zeros(9, np.float32), 1e-12)
+    with pytest.raises(dq.ShapeMismatchError, match=r"residual must have x's shape \(2, 3, 8\)"):
+        layer_norm(x, g, b, 1e-12, residual=x[0])
+    with pytest.raises(dq.ShapeMismatchError, match="0-D"):
+        layer_norm(np.float32(1.0), g[:1], b[:1], 1e-12)
+    with pytest.raises(dq.ShapeMismatchError, match="gamma must be 1-D"):
+        layer_norm(x, g[None], b, 1e-12)
+    with pytest.raises(dq.DTypeError, match="x must be a real"):
+        layer_norm(x.astype(np.complex64), g, b, 1e-12)
 
 
 def test_tokenization_matches(model: MiniLM, ref: dict[str, Any], ref_sentences: list[str]) -> None:

@@ -131,7 +131,7 @@ impl Isa {
 
     /// Whether the path runs the AVX2 bodies (AVX2 and the VNNI paths).
     #[cfg(target_arch = "x86_64")]
-    fn runs_avx2(self) -> bool {
+    pub(crate) fn runs_avx2(self) -> bool {
         matches!(self, Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni)
     }
 }

@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from .. import _core
 from .._arrays import as_float32
+from ..errors import ShapeMismatchError
 from .sentences import DEMO_SENTENCES
 
 __all__ = [
@@ -107,15 +108,49 @@ def float_linear(name: str, weight: F32, bias: F32) -> LinearFn:
     return linear
 
 
-def layer_norm(x: F32, gamma: F32, beta: F32, eps: float) -> F32:
-    """LayerNorm over the last axis (population variance, as BERT)."""
-    mean = x.mean(axis=-1, keepdims=True)
-    centred: F32 = x - mean
-    var = np.mean(np.square(centred), axis=-1, keepdims=True)
-    centred /= np.sqrt(var + np.float32(eps))
-    centred *= gamma
-    centred += beta
-    return centred
+def layer_norm(
+    x: npt.ArrayLike,
+    gamma: npt.ArrayLike,
+    beta: npt.ArrayLike,
+    eps: float,
+    residual: npt.ArrayLike | None = None,
+) -> F32:
+    """LayerNorm over the last axis (population variance, as BERT) of ``x``,
+    or of ``x + residual`` (the residual add before it, in the same pass).
+
+    float32 (other real dtypes are converted), in one multi-threaded pass of
+    dynquant's core that gives the bits of the NumPy formula ``x.mean(-1)``,
+    ``x - mean``, ``np.mean(np.square(...))``, ``/ np.sqrt(var + eps)``,
+    ``* gamma + beta`` (NumPy's pairwise float32 sums included).
+    """
+    a = as_float32(x, "x")
+    if a.ndim == 0:
+        raise ShapeMismatchError(
+            "x must have a feature axis (at least 1-D), got a 0-D array",
+            expected="[..., features]",
+            actual=a.shape,
+        )
+    g = as_float32(gamma, "gamma", ndim=1)
+    b = as_float32(beta, "beta", ndim=1)
+    width = a.shape[-1]
+    for name, v in (("gamma", g), ("beta", b)):
+        if v.size != width:
+            raise ShapeMismatchError(
+                f"{name} must have one value per feature: x has {width} features "
+                f"(shape {a.shape}), {name} has {v.size}",
+                expected=width,
+                actual=v.size,
+            )
+    r = None
+    if residual is not None:
+        r = as_float32(residual, "residual")
+        if r.shape != a.shape:
+            raise ShapeMismatchError(
+                f"residual must have x's shape {a.shape}, got {r.shape}",
+                expected=a.shape,
+                actual=r.shape,
+            )
+    return _core.layer_norm(a, r, g, b, float(np.float32(eps)))
 
 
 def gelu(x: npt.ArrayLike) -> F32:
@@ -124,7 +159,7 @@ def gelu(x: npt.ArrayLike) -> F32:
     float32 in and out (other real dtypes are converted; same shape), in one
     vectorised, multi-threaded pass of dynquant's core. erf is the float32
     rational approximation of Eigen / XLA (absolute error < 5e-7); the
-    formula, step by step, is ``activation::gelu`` in the Rust crate.
+    formula, step by step, is ``float_layers::gelu`` in the Rust crate.
     """
     return _core.gelu(as_float32(x, "x"))
 
@@ -244,13 +279,14 @@ class MiniLM:
         prefix = f"encoder.layer.{int(layer[1:])}.{_LINEAR_TENSORS[kind]}"
         return self.tensors[f"{prefix}.weight"], self.tensors[f"{prefix}.bias"]
 
-    def _layer_norm(self, x: F32, prefix: str) -> F32:
+    def _layer_norm(self, x: F32, prefix: str, residual: F32 | None = None) -> F32:
         t = self.tensors
         return layer_norm(
             x,
             t[f"{prefix}.LayerNorm.weight"],
             t[f"{prefix}.LayerNorm.bias"],
             self.config.layer_norm_eps,
+            residual=residual,
         )
 
     # --- tokenization ---------------------------------------------------------
@@ -294,13 +330,11 @@ class MiniLM:
         context = _softmax_inplace(scores) @ v  # [batch, heads, len, head_dim]
         packed = context.transpose(0, 2, 1, 3).reshape(n_batch * max_len, cfg.hidden)[scatter]
         out = self.linears[f"l{i}.attn_out"](packed)
-        out += h
-        return self._layer_norm(out, f"encoder.layer.{i}.attention.output")
+        return self._layer_norm(out, f"encoder.layer.{i}.attention.output", residual=h)
 
     def _ffn(self, i: int, h: F32) -> F32:
         out = self.linears[f"l{i}.ffn_out"](gelu(self.linears[f"l{i}.ffn_in"](h)))
-        out += h
-        return self._layer_norm(out, f"encoder.layer.{i}.output")
+        return self._layer_norm(out, f"encoder.layer.{i}.output", residual=h)
 
     def hidden_states(self, batch: Batch) -> F32:
         """The last layer's token states, packed ``[tokens, hidden]``."""
