@@ -248,21 +248,9 @@ pub fn layer_norm_into(
             });
         }
     }
+    check_rows(x.len(), width, "layer_norm (rows of gamma's length)")?;
     if width == 0 {
-        return if x.is_empty() {
-            Ok(())
-        } else {
-            Err(DynQuantError::InvalidArgument(format!(
-                "layer_norm: {} values with rows of 0 (gamma is empty)",
-                x.len()
-            )))
-        };
-    }
-    if !x.len().is_multiple_of(width) {
-        return Err(DynQuantError::InvalidArgument(format!(
-            "layer_norm: {} values are not whole rows of {width} (gamma's length)",
-            x.len()
-        )));
+        return Ok(());
     }
     let isa = simd::try_active()?;
     let rows_per_task = (TASK_VALUES / width).max(1);
@@ -325,6 +313,60 @@ unsafe fn layer_norm_rows_avx2(
     out: &mut [f32],
 ) {
     layer_norm_rows(x, residual, gamma, beta, eps, out)
+}
+
+/// The first half of a row softmax, in place over rows of `width` values:
+/// each row minus its maximum (`x -= x.max(-1)`; a NaN anywhere makes the
+/// row's maximum NaN, as NumPy's). The exponential stays NumPy's `np.exp`
+/// (its bits are NumPy's own SIMD code); [`softmax_normalize_rows`] ends it.
+pub fn softmax_shift_rows(x: &mut [f32], width: usize) -> Result<(), DynQuantError> {
+    check_rows(x.len(), width, "softmax")?;
+    if width == 0 {
+        return Ok(());
+    }
+    parallel::chunks_mut(x, width, (TASK_VALUES / width).max(1), |x| {
+        for row in x.chunks_exact_mut(width) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| {
+                if m.is_nan() || v.is_nan() {
+                    f32::NAN
+                } else {
+                    m.max(v)
+                }
+            });
+            for v in row.iter_mut() {
+                *v -= max;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The second half of a row softmax, in place: each row divided by its
+/// NumPy float32 sum ([`numpy_sum`]), as `x /= x.sum(-1)`.
+pub fn softmax_normalize_rows(x: &mut [f32], width: usize) -> Result<(), DynQuantError> {
+    check_rows(x.len(), width, "softmax")?;
+    if width == 0 {
+        return Ok(());
+    }
+    parallel::chunks_mut(x, width, (TASK_VALUES / width).max(1), |x| {
+        for row in x.chunks_exact_mut(width) {
+            let sum = numpy_sum(row);
+            for v in row.iter_mut() {
+                *v /= sum;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `len` values must be whole rows of `width` (rows of 0 only when empty).
+fn check_rows(len: usize, width: usize, what: &str) -> Result<(), DynQuantError> {
+    if (width == 0 && len != 0) || (width != 0 && !len.is_multiple_of(width)) {
+        return Err(DynQuantError::InvalidArgument(format!(
+            "{what}: {len} values are not whole rows of {width}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -517,6 +559,56 @@ mod tests {
         let err = layer_norm_into(&[1.0], None, &[], &[], 1e-5, &mut [0.0]).unwrap_err();
         assert!(matches!(err, DynQuantError::InvalidArgument(_)));
         layer_norm_into(&[], None, &[], &[], 1e-5, &mut []).unwrap();
+    }
+
+    #[test]
+    fn softmax_halves_make_a_softmax() {
+        let mut next = xorshift(29);
+        for width in [1usize, 2, 7, 8, 17, 128, 129, 300] {
+            let x: Vec<f32> = (0..6 * width).map(|_| uniform(next(), 20.0)).collect();
+            let mut y = x.clone();
+            softmax_shift_rows(&mut y, width).unwrap();
+            for row in y.chunks(width) {
+                assert_eq!(row.iter().cloned().fold(f32::NEG_INFINITY, f32::max), 0.0);
+            }
+            for v in y.iter_mut() {
+                *v = v.exp();
+            }
+            softmax_normalize_rows(&mut y, width).unwrap();
+            for (xr, yr) in x.chunks(width).zip(y.chunks(width)) {
+                let m = xr
+                    .iter()
+                    .map(|&v| v as f64)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = xr.iter().map(|&v| (v as f64 - m).exp()).sum();
+                for (&a, &b) in xr.iter().zip(yr) {
+                    let exact = (a as f64 - m).exp() / z;
+                    assert!(
+                        (b as f64 - exact).abs() < 1e-6,
+                        "width {width}: {b} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_rows_with_nan_or_inf_and_bad_lengths() {
+        let mut x = [1.0, f32::NAN, 3.0, 1.0, 2.0, 3.0];
+        softmax_shift_rows(&mut x, 3).unwrap();
+        assert!(x[..3].iter().all(|v| v.is_nan()));
+        assert_eq!(x[3..], [-2.0, -1.0, 0.0]);
+        let mut x = [f32::INFINITY, 0.0, f32::NEG_INFINITY, f32::NEG_INFINITY];
+        softmax_shift_rows(&mut x, 2).unwrap();
+        assert!(x[0].is_nan() && x[1] == f32::NEG_INFINITY); // inf - inf, as NumPy
+        assert!(x[2].is_nan() && x[3].is_nan()); // -inf - -inf
+        let mut x = [1.0f32; 5];
+        assert!(softmax_shift_rows(&mut x, 2).is_err());
+        assert!(softmax_normalize_rows(&mut x, 0).is_err());
+        softmax_normalize_rows(&mut [], 0).unwrap();
+        let mut x = vec![0.5f32; (3 * parallel::GRAIN / 10 + 1) * 10];
+        softmax_normalize_rows(&mut x, 10).unwrap();
+        assert!(x.iter().all(|&v| v == 0.1));
     }
 
     #[test]

@@ -447,6 +447,25 @@ fn layer_norm<'py>(
     Ok(out)
 }
 
+/// The two NumPy-exact halves of a row softmax (around `np.exp`), in place
+/// over the last axis: `x -= max` (`normalize == false`) or `x /= sum`.
+#[pyfunction]
+fn softmax_rows_inplace(
+    py: Python<'_>,
+    mut x: PyReadwriteArrayDyn<'_, f32>,
+    normalize: bool,
+) -> PyResult<()> {
+    let width = x.shape().last().copied().unwrap_or(1);
+    let x = contiguous_mut(x.as_slice_mut())?;
+    detached(py, || {
+        if normalize {
+            float_layers::softmax_normalize_rows(x, width)
+        } else {
+            float_layers::softmax_shift_rows(x, width)
+        }
+    })
+}
+
 #[pyfunction]
 fn smooth_factors<'py>(
     py: Python<'py>,
@@ -741,6 +760,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantization_mae, m)?)?;
     m.add_function(wrap_pyfunction!(gelu, m)?)?;
     m.add_function(wrap_pyfunction!(layer_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(softmax_rows_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(smooth_factors, m)?)?;
     m.add_function(wrap_pyfunction!(smooth_factors_from_act_max, m)?)?;
     m.add_function(wrap_pyfunction!(smooth_apply, m)?)?;

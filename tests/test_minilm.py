@@ -255,6 +255,30 @@ def test_layer_norm_shapes_layouts_and_errors() -> None:
         layer_norm(x.astype(np.complex64), g, b, 1e-12)
 
 
+def test_softmax_gives_the_numpy_formulas_bits(two_threads: None) -> None:
+    # The attention softmax's row max and row sum run in the core; with
+    # NumPy's exp between them the result must be NumPy's formula bit for bit
+    # (rows as short as attention's and as long as pairwise blocks; masked
+    # keys at -1e30, whole masked rows, inf and NaN; past the split threshold).
+    from dynquant.models.minilm import _softmax_inplace
+
+    rng = np.random.default_rng(6)
+    for shape in [(16, 12, 17, 17), (2, 3, 5, 1), (4, 129), (3, 300), (700, 384), (0, 7)]:
+        x = (rng.standard_normal(shape) * 8).astype(np.float32)
+        flat = x.reshape(-1, shape[-1])
+        if flat.shape[0] >= 4 and shape[-1] > 2:
+            flat[0, -2:] = np.float32(-1e30)
+            flat[1, :] = np.float32(-1e30)
+            flat[2, 0] = np.nan
+            flat[3, 1] = np.inf
+        with np.errstate(all="ignore"):
+            want = x - x.max(axis=-1, keepdims=True)
+            np.exp(want, out=want)
+            want /= want.sum(axis=-1, keepdims=True)
+            got = _softmax_inplace(x.copy())
+        assert _same_bits(got, want), shape
+
+
 def test_tokenization_matches(model: MiniLM, ref: dict[str, Any], ref_sentences: list[str]) -> None:
     batch = model.tokenize(ref_sentences)
     np.testing.assert_array_equal(batch.ids, ref["token_ids"])

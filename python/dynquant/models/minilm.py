@@ -165,9 +165,13 @@ def gelu(x: npt.ArrayLike) -> F32:
 
 
 def _softmax_inplace(scores: F32) -> F32:
-    scores -= scores.max(axis=-1, keepdims=True)
+    """Softmax over the last axis, in place: ``x -= max``, ``np.exp``,
+    ``x /= sum``. The two row reductions run in dynquant's core (NumPy's are
+    slow on rows this short) and give NumPy's bits, its pairwise sum
+    included; the exponential is NumPy's own."""
+    _core.softmax_rows_inplace(scores, False)
     np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
+    _core.softmax_rows_inplace(scores, True)
     return scores
 
 
