@@ -316,12 +316,17 @@ class MiniLM:
         x += t["embeddings.token_type_embeddings.weight"][0]
         return self._layer_norm(x, "embeddings")
 
-    def _attention(self, i: int, h: F32, batch: Batch, scatter: npt.NDArray[np.int64]) -> F32:
-        """Multi-head self-attention of layer ``i`` on packed ``h`` ``[tokens, hidden]``."""
+    def _attention(
+        self, i: int, h: F32, batch: Batch, scatter: npt.NDArray[np.int64], qkv: F32
+    ) -> F32:
+        """Multi-head self-attention of layer ``i`` on packed ``h`` ``[tokens, hidden]``.
+
+        ``qkv`` ``[3, batch * max_len, hidden]`` is the padded buffer for the
+        query, key and value rows, zero at the padding (which only ever gets
+        masked), shared by the layers so it is allocated once a batch."""
         cfg = self.config
         n_batch, max_len = len(batch.lengths), int(batch.lengths.max())
         head_dim = cfg.hidden // cfg.heads
-        qkv = np.zeros((3, n_batch * max_len, cfg.hidden), dtype=np.float32)
         for j, kind in enumerate(("q", "k", "v")):
             qkv[j, scatter] = self.linears[f"l{i}.{kind}"](h)
         # [3, batch, len, heads, head_dim] -> [3, batch, heads, len, head_dim]
@@ -332,7 +337,10 @@ class MiniLM:
         pad = np.arange(max_len)[None, :] >= batch.lengths[:, None]  # [batch, len] key is padding
         scores += np.where(pad, np.float32(-1e30), np.float32(0.0))[:, None, None, :]
         context = _softmax_inplace(scores) @ v  # [batch, heads, len, head_dim]
-        packed = context.transpose(0, 2, 1, 3).reshape(n_batch * max_len, cfg.hidden)[scatter]
+        # The real tokens' rows, gathered straight from the [batch, len, heads,
+        # head_dim] view (one copy, not a reshape copy and then a gather).
+        packed = context.transpose(0, 2, 1, 3)[scatter // max_len, batch.positions]
+        packed = packed.reshape(len(scatter), cfg.hidden)
         out = self.linears[f"l{i}.attn_out"](packed)
         return self._layer_norm(out, f"encoder.layer.{i}.attention.output", residual=h)
 
@@ -347,9 +355,10 @@ class MiniLM:
         scatter = (
             np.repeat(np.arange(len(batch.lengths)) * max_len, batch.lengths) + batch.positions
         )
+        qkv = np.zeros((3, len(batch.lengths) * max_len, self.config.hidden), dtype=np.float32)
         h = self.embed(batch)
         for i in range(self.config.layers):
-            h = self._ffn(i, self._attention(i, h, batch, scatter))
+            h = self._ffn(i, self._attention(i, h, batch, scatter, qkv))
         return h
 
     def encode_batch(self, batch: Batch) -> F32:
