@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import dynquant as dq
+import dynquant.models as models
 import numpy as np
 import numpy.typing as npt
 import pytest
+import reference_np
 
 F32 = np.float32
 I8 = np.int8
@@ -191,6 +193,23 @@ def fresh_x() -> npt.NDArray[np.float32]:
 
 
 # ─── the matrix ─────────────────────────────────────────────────────────────
+
+G = np.linspace(0.5, 1.5, 6, dtype=F32)  # LayerNorm gamma for X's 6 features
+B6 = np.linspace(-0.25, 0.25, 6, dtype=F32)
+X_NAN_INF = X.copy()
+X_NAN_INF[1, 2], X_NAN_INF[2, 0] = np.nan, np.inf
+SPECIALS = np.array(
+    [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 3.4e38, -3.4e38, 1.0], dtype=F32
+)
+
+
+def assert_nan_same(got: Any, want: npt.NDArray[np.float32]) -> None:
+    """Same bits, any NaN matching any NaN (which NaN the CPU makes is not fixed)."""
+    assert isinstance(got, np.ndarray) and got.shape == want.shape and got.dtype == want.dtype
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan)
+    assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
 
 MAX = dq.MaxAbs()
 PER_ROW = dq.DynQuantFormat.Int8PerRow
@@ -1177,6 +1196,72 @@ CASES: list[Case] = [
     Case("set_num_threads", "5000", lambda: dq.set_num_threads(5000), IA),
     Case("set_num_threads", "2**70", lambda: dq.set_num_threads(2**70), IA),
     Case("set_num_threads", "1.5", lambda: dq.set_num_threads(1.5), IA),
+    # the float layers of dynquant.models (GELU, LayerNorm: the demo model's)
+    Case(
+        "models.gelu",
+        "NaN, ±inf, ±0, subnormal, ±3.4e38",
+        lambda: models.gelu(SPECIALS),
+        result="the NumPy formula's bits: NaN stays NaN, +inf → inf, -inf → NaN (0 * -inf)",
+        check=lambda r: assert_nan_same(r, reference_np.gelu_erf(SPECIALS)),
+    ),
+    *(
+        Case(
+            "models.gelu",
+            f"{name} float32",
+            lambda make=make: models.gelu(make(X)),
+            result="same bits as a C-contiguous copy",
+            check=same_as(models.gelu(X.copy())),
+        )
+        for name, make in (
+            ("big-endian", big_endian),
+            ("unaligned", unaligned),
+            ("non-contiguous", non_contig),
+            ("negatively strided", neg_strided),
+            ("read-only", readonly),
+        )
+    ),
+    Case("models.gelu", "complex64", lambda: models.gelu(X.astype(np.complex64)), DT),
+    Case("models.gelu", "ragged nested list", lambda: models.gelu([[1.0, 2.0], [3.0]]), SE),
+    Case(
+        "models.gelu",
+        "zero-stride view of 2^40 x 4 (copy needs 16 TiB)",
+        lambda: models.gelu(zero_stride((TIB, 4))),
+        MemoryError,
+    ),
+    Case(
+        "models.layer_norm",
+        "gamma of 5 for 6 features",
+        lambda: models.layer_norm(X, G[:5], B6, 1e-5),
+        SE,
+    ),
+    Case("models.layer_norm", "2-D gamma", lambda: models.layer_norm(X, G[None], B6, 1e-5), SE),
+    Case("models.layer_norm", "0-D x", lambda: models.layer_norm(F32(1), G[:1], B6[:1], 1e-5), SE),
+    Case(
+        "models.layer_norm",
+        "residual of another shape",
+        lambda: models.layer_norm(X, G, B6, 1e-5, residual=X[:2]),
+        SE,
+    ),
+    Case(
+        "models.layer_norm",
+        "NaN in one row, inf in another",
+        lambda: models.layer_norm(X_NAN_INF, G, B6, 1e-5),
+        result="those rows NaN (as NumPy's), the others exact",
+        check=lambda r: assert_nan_same(r, reference_np.layer_norm(X_NAN_INF, G, B6, 1e-5)),
+    ),
+    Case(
+        "models.layer_norm",
+        "big-endian, non-contiguous x and residual",
+        lambda: models.layer_norm(big_endian(X), G, B6, 1e-5, residual=non_contig(X)),
+        result="same bits as C-contiguous copies",
+        check=same_as(models.layer_norm(X.copy(), G, B6, 1e-5, residual=X.copy())),
+    ),
+    Case(
+        "models.layer_norm",
+        "zero-stride view of 2^40 x 6 (copy needs 24 TiB)",
+        lambda: models.layer_norm(zero_stride((TIB, 6)), G, B6, 1e-5),
+        MemoryError,
+    ),
 ]
 
 BY_ID = {c.id: c for c in CASES}
@@ -1255,7 +1340,7 @@ def test_docs_table_is_the_matrix() -> None:
 
 
 def test_every_public_function_is_in_the_matrix() -> None:
-    covered = {c.func.split(".")[0].split(" ")[0] for c in CASES}
+    covered = {c.func.split(".")[0].split(" ")[0] for c in CASES}  # "models" too
     covered |= {"pack_int4", "unpack_int4"}
     skip = {"KernelInfo", "ScaleMode", "DynQuantFormat", "MaxAbs", "__version__", "kernel_info"}
     public = {
