@@ -39,6 +39,9 @@ from dynquant.demo import (
 )
 from dynquant.models import DEMO_SENTENCES, MiniLM, ModelNotInstalledError, gelu, layer_norm
 from dynquant.models.sentences import PARAPHRASE_PAIRS, UNRELATED_PAIRS
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import scaled_f32
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.npz"
 CAPTURED = ("l0.q", "l0.ffn_in", "l0.ffn_out", "l5.q", "l5.ffn_in", "l5.ffn_out")
@@ -277,6 +280,46 @@ def test_softmax_gives_the_numpy_formulas_bits(two_threads: None) -> None:
             want /= want.sum(axis=-1, keepdims=True)
             got = _softmax_inplace(x.copy())
         assert _same_bits(got, want), shape
+
+
+_float_layer_matrices = st.tuples(st.integers(0, 9), st.integers(1, 300)).flatmap(scaled_f32)
+
+
+@given(
+    x=_float_layer_matrices,
+    path=st.sampled_from(dq.kernel_info().supported),
+    specials=st.lists(st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0]), max_size=3),
+)
+def test_float_layers_give_the_numpy_formulas_bits_property(
+    x: np.ndarray, path: str, specials: list[float]
+) -> None:
+    # Property form of the tests above: any shape and magnitude (subnormal
+    # to 1e30, ties, sparse rows), specials dropped in, on a random path:
+    # GELU, LayerNorm (with a residual) and the softmax halves all give the
+    # NumPy formulas' bits.
+    from dynquant.models.minilm import _softmax_inplace
+    from reference_np import gelu_erf
+    from reference_np import layer_norm as ln_reference
+
+    x = x.copy()
+    for i, v in enumerate(specials):
+        if x.size:
+            x.reshape(-1)[(7 * i) % x.size] = v
+    dq.set_kernel(path)  # the autouse fixture restores it
+    assert _same_bits(gelu(x), gelu_erf(x))
+    width = x.shape[-1]
+    gamma = np.linspace(-2, 2, width, dtype=np.float32)
+    beta = np.linspace(1, -1, width, dtype=np.float32)
+    res = x[::-1].copy()
+    assert _same_bits(
+        layer_norm(x, gamma, beta, 1e-12, residual=res),
+        ln_reference(x, gamma, beta, 1e-12, res),
+    )
+    with np.errstate(all="ignore"):
+        want = x - x.max(axis=-1, keepdims=True) if x.size else x.copy()
+        np.exp(want, out=want)
+        want /= want.sum(axis=-1, keepdims=True)
+        assert _same_bits(_softmax_inplace(x.copy()), want)
 
 
 def test_tokenization_matches(model: MiniLM, ref: dict[str, Any], ref_sentences: list[str]) -> None:
