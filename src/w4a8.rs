@@ -1,12 +1,20 @@
 //! W4A8 products: packed int4 weights (see [`crate::weights`] for the
 //! layout) times dynamically quantized int8 activations. Nibbles are
 //! unpacked inside the kernel, 32 at a time; the matrix is never expanded.
+//!
+//! Two forms, the same bits: the *tile* form reads the packed rows as they
+//! are (eight f32 lanes of a row in one 256-bit register, summed across at
+//! the end); the *panel* form (AVX-512 VNNI, from [`PANEL_MIN_TOKENS`]
+//! tokens) regroups each 16 rows into a panel on the fly — each 4-byte
+//! word of a row is one column octet, so a panel is a transpose of words
+//! — and holds each of the eight lanes as a register of 16 rows.
 
+use core::cell::RefCell;
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{check_finite_argument, checked_size};
-use crate::matmul::{ActQuant, QuantizedActs};
+use crate::matmul::{gemm_form, ActQuant, GemmForm, QuantizedActs};
 use crate::parallel::{DisjointOut, RowBlocks};
 use crate::simd::{self, scalar::INF_BITS};
 use crate::weights;
@@ -144,6 +152,140 @@ fn w4a8_block(
     }
 }
 
+/// Tokens from which `Auto` takes the panel form (see the module notes):
+/// each panel is regrouped once per call, so it must serve enough tokens.
+/// Panel ÷ tile time on Zen 4 (2 threads): 16 tokens 0.76 at 1536 x 384,
+/// 1.02 at 384 x 1536; 64 to 256 tokens 0.62–0.97; 8 tokens 0.87 at
+/// 1536 x 384 but 1.5 at 4096 x 4096, where regrouping the 8 MB is most of
+/// the call (hence [`PANEL_MIN_TOKENS_SMALL`]).
+pub const PANEL_MIN_TOKENS: usize = 16;
+
+/// Tokens from which `Auto` takes the panel form when the packed weights
+/// take at most [`PANEL_SMALL_WEIGHTS`] bytes.
+pub const PANEL_MIN_TOKENS_SMALL: usize = 8;
+
+/// See [`PANEL_MIN_TOKENS_SMALL`].
+pub const PANEL_SMALL_WEIGHTS: usize = 1 << 20;
+
+/// Whether a product of `m` tokens takes the panel form: where the kernel
+/// exists and the shape has whole octets per group (every SIMD shape has);
+/// `GemmForm::Panel` forces it from one token, the tile forms refuse it.
+fn panel_form(m: usize, layout: Int4Layout, form: GemmForm) -> bool {
+    let (k, group) = (layout.in_features, layout.group_size);
+    let shape = k.is_multiple_of(64) && group.is_multiple_of(8) && k.is_multiple_of(group);
+    let small = layout.out_features.saturating_mul(layout.row_bytes()) <= PANEL_SMALL_WEIGHTS;
+    let wanted = match form {
+        GemmForm::Auto => m >= PANEL_MIN_TOKENS || (small && m >= PANEL_MIN_TOKENS_SMALL),
+        GemmForm::Panel => true,
+        GemmForm::Sign | GemmForm::Offset => false,
+    };
+    wanted && shape && simd::panel_kernel_available()
+}
+
+/// The octet (columns `8o .. 8o + 8`) each 4-byte word of a packed row
+/// holds (`k % 64 == 0`, see [`crate::weights`]: in a block of `B`
+/// columns at `c0`, the word at byte `32i + 4l` holds columns
+/// `c0 + (B / 8) l + 8i ..`).
+fn word_octets(k: usize) -> Vec<u32> {
+    let mut octet = vec![0; k / 8];
+    for (c0, width) in weights::int4_blocks(k) {
+        let span = width / 8;
+        for l in 0..8 {
+            for i in 0..span / 8 {
+                octet[(c0 / 2 + 32 * i + 4 * l) / 4] = ((c0 + span * l + 8 * i) / 8) as u32;
+            }
+        }
+    }
+    octet
+}
+
+/// Rows `rows` (1 to 16) regrouped as a panel for [`simd::panel_w4a8`]: per
+/// octet, one word of each row; per group, each row's scale. Rows past
+/// `rows` repeat its last row (their results are dropped).
+fn pack_int4_panel(
+    packed: &[u8],
+    scales: &[f32],
+    layout: Int4Layout,
+    word_octet: &[u32],
+    rows: Range<usize>,
+    words: &mut Vec<u32>,
+    row_scales: &mut Vec<f32>,
+) {
+    let (rb, groups) = (layout.row_bytes(), layout.groups());
+    let row = |r: usize| rows.start + r.min(rows.len() - 1);
+    words.resize(16 * word_octet.len(), 0);
+    let bytes: [&[u8]; 16] = core::array::from_fn(|r| &packed[row(r) * rb..(row(r) + 1) * rb]);
+    simd::transpose_rows_of_words(&bytes, word_octet, words);
+    row_scales.resize(16 * groups, 0.0);
+    for r in 0..16 {
+        for (g, &s) in scales[row(r) * groups..(row(r) + 1) * groups]
+            .iter()
+            .enumerate()
+        {
+            row_scales[16 * g + r] = s;
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's panel (words, scales), reused from call to call.
+    static PANEL: RefCell<(Vec<u32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Weight rows `rows` against all `m` tokens in the panel form: 16 rows a
+/// panel, two tokens a kernel call; `emit` as in [`w4a8_block`].
+#[allow(clippy::too_many_arguments)]
+fn w4a8_panels(
+    packed: &[u8],
+    scales: &[f32],
+    layout: Int4Layout,
+    q: Int4Tokens,
+    m: usize,
+    rows: Range<usize>,
+    word_octet: &[u32],
+    emit: &impl Fn(usize, usize, &[f32]),
+) {
+    let (k, groups) = (layout.in_features, layout.groups());
+    let per_group = layout.group_size / 8;
+    let token = |i: usize| &q.q[i * k..(i + 1) * k];
+    let sums = |i: usize| &q.sums[i * groups..(i + 1) * groups];
+    PANEL.with(|panel| {
+        let (words, row_scales) = &mut *panel.borrow_mut();
+        let mut j = rows.start;
+        while j < rows.end {
+            let live = (rows.end - j).min(16);
+            pack_int4_panel(
+                packed,
+                scales,
+                layout,
+                word_octet,
+                j..j + live,
+                words,
+                row_scales,
+            );
+            let mut i = 0;
+            while i + 2 <= m {
+                let z = simd::panel_w4a8::<2>(
+                    words,
+                    row_scales,
+                    &[token(i), token(i + 1)],
+                    &[sums(i), sums(i + 1)],
+                    per_group,
+                );
+                emit(i, j, &z[0][..live]);
+                emit(i + 1, j, &z[1][..live]);
+                i += 2;
+            }
+            if i < m {
+                let z =
+                    simd::panel_w4a8::<1>(words, row_scales, &[token(i)], &[sums(i)], per_group);
+                emit(i, j, &z[0][..live]);
+            }
+            j += 16;
+        }
+    });
+}
+
 /// Batched W4A8: `out[i, j] = y_ij * s_i (+ bias[j])` where `y_ij` adds up
 /// in f32, in eight lanes by group index mod 8 and then a fixed-order lane
 /// sum, each group's exact integer dot product times the group's scale (see
@@ -160,6 +302,24 @@ pub fn w4a8_matmul_into(
     bias: Option<&[f32]>,
     act: ActQuant,
     out: &mut [f32],
+) -> Result<(), DynQuantError> {
+    let form = gemm_form();
+    w4a8_matmul_in_form(x, m, packed, scales, layout, bias, act, out, form)
+}
+
+/// [`w4a8_matmul_into`] in the given form (the tile forms and the panel
+/// form give the same bits).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn w4a8_matmul_in_form(
+    x: &[f32],
+    m: usize,
+    packed: &[u8],
+    scales: &[f32],
+    layout: Int4Layout,
+    bias: Option<&[f32]>,
+    act: ActQuant,
+    out: &mut [f32],
+    form: GemmForm,
 ) -> Result<(), DynQuantError> {
     let (n, k) = (layout.out_features, layout.in_features);
     if m > 0 && k == 0 {
@@ -190,9 +350,11 @@ pub fn w4a8_matmul_into(
     if m == 0 || n == 0 {
         return check_finite_argument(scales, "scales");
     }
+    let panels = panel_form(m, layout, form);
+    let word_octet = if panels { word_octets(k) } else { Vec::new() };
     // Per token, the offset corrections of the int4 kernels (weights are
-    // stored offset by 8) and, for the SIMD kernels, the token in the
-    // weights' packed order.
+    // stored offset by 8) and, for the tile form's SIMD kernels, the token
+    // in the weights' packed order.
     let with_sums = |acts: QuantizedActs| {
         let sums: Vec<i32> = acts
             .q
@@ -204,7 +366,7 @@ pub fn w4a8_matmul_into(
         // load of them then stays within one cache line.
         let mut packed = Vec::new();
         let mut start = 0;
-        if k.is_multiple_of(64) {
+        if k.is_multiple_of(64) && !panels {
             packed = vec![0i8; acts.q.len() + 64];
             start = packed.as_ptr().align_offset(64).min(64);
             let ordered = &mut packed[start..start + acts.q.len()];
@@ -253,7 +415,11 @@ pub fn w4a8_matmul_into(
             },
             sums,
         };
-        w4a8_block(packed, scales, layout, tokens, m, rows, &emit)
+        if panels {
+            w4a8_panels(packed, scales, layout, tokens, m, rows, &word_octet, &emit)
+        } else {
+            w4a8_block(packed, scales, layout, tokens, m, rows, &emit)
+        }
     };
     let blocks = if m == 1 {
         // One token is compute-bound here: fewer, larger tasks than
@@ -638,6 +804,227 @@ mod tests {
             }
         }
         simd::set_isa(simd::best_supported()).unwrap();
+    }
+
+    /// Scalar path, sign (tile) form: the reference the other paths and the
+    /// panel form must equal bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    fn w4a8_on(
+        isa: simd::Isa,
+        form: GemmForm,
+        x: &[f32],
+        m: usize,
+        packed: &[u8],
+        scales: &[f32],
+        layout: Int4Layout,
+        bias: Option<&[f32]>,
+        act: ActQuant,
+    ) -> Vec<f32> {
+        simd::set_isa(isa).unwrap();
+        let mut y = vec![f32::NAN; m * layout.out_features];
+        w4a8_matmul_in_form(x, m, packed, scales, layout, bias, act, &mut y, form).unwrap();
+        y
+    }
+
+    #[test]
+    fn panel_and_tile_forms_give_the_same_bits_on_every_path() {
+        // Partial panels (5, 33, 37 rows), one and odd token counts, every
+        // group form the panel takes (32, 64, 128, 256, one per row), the
+        // extreme operands (-8 and 7 weights, +-127 tokens).
+        for (m, n, k, group) in [
+            (1, 5, 64, 32),
+            (2, 16, 256, 32),
+            (3, 37, 384, 64),
+            (17, 33, 1024, 128),
+            (4, 20, 320, 320),
+            (5, 17, 512, 256),
+        ] {
+            let mut x = data(m * k, k);
+            x[..k]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = if i % 2 == 0 { 1.0 } else { -1.0 });
+            let mut values: Vec<i8> = (0..n * k).map(|i| ((i * 37 + k) % 16) as i8 - 8).collect();
+            values[..k].fill(-8);
+            values[(n - 1) * k..].fill(7);
+            let packed = pack_int4(&values, k).unwrap();
+            let groups = k / group;
+            let scales: Vec<f32> = (0..n * groups)
+                .map(|i| 0.01 + (i % 13) as f32 * 0.003)
+                .collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 1.0).collect();
+            let layout = Int4Layout {
+                out_features: n,
+                in_features: k,
+                group_size: group,
+            };
+            for act in [ActQuant::PER_TOKEN, ActQuant::PER_TENSOR] {
+                let run = |isa, form| {
+                    w4a8_on(isa, form, &x, m, &packed, &scales, layout, Some(&bias), act)
+                };
+                let want = run(simd::Isa::Scalar, GemmForm::Sign);
+                for isa in simd::supported() {
+                    for form in [GemmForm::Sign, GemmForm::Panel, GemmForm::Auto] {
+                        let got = run(isa, form);
+                        let same = got
+                            .iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{m}x{n}x{k} group {group} {isa:?} {form:?} {act:?}");
+                    }
+                }
+            }
+        }
+        simd::set_isa(simd::best_supported()).unwrap();
+    }
+
+    #[test]
+    fn panel_kernel_and_its_scalar_twin_are_the_definition() {
+        // One panel of 16 rows by the kernel (AVX-512 where this CPU has it),
+        // by its scalar twin and by the tile definition on the packed rows:
+        // extreme weights and tokens, scales from subnormal to overflowing
+        // products, every group form.
+        let k = 512;
+        let values: Vec<i8> = (0..16 * k).map(|i| ((i * 29 + 3) % 16) as i8 - 8).collect();
+        let packed = pack_int4(&values, k).unwrap();
+        let tokens: Vec<i8> = (0..3 * k)
+            .map(|i| match i % 5 {
+                0 => 127,
+                1 => -127,
+                _ => ((i * 13) % 255) as i8,
+            })
+            .collect();
+        for group in [32, 64, 128, 256, 512] {
+            let layout = Int4Layout {
+                out_features: 16,
+                in_features: k,
+                group_size: group,
+            };
+            let groups = k / group;
+            let scales: Vec<f32> = (0..16 * groups)
+                .map(|i| match i % 7 {
+                    0 => 1e-40,
+                    1 => 3e37,
+                    _ => 0.001 * (i % 11) as f32,
+                })
+                .collect();
+            let (mut words, mut row_scales) = (Vec::new(), Vec::new());
+            let octets = word_octets(k);
+            pack_int4_panel(
+                &packed,
+                &scales,
+                layout,
+                &octets,
+                0..16,
+                &mut words,
+                &mut row_scales,
+            );
+            let a: [&[i8]; 3] = core::array::from_fn(|t| &tokens[t * k..(t + 1) * k]);
+            let sums: Vec<Vec<i32>> = a.iter().map(|t| simd::int4_group_sums(t, group)).collect();
+            let s: [&[i32]; 3] = core::array::from_fn(|t| &sums[t][..]);
+            let kernel = simd::panel_w4a8::<3>(&words, &row_scales, &a, &s, group / 8);
+            let twin = simd::scalar::panel_w4a8::<3>(&words, &row_scales, &a, &s, group / 8);
+            let rb = layout.row_bytes();
+            let w: [&[u8]; 16] = core::array::from_fn(|r| &packed[r * rb..(r + 1) * rb]);
+            let ws: [&[f32]; 16] = core::array::from_fn(|r| &scales[r * groups..(r + 1) * groups]);
+            let definition = simd::scalar::w4a8_tile::<16, 3>(&w, &ws, &a, group);
+            for t in 0..3 {
+                for r in 0..16 {
+                    let want = definition[r][t].to_bits();
+                    assert_eq!(
+                        kernel[t][r].to_bits(),
+                        want,
+                        "group {group} token {t} row {r}"
+                    );
+                    assert_eq!(
+                        twin[t][r].to_bits(),
+                        want,
+                        "group {group} token {t} row {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn each_word_of_a_packed_row_is_its_octet() {
+        // Column c holds c % 16 - 8: each octet's word must hold columns
+        // 8o .. 8o + 4 in its low nibbles and 8o + 4 .. 8o + 8 in its high.
+        for k in [64, 128, 192, 256, 320, 384, 448, 1088] {
+            let values: Vec<i8> = (0..k).map(|c| (c % 16) as i8 - 8).collect();
+            let packed = pack_int4(&values, k).unwrap();
+            let octets = word_octets(k);
+            let mut seen = vec![false; k / 8];
+            for (w, &o) in octets.iter().enumerate() {
+                let o = o as usize;
+                seen[o] = true;
+                for j in 0..4 {
+                    let byte = packed[4 * w + j];
+                    assert_eq!((byte & 15) as i8 - 8, values[8 * o + j], "k {k} word {w}");
+                    assert_eq!(
+                        (byte >> 4) as i8 - 8,
+                        values[8 * o + 4 + j],
+                        "k {k} word {w}"
+                    );
+                }
+            }
+            assert!(seen.iter().all(|&s| s), "k {k}: every octet once");
+        }
+    }
+
+    #[test]
+    fn word_transpose_matches_its_scalar_twin() {
+        // 16 rows of 37 words (two SIMD blocks and a scalar tail), words
+        // sent to a permuted destination, rows at odd offsets.
+        let words = 37;
+        let bytes: Vec<u8> = (0..16 * (4 * words + 3))
+            .map(|i| (i * 131 % 251) as u8)
+            .collect();
+        let rows: [&[u8]; 16] = core::array::from_fn(|r| {
+            let start = r * (4 * words + 3) + r % 3;
+            &bytes[start..start + 4 * words]
+        });
+        let dest: Vec<u32> = (0..words as u32).map(|w| (w * 5) % words as u32).collect();
+        let mut want = vec![0u32; 16 * words];
+        simd::scalar::transpose_rows_of_words(&rows, 0, &dest, &mut want);
+        let mut got = vec![0u32; 16 * words];
+        simd::transpose_rows_of_words(&rows, &dest, &mut got);
+        assert_eq!(got, want);
+        for (w, &d) in dest.iter().enumerate() {
+            for (r, row) in rows.iter().enumerate() {
+                let b = &row[4 * w..4 * w + 4];
+                assert_eq!(
+                    want[16 * d as usize + r],
+                    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn auto_takes_the_panel_form_past_its_thresholds() {
+        let layout = |n, k| Int4Layout {
+            out_features: n,
+            in_features: k,
+            group_size: 32,
+        };
+        let available = simd::panel_kernel_available();
+        let big = layout(4096, 4096);
+        let small = layout(1536, 384);
+        assert!(!panel_form(PANEL_MIN_TOKENS - 1, big, GemmForm::Auto));
+        assert_eq!(panel_form(PANEL_MIN_TOKENS, big, GemmForm::Auto), available);
+        assert!(!panel_form(
+            PANEL_MIN_TOKENS_SMALL - 1,
+            small,
+            GemmForm::Auto
+        ));
+        assert_eq!(
+            panel_form(PANEL_MIN_TOKENS_SMALL, small, GemmForm::Auto),
+            available
+        );
+        assert!(!panel_form(1000, big, GemmForm::Sign));
+        assert_eq!(panel_form(1, big, GemmForm::Panel), available);
+        assert!(!panel_form(1000, layout(64, 100), GemmForm::Panel)); // k % 64 != 0
     }
 
     #[test]

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import reference_np as ref
+from dynquant import _core
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import assert_same_f32
@@ -187,8 +188,12 @@ def w4a8_case(draw: Any) -> tuple[Any, ...]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(w4a8_case())
-def test_w4a8_matmul_is_its_definition(case: tuple[Any, ...]) -> None:
+@given(w4a8_case(), st.sampled_from(["auto", "sign", "panel"]))
+def test_w4a8_matmul_is_its_definition(case: tuple[Any, ...], form: str) -> None:
+    # form: the tile form ("sign"), the 16-row panel form (where the
+    # kernel path has it), or the automatic choice; the autouse fixture
+    # restores "auto".
+    _core.set_gemm_form(form)
     x, values, scales, group, bias, per_token = case
     packed = dq.pack_int4(values)
     got = dq.w4a8_matmul(x, packed, scales, group_size=group, per_token=per_token, bias=bias)
@@ -207,18 +212,29 @@ def test_w4a8_every_group_form_and_partial_chunk_on_every_path(path: str) -> Non
     # in chunks of eight groups and segments of 256 columns: these widths end
     # in a partial chunk or a half segment for every group form (hypothesis
     # draws them too rarely to be sure of one). Others go to the scalar path.
+    # Both forms: the tile form, and the panel form (16-row panels regrouped
+    # on the fly; 5 rows are one partial panel, 37 two full and a partial;
+    # one token and an odd count take its one-token call).
     dq.set_kernel(path)
     rng = np.random.default_rng(11)
-    for k in (64, 192, 320, 384, 576, 640, 1088):
-        for group in (None, 32, 64, 128, 192, 320):
-            g = k if group is None else group
-            for m in (1, 6):
-                x = rng.standard_normal((m, k)).astype(F32)
-                values = rng.integers(-8, 8, size=(5, k)).astype(np.int8)
-                scales = rng.uniform(1e-3, 1.0, size=(5, -(-k // g))).astype(F32)
-                got = dq.w4a8_matmul(x, dq.pack_int4(values), scales, group_size=group)
-                want = ref_w4a8(x, values, scales, g)
-                assert_same_f32(got, want, f"{path} k={k} group={group} m={m}")
+    for form in ("sign", "panel"):
+        _core.set_gemm_form(form)  # the autouse fixture restores "auto"
+        for k in (64, 192, 320, 384, 576, 640, 1088):
+            for group in (None, 32, 64, 128, 192, 320):
+                g = k if group is None else group
+                for m, n in ((1, 5), (6, 5), (3, 37)):
+                    x = rng.standard_normal((m, k)).astype(F32)
+                    x[0, :] = np.where(np.arange(k) % 2, 1.0, -1.0)  # +-127 tokens
+                    values = rng.integers(-8, 8, size=(n, k)).astype(np.int8)
+                    values[0] = -8
+                    values[-1, ::3] = 7
+                    scales = rng.uniform(1e-3, 1.0, size=(n, -(-k // g))).astype(F32)
+                    bias = rng.standard_normal(n).astype(F32)
+                    got = dq.w4a8_matmul(
+                        x, dq.pack_int4(values), scales, group_size=group, bias=bias
+                    )
+                    want = ref_w4a8(x, values, scales, g, True, bias)
+                    assert_same_f32(got, want, f"{path} {form} k={k} group={group} m={m} n={n}")
 
 
 @pytest.mark.parametrize("product", ["w8a8", "w4a8"])

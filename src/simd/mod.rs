@@ -406,6 +406,61 @@ pub fn panel_w8a8<const MR: usize>(
     scalar::panel_w8a8(panel, k4, u, finish, token_scales, out)
 }
 
+/// W4A8 of one 16-row int4 panel with `T` tokens, bit for bit the
+/// definition in [`w4a8_tile`]: `w` holds, per column octet `o` (columns
+/// `8o .. 8o + 8`), 16 little-endian words, row `r`'s word with columns
+/// `8o + j` in the low nibble of byte `j` and `8o + 4 + j` in the high one
+/// (each stored `value + 8`); `ws` per group its 16 rows' scales; `a[t]`
+/// the token's int8 row; `a_sums[t]` per group `8 * sum(a)` over it
+/// ([`int4_group_sums`]); groups of `8 * octets_per_group` columns.
+/// Returns each token's 16 lane sums (rows past a partial panel are
+/// whatever its padding gives).
+pub fn panel_w4a8<const T: usize>(
+    w: &[u32],
+    ws: &[f32],
+    a: &[&[i8]; T],
+    a_sums: &[&[i32]; T],
+    octets_per_group: usize,
+) -> [[f32; 16]; T] {
+    let groups = ws.len() / 16;
+    let octets = groups * octets_per_group;
+    assert!(
+        ws.len().is_multiple_of(16)
+            && octets_per_group > 0
+            && w.len() >= 16 * octets
+            && a.iter().all(|t| t.len() >= 8 * octets)
+            && a_sums.iter().all(|t| t.len() >= groups),
+        "panel_w4a8: lengths"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if panel_kernel_available() {
+        // SAFETY: features checked just above; lengths asserted.
+        return unsafe { avx512::panel_w4a8(w, ws, a, a_sums, octets_per_group) };
+    }
+    scalar::panel_w4a8(w, ws, a, a_sums, octets_per_group)
+}
+
+/// The first `dest.len()` 4-byte words of 16 rows, transposed: word `w`
+/// of row `i` (little-endian) to `out[16 * dest[w] + i]` — how a 16-row
+/// int4 panel is made ([`crate::w4a8`]). AVX-512 transposes of 16 x 16
+/// words where [`panel_kernel_available`], the scalar twin for the rest.
+pub fn transpose_rows_of_words(rows: &[&[u8]; 16], dest: &[u32], out: &mut [u32]) {
+    let words = dest.len();
+    assert!(
+        rows.iter().all(|r| r.len() >= 4 * words)
+            && dest.iter().all(|&d| 16 * (d as usize + 1) <= out.len()),
+        "transpose_rows_of_words: lengths"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if panel_kernel_available() {
+        // SAFETY: AVX512F checked by panel_kernel_available; every row holds
+        // 64 * (words / 16) bytes and every destination fits (asserted).
+        unsafe { avx512::transpose_rows_of_words(rows, words / 16, dest, out) };
+        return scalar::transpose_rows_of_words(rows, words / 16 * 16, dest, out);
+    }
+    scalar::transpose_rows_of_words(rows, 0, dest, out)
+}
+
 /// Packs 64 row-major rows `w` of `k` columns into a panel (`[k/4][64][4]`
 /// bytes, see [`crate::packed`]) by the AVX-512 transpose where
 /// [`panel_kernel_available`] and `k` is a multiple of 64, returning the

@@ -236,6 +236,51 @@ pub fn panel_w8a8<const MR: usize>(
     }
 }
 
+/// See [`super::panel_w4a8`]: the W4A8 definition ([`super::w4a8_tile`]) on
+/// a 16-row int4 panel, in plain loops.
+#[allow(clippy::needless_range_loop)] // r, t index several arrays
+pub fn panel_w4a8<const T: usize>(
+    w: &[u32],
+    ws: &[f32],
+    a: &[&[i8]; T],
+    a_sums: &[&[i32]; T],
+    octets_per_group: usize,
+) -> [[f32; 16]; T] {
+    let groups = ws.len() / 16;
+    let mut out = [[0.0f32; 16]; T];
+    for t in 0..T {
+        for r in 0..16 {
+            let mut y = [-0.0f32; 8];
+            for g in 0..groups {
+                let mut p = 0i32;
+                for o in g * octets_per_group..(g + 1) * octets_per_group {
+                    let word = w[16 * o + r];
+                    for j in 0..4 {
+                        let lo = ((word >> (8 * j)) & 0x0F) as i32;
+                        let hi = ((word >> (8 * j + 4)) & 0x0F) as i32;
+                        p = p.wrapping_add(lo * a[t][8 * o + j] as i32);
+                        p = p.wrapping_add(hi * a[t][8 * o + 4 + j] as i32);
+                    }
+                }
+                let exact = p.wrapping_sub(a_sums[t][g]);
+                y[g % 8] += exact as f32 * ws[16 * g + r];
+            }
+            out[t][r] = lane_sum(&y);
+        }
+    }
+    out
+}
+
+/// See [`super::transpose_rows_of_words`]: words `from ..` of each row.
+pub fn transpose_rows_of_words(rows: &[&[u8]; 16], from: usize, dest: &[u32], out: &mut [u32]) {
+    for (i, row) in rows.iter().enumerate() {
+        for (w, &d) in dest.iter().enumerate().skip(from) {
+            let b = &row[4 * w..4 * w + 4];
+            out[16 * d as usize + i] = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
