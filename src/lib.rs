@@ -52,5 +52,5 @@ pub use smooth::{
     smooth_weights_into, SmoothQuantConfig,
 };
 pub use tensor::{quantization_mae, DynQuantFormat, DynQuantTensor};
-pub use w4a8::{w4a8_matmul_into, Int4Layout};
+pub use w4a8::{w4a8_matmul_into, w4a8_matmul_packed_into, Int4Layout, PackedInt4Weights};
 pub use weights::{pack_int4, quantize_weights_int4, quantize_weights_int8, unpack_int4};

@@ -777,8 +777,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Streaming calibration (src/observer.rs).
     m.add_class::<observer::PyCalibObserver>()?;
     m.add_class::<packed::PyPackedInt8Weights>()?;
+    m.add_class::<packed::PyPackedInt4Weights>()?;
     m.add_function(wrap_pyfunction!(packed::pack_weights_int8, m)?)?;
     m.add_function(wrap_pyfunction!(packed::w8a8_matmul_packed, m)?)?;
+    m.add_function(wrap_pyfunction!(packed::pack_weights_int4, m)?)?;
+    m.add_function(wrap_pyfunction!(packed::w4a8_matmul_packed, m)?)?;
     m.add_class::<observer::PyChannelMaxObserver>()?;
     Ok(())
 }

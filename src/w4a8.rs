@@ -14,6 +14,7 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{check_finite_argument, checked_size};
+use crate::huge_pages;
 use crate::matmul::{gemm_form, ActQuant, GemmForm, QuantizedActs};
 use crate::parallel::{DisjointOut, RowBlocks};
 use crate::simd::{self, scalar::INF_BITS};
@@ -208,15 +209,13 @@ fn pack_int4_panel(
     layout: Int4Layout,
     word_octet: &[u32],
     rows: Range<usize>,
-    words: &mut Vec<u32>,
-    row_scales: &mut Vec<f32>,
+    words: &mut [u32],
+    row_scales: &mut [f32],
 ) {
     let (rb, groups) = (layout.row_bytes(), layout.groups());
     let row = |r: usize| rows.start + r.min(rows.len() - 1);
-    words.resize(16 * word_octet.len(), 0);
     let bytes: [&[u8]; 16] = core::array::from_fn(|r| &packed[row(r) * rb..(row(r) + 1) * rb]);
     simd::transpose_rows_of_words(&bytes, word_octet, words);
-    row_scales.resize(16 * groups, 0.0);
     for r in 0..16 {
         for (g, &s) in scales[row(r) * groups..(row(r) + 1) * groups]
             .iter()
@@ -233,7 +232,7 @@ thread_local! {
 }
 
 /// Weight rows `rows` against all `m` tokens in the panel form: 16 rows a
-/// panel, two tokens a kernel call; `emit` as in [`w4a8_block`].
+/// panel, regrouped into this thread's buffer; `emit` as in [`w4a8_block`].
 #[allow(clippy::too_many_arguments)]
 fn w4a8_panels(
     packed: &[u8],
@@ -245,45 +244,246 @@ fn w4a8_panels(
     word_octet: &[u32],
     emit: &impl Fn(usize, usize, &[f32]),
 ) {
+    PANEL.with(|panel| {
+        let (words, row_scales) = &mut *panel.borrow_mut();
+        words.resize(16 * word_octet.len(), 0);
+        row_scales.resize(16 * layout.groups(), 0.0);
+        let mut j = rows.start;
+        while j < rows.end {
+            let live = (rows.end - j).min(16);
+            let panel_rows = j..j + live;
+            pack_int4_panel(
+                packed, scales, layout, word_octet, panel_rows, words, row_scales,
+            );
+            panel_tokens(words, row_scales, layout, q, m, j, live, emit);
+            j += 16;
+        }
+    });
+}
+
+/// One panel (rows `j .. j + live`) against all `m` tokens, two a kernel
+/// call, each token's `live` results emitted.
+#[allow(clippy::too_many_arguments)]
+fn panel_tokens(
+    words: &[u32],
+    row_scales: &[f32],
+    layout: Int4Layout,
+    q: Int4Tokens,
+    m: usize,
+    j: usize,
+    live: usize,
+    emit: &impl Fn(usize, usize, &[f32]),
+) {
     let (k, groups) = (layout.in_features, layout.groups());
     let per_group = layout.group_size / 8;
     let token = |i: usize| &q.q[i * k..(i + 1) * k];
     let sums = |i: usize| &q.sums[i * groups..(i + 1) * groups];
-    PANEL.with(|panel| {
-        let (words, row_scales) = &mut *panel.borrow_mut();
-        let mut j = rows.start;
-        while j < rows.end {
-            let live = (rows.end - j).min(16);
-            pack_int4_panel(
-                packed,
-                scales,
-                layout,
-                word_octet,
-                j..j + live,
-                words,
-                row_scales,
-            );
-            let mut i = 0;
-            while i + 2 <= m {
-                let z = simd::panel_w4a8::<2>(
-                    words,
-                    row_scales,
-                    &[token(i), token(i + 1)],
-                    &[sums(i), sums(i + 1)],
-                    per_group,
-                );
-                emit(i, j, &z[0][..live]);
-                emit(i + 1, j, &z[1][..live]);
-                i += 2;
-            }
-            if i < m {
-                let z =
-                    simd::panel_w4a8::<1>(words, row_scales, &[token(i)], &[sums(i)], per_group);
-                emit(i, j, &z[0][..live]);
-            }
-            j += 16;
+    let mut i = 0;
+    while i + 2 <= m {
+        let z = simd::panel_w4a8::<2>(
+            words,
+            row_scales,
+            &[token(i), token(i + 1)],
+            &[sums(i), sums(i + 1)],
+            per_group,
+        );
+        emit(i, j, &z[0][..live]);
+        emit(i + 1, j, &z[1][..live]);
+        i += 2;
+    }
+    if i < m {
+        let z = simd::panel_w4a8::<1>(words, row_scales, &[token(i)], &[sums(i)], per_group);
+        emit(i, j, &z[0][..live]);
+    }
+}
+
+/// Packed int4 weights regrouped once into 16-row panels (the panel form's
+/// layout, see the module notes), for products of any token count without
+/// regrouping per call: per panel, 16 words per column octet, then 16
+/// scales per group (a last partial panel repeats its last row). Needs
+/// `in_features` a positive multiple of 64 and `group_size` a multiple of
+/// 8 that divides it (the panel kernel's shapes).
+#[derive(Clone, Debug)]
+pub struct PackedInt4Weights {
+    layout: Int4Layout,
+    words: Vec<u32>,
+    scales: Vec<f32>,
+}
+
+impl PackedInt4Weights {
+    /// Regroups `packed` (`n` rows in the layout of [`crate::weights`]) and
+    /// its `scales` (`[n, groups]`, finite).
+    pub fn pack(packed: &[u8], scales: &[f32], layout: Int4Layout) -> Result<Self, DynQuantError> {
+        let (n, k, group) = (layout.out_features, layout.in_features, layout.group_size);
+        if k == 0
+            || !k.is_multiple_of(64)
+            || group == 0
+            || !group.is_multiple_of(8)
+            || !k.is_multiple_of(group)
+            || k >= 1 << 20
+        {
+            return Err(DynQuantError::InvalidArgument(format!(
+                "int4 panels need in_features a positive multiple of 64 (below 2^20) and \
+                 group_size a multiple of 8 dividing it, got in_features {k}, group_size {group}"
+            )));
         }
-    });
+        for (expected, actual) in [
+            (
+                checked_size(n, layout.row_bytes(), "packed bytes")?,
+                packed.len(),
+            ),
+            (checked_size(n, layout.groups(), "scales")?, scales.len()),
+        ] {
+            if expected != actual {
+                return Err(DynQuantError::ShapeMismatch { expected, actual });
+            }
+        }
+        weights::check_int4_padding(packed, k)?;
+        check_finite_argument(scales, "scales")?;
+        let word_octet = word_octets(k);
+        let (per_words, per_scales) = (16 * word_octet.len(), 16 * layout.groups());
+        let panels = n.div_ceil(16);
+        // On huge pages, as the other weight buffers: at one token the
+        // panels stream from memory, and the prefetchers stop at each page.
+        let mut words = huge_pages::try_vec(checked_size(panels, per_words, "panel words")?, 0u32)?;
+        let mut held = huge_pages::try_vec(panels * per_scales, 0.0f32)?;
+        for (p, (w, s)) in words
+            .chunks_mut(per_words)
+            .zip(held.chunks_mut(per_scales))
+            .enumerate()
+        {
+            let rows = 16 * p..(16 * p + 16).min(n);
+            pack_int4_panel(packed, scales, layout, &word_octet, rows, w, s);
+        }
+        Ok(PackedInt4Weights {
+            layout,
+            words,
+            scales: held,
+        })
+    }
+
+    /// The shape and group size it was packed with.
+    pub fn layout(&self) -> Int4Layout {
+        self.layout
+    }
+
+    /// Bytes held: the panels (rows padded to 16) and their scales.
+    pub fn nbytes(&self) -> usize {
+        4 * (self.words.len() + self.scales.len())
+    }
+
+    /// The packed int4 rows and `[n, groups]` scales back, exactly.
+    pub fn unpack(&self) -> (Vec<u8>, Vec<f32>) {
+        let layout = self.layout;
+        let (n, rb, groups) = (layout.out_features, layout.row_bytes(), layout.groups());
+        let word_octet = word_octets(layout.in_features);
+        let (per_words, per_scales) = (16 * word_octet.len(), 16 * groups);
+        let mut packed = vec![0u8; n * rb];
+        let mut scales = vec![0.0f32; n * groups];
+        for r in 0..n {
+            let (p, i) = (r / 16, r % 16);
+            let words = &self.words[p * per_words..(p + 1) * per_words];
+            for (w, &o) in word_octet.iter().enumerate() {
+                let word = words[16 * o as usize + i].to_le_bytes();
+                packed[r * rb + 4 * w..r * rb + 4 * w + 4].copy_from_slice(&word);
+            }
+            let held = &self.scales[p * per_scales..(p + 1) * per_scales];
+            for g in 0..groups {
+                scales[r * groups + g] = held[16 * g + i];
+            }
+        }
+        (packed, scales)
+    }
+}
+
+/// [`w4a8_matmul_into`] on weights regrouped once ([`PackedInt4Weights`]):
+/// the same checks, errors and bits, on every kernel path (the panel
+/// kernel's scalar twin where there is no AVX-512 VNNI).
+pub fn w4a8_matmul_packed_into(
+    x: &[f32],
+    m: usize,
+    weights: &PackedInt4Weights,
+    bias: Option<&[f32]>,
+    act: ActQuant,
+    out: &mut [f32],
+) -> Result<(), DynQuantError> {
+    let layout = weights.layout;
+    let (n, k, groups) = (layout.out_features, layout.in_features, layout.groups());
+    for (expected, actual) in [
+        (checked_size(m, k, "activations")?, x.len()),
+        (n, bias.map_or(n, <[f32]>::len)),
+        (checked_size(m, n, "outputs")?, out.len()),
+    ] {
+        if expected != actual {
+            return Err(DynQuantError::ShapeMismatch { expected, actual });
+        }
+    }
+    check_finite_argument(bias.unwrap_or_default(), "bias")?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (per_words, per_scales) = (2 * k, 16 * groups); // 16 words per 8 columns
+    let sink = DisjointOut::new(out);
+    let prepare = |acts: QuantizedActs| {
+        let sums: Vec<i32> = acts
+            .q
+            .chunks(k)
+            .flat_map(|t| simd::int4_group_sums(t, layout.group_size))
+            .collect();
+        (acts, sums)
+    };
+    let block = |(acts, sums): &(QuantizedActs, Vec<i32>), panels: Range<usize>| {
+        let tokens = Int4Tokens {
+            q: &acts.q,
+            packed: &acts.q,
+            sums,
+        };
+        let emit = |i: usize, j: usize, ys: &[f32]| emit_scaled(&sink, acts, bias, n, i, j, ys);
+        for p in panels {
+            let words = &weights.words[p * per_words..(p + 1) * per_words];
+            let scales = &weights.scales[p * per_scales..(p + 1) * per_scales];
+            let live = (n - 16 * p).min(16);
+            panel_tokens(words, scales, layout, tokens, m, 16 * p, live, &emit);
+        }
+    };
+    let work = m.saturating_mul(n).saturating_mul(k / 2) / 4;
+    let blocks = RowBlocks::units(n.div_ceil(16), work);
+    if act.per_token {
+        blocks.run_prepared(
+            || QuantizedActs::per_token(x, m, k, act, k).map(prepare),
+            block,
+        )
+    } else {
+        QuantizedActs::per_tensor(x, m, k, act, k).map(|acts| {
+            let prepared = prepare(acts);
+            blocks.run(|panels| block(&prepared, panels));
+        })
+    }
+}
+
+/// Token `i`'s results for weight rows `j ..` (at most sixteen): scaled by
+/// the token's scale, plus the bias, written in one run.
+fn emit_scaled(
+    sink: &DisjointOut<'_>,
+    acts: &QuantizedActs,
+    bias: Option<&[f32]>,
+    n: usize,
+    i: usize,
+    j: usize,
+    ys: &[f32],
+) {
+    let s = acts.scales[i];
+    let mut v = [0.0f32; 16];
+    for (o, &y) in v.iter_mut().zip(ys) {
+        *o = y * s;
+    }
+    if let Some(b) = bias {
+        for (o, &b) in v.iter_mut().zip(&b[j..j + ys.len()]) {
+            *o += b;
+        }
+    }
+    // SAFETY: each (i, j..) is emitted once, by the task owning those rows.
+    unsafe { sink.write_run(i * n + j, &v[..ys.len()]) }
 }
 
 /// Batched W4A8: `out[i, j] = y_ij * s_i (+ bias[j])` where `y_ij` adds up
@@ -390,22 +590,7 @@ pub(crate) fn w4a8_matmul_in_form(
             scales_bad.store(true, Ordering::Relaxed);
             return;
         }
-        // Token i's results for weight rows j.. (at most sixteen): scaled
-        // by the token's scale, plus the bias, written in one run.
-        let emit = |i: usize, j: usize, ys: &[f32]| {
-            let s = acts.scales[i];
-            let mut v = [0.0f32; 16];
-            for (o, &y) in v.iter_mut().zip(ys) {
-                *o = y * s;
-            }
-            if let Some(b) = bias {
-                for (o, &b) in v.iter_mut().zip(&b[j..j + ys.len()]) {
-                    *o += b;
-                }
-            }
-            // SAFETY: each (i, j..) is emitted once, by the task owning those rows.
-            unsafe { sink.write_run(i * n + j, &v[..ys.len()]) }
-        };
+        let emit = |i: usize, j: usize, ys: &[f32]| emit_scaled(&sink, acts, bias, n, i, j, ys);
         let tokens = Int4Tokens {
             q: &acts.q,
             packed: if order.is_empty() {
@@ -908,8 +1093,8 @@ mod tests {
                     _ => 0.001 * (i % 11) as f32,
                 })
                 .collect();
-            let (mut words, mut row_scales) = (Vec::new(), Vec::new());
             let octets = word_octets(k);
+            let (mut words, mut row_scales) = (vec![0; 16 * octets.len()], vec![0.0; 16 * groups]);
             pack_int4_panel(
                 &packed,
                 &scales,
@@ -944,6 +1129,98 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn held_panels_round_trip_and_give_the_row_major_bits_on_every_path() {
+        for (m, n, k, group) in [
+            (1, 5, 64, 32),
+            (3, 37, 384, 64),
+            (17, 16, 512, 512),
+            (2, 0, 64, 32),
+        ] {
+            let values: Vec<i8> = (0..n * k).map(|i| ((i * 37 + k) % 16) as i8 - 8).collect();
+            let packed = pack_int4(&values, k).unwrap();
+            let groups = k / group;
+            let scales: Vec<f32> = (0..n * groups)
+                .map(|i| 0.01 + (i % 13) as f32 * 0.003)
+                .collect();
+            let layout = Int4Layout {
+                out_features: n,
+                in_features: k,
+                group_size: group,
+            };
+            let held = PackedInt4Weights::pack(&packed, &scales, layout).unwrap();
+            assert_eq!(held.unpack(), (packed.clone(), scales.clone()));
+            assert_eq!(held.nbytes(), 4 * n.div_ceil(16) * 16 * (k / 8 + groups));
+            let mut x = data(m * k, k + 1);
+            x[..k]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = if i % 2 == 0 { 1.0 } else { -1.0 });
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 2.0).collect();
+            for act in [ActQuant::PER_TOKEN, ActQuant::PER_TENSOR] {
+                let want = w4a8_on(
+                    simd::Isa::Scalar,
+                    GemmForm::Sign,
+                    &x,
+                    m,
+                    &packed,
+                    &scales,
+                    layout,
+                    Some(&bias),
+                    act,
+                );
+                for isa in simd::supported() {
+                    simd::set_isa(isa).unwrap();
+                    let mut y = vec![f32::NAN; m * n];
+                    w4a8_matmul_packed_into(&x, m, &held, Some(&bias), act, &mut y).unwrap();
+                    let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{m}x{n}x{k} group {group} {isa:?} {act:?}");
+                }
+            }
+        }
+        simd::set_isa(simd::best_supported()).unwrap();
+    }
+
+    #[test]
+    fn held_panels_refuse_what_the_kernel_cannot_take() {
+        let layout = |k, group| Int4Layout {
+            out_features: 2,
+            in_features: k,
+            group_size: group,
+        };
+        let ok = |k: usize, g: usize| {
+            let packed = vec![0x88u8; 2 * k.div_ceil(2)];
+            let scales = vec![1.0f32; 2 * k.div_ceil(g)];
+            PackedInt4Weights::pack(&packed, &scales, layout(k, g))
+        };
+        assert!(ok(64, 32).is_ok());
+        for (k, g) in [(100, 50), (96, 32), (64, 12), (128, 48)] {
+            assert!(
+                matches!(ok(k, g), Err(DynQuantError::InvalidArgument(_))),
+                "{k} {g}"
+            );
+        }
+        let packed = vec![0x88u8; 64];
+        let err = PackedInt4Weights::pack(&packed, &[1.0, f32::NAN, 1.0, 1.0], layout(64, 32));
+        assert!(matches!(err, Err(DynQuantError::NonFiniteArgument { .. })));
+        let err = PackedInt4Weights::pack(&packed[..63], &[1.0; 4], layout(64, 32));
+        assert!(matches!(err, Err(DynQuantError::ShapeMismatch { .. })));
+        let held = ok(64, 32).unwrap();
+        let mut y = vec![0.0; 2];
+        let err = w4a8_matmul_packed_into(&[1.0; 63], 1, &held, None, ActQuant::PER_TOKEN, &mut y);
+        assert!(matches!(
+            err,
+            Err(DynQuantError::ShapeMismatch {
+                expected: 64,
+                actual: 63
+            })
+        ));
+        let bad_bias = Some(&[f32::INFINITY, 0.0][..]);
+        let err =
+            w4a8_matmul_packed_into(&[1.0; 64], 1, &held, bad_bias, ActQuant::PER_TOKEN, &mut y);
+        assert!(matches!(err, Err(DynQuantError::NonFiniteArgument { .. })));
     }
 
     #[test]

@@ -1081,8 +1081,16 @@ CASES: list[Case] = [
     Case("QuantizedLinear", "pack 'yes'", lambda: dq.QuantizedLinear.from_float(W, pack="yes"), AT),  # type: ignore[arg-type]
     Case(
         "QuantizedLinear",
-        "pack=True with bits=4",
+        "pack=True with bits=4, 6 columns (int4 panels need a multiple of 64)",
         lambda: dq.QuantizedLinear.from_float(W, bits=4, pack=True),
+        IA,
+    ),
+    Case(
+        "QuantizedLinear",
+        "pack=True with bits=4, group_size=12 (panels need a multiple of 8)",
+        lambda: dq.QuantizedLinear.from_float(
+            np.ones((2, 192), F32), bits=4, group_size=12, pack=True
+        ),
         IA,
     ),
     Case(

@@ -549,6 +549,59 @@ def test_quantized_linear_packs_where_the_kernel_multiplies_packed_weights(path:
     assert dq.QuantizedLinear.from_float(W_WIDE, pack=False).memory_bytes() == 130 * 76 + 4 * 130
 
 
+W4_WIDE = np.random.default_rng(12).standard_normal((37, 128)).astype(F32)  # 3 panels of 16
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_int4_layers_hold_panels_where_the_kernel_has_them(path: str) -> None:
+    """4-bit layers whose shape allows it hold their int4 rows regrouped
+    into 16-row panels (auto where kernel_info().packed_gemm); every layout
+    gives the definition's bits on every path (the panel kernel's scalar
+    twin where it is forced without AVX-512), ``weight`` and
+    ``weight_scales`` read back row-major and read-only, and pickles hold
+    the row-major form."""
+    dq.set_kernel(path)
+    x = np.random.default_rng(13).standard_normal((7, 128)).astype(F32)
+    x[0] = np.where(np.arange(128) % 2, 1.0, -1.0)  # a +-127 token
+    bias = np.linspace(-1, 1, 37, dtype=F32)
+    for group in (None, 32, 64, 128):
+        packed, scales = dq.quantize_weights_int4(W4_WIDE, group)
+        values = dq.unpack_int4(packed, 128)
+        for per_token in (True, False):
+            want = ref_w4a8(x, values, scales, group or 128, per_token, bias)
+            for pack in (None, True, False):
+                layer = dq.QuantizedLinear.from_float(
+                    W4_WIDE, bias, bits=4, group_size=group, per_token=per_token, pack=pack
+                )
+                assert layer.packed == (dq.kernel_info().packed_gemm if pack is None else pack)
+                assert f"packed={layer.packed}" in repr(layer)
+                assert_same_f32(layer(x), want, f"{path} group={group} pack={pack}")
+                one = ref_w4a8(x[:1], values, scales, group or 128, per_token, bias)
+                assert_same_f32(layer(x[:1]), one, f"{path} one token, pack={pack}")
+                np.testing.assert_array_equal(layer.weight, packed)
+                assert_same_f32(layer.weight_scales, scales, "weight_scales")
+                assert not layer.weight.flags.writeable
+                assert not layer.weight_scales.flags.writeable
+                back = pickle.loads(pickle.dumps(layer))
+                assert back.packed == layer.packed
+                assert_same_f32(back(x), want, f"pickled, pack={pack}")
+                assert_same_f32(layer.dequantized_weight(), back.dequantized_weight(), "deq")
+    # Bytes as held: 3 panels of 16 rows x (16 words + 4 scales) for g32.
+    held = dq.QuantizedLinear.from_float(W4_WIDE, bits=4, group_size=32, pack=True)
+    assert held.memory_bytes() == 3 * 16 * (16 + 4) * 4
+    row_major = dq.QuantizedLinear.from_float(W4_WIDE, bits=4, group_size=32, pack=False)
+    assert row_major.memory_bytes() == 37 * 64 + 37 * 4 * 4
+    twin = copy.copy(held)
+    assert twin._weight is held._weight and twin.packed
+    assert_same_f32(twin(x), held(x), "copy")
+    # Unpickled on a machine without the kernel: auto loads row-major, a
+    # forced layout stays.
+    auto = dq.QuantizedLinear.from_float(W4_WIDE, bits=4)
+    dq.set_kernel("scalar")
+    assert not pickle.loads(pickle.dumps(auto)).packed
+    assert pickle.loads(pickle.dumps(held)).packed
+
+
 def test_a_shallow_copy_shares_the_held_weights() -> None:
     for pack in (True, False):
         layer = dq.QuantizedLinear.from_float(W, B, pack=pack)
@@ -576,8 +629,13 @@ def test_an_auto_layout_is_chosen_again_by_the_machine_that_unpickles() -> None:
 def test_pack_is_a_bool_for_8_bit_layers_and_empty_weights_stay_row_major() -> None:
     with pytest.raises(dq.ArgumentTypeError, match="pack must be a bool"):
         dq.QuantizedLinear.from_float(W, pack="yes")  # type: ignore[arg-type]
-    with pytest.raises(dq.InvalidArgumentError, match="bits=8 only"):
+    # 4 bits: panels need in_features a multiple of 64 (W has 80 columns)
+    # and a group a multiple of 8 dividing it.
+    with pytest.raises(dq.InvalidArgumentError, match="in_features a positive multiple of 64"):
         dq.QuantizedLinear.from_float(W, bits=4, pack=True)
+    with pytest.raises(dq.InvalidArgumentError, match="got in_features 128, group_size 48"):
+        dq.QuantizedLinear.from_float(W4_WIDE, bits=4, group_size=48, pack=True)
+    assert not dq.QuantizedLinear.from_float(W, bits=4).packed  # auto: no panels here
     assert not dq.QuantizedLinear.from_float(W, bits=4, pack=False).packed
     assert not dq.QuantizedLinear.from_float(np.zeros((3, 0), F32)).packed
     assert not dq.QuantizedLinear.from_float(np.zeros((0, 5), F32)).packed

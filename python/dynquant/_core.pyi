@@ -10,6 +10,7 @@ import numpy.typing as npt
 __all__ = [
     "CalibObserver",
     "ChannelMaxObserver",
+    "PackedInt4Weights",
     "PackedInt8Weights",
     "__version__",
     "calib_collect",
@@ -20,6 +21,7 @@ __all__ = [
     "layer_norm",
     "noop",
     "pack_int4",
+    "pack_weights_int4",
     "pack_weights_int8",
     "quantization_mae",
     "quantize_per_row",
@@ -36,6 +38,7 @@ __all__ = [
     "softmax_rows_inplace",
     "unpack_int4",
     "w4a8_matmul",
+    "w4a8_matmul_packed",
     "w8a8_matmul",
     "w8a8_matmul_packed",
     "w8a8_matvec",
@@ -95,6 +98,29 @@ def w8a8_matmul_packed(
     x: _F32,
     weight: PackedInt8Weights,
     weight_scales: _F32,
+    bias: _F32 | None,
+    per_token: bool,
+    percentile: float | None,
+    reference: bool,
+) -> _F32: ...
+
+@final
+class PackedInt4Weights:
+    @property
+    def shape(self) -> tuple[int, int]: ...
+    @property
+    def group_size(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def unpack(self) -> tuple[_U8, _F32]: ...
+    def __reduce__(self) -> tuple[object, tuple[_U8, _F32, int, int]]: ...
+
+def pack_weights_int4(
+    packed: _U8, scales: _F32, in_features: int, group_size: int
+) -> PackedInt4Weights: ...
+def w4a8_matmul_packed(
+    x: _F32,
+    weight: PackedInt4Weights,
     bias: _F32 | None,
     per_token: bool,
     percentile: float | None,

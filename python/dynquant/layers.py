@@ -27,7 +27,7 @@ from .errors import (
     NonFiniteError,
     ShapeMismatchError,
 )
-from .matmul import w4a8_matmul, w8a8_matmul
+from .matmul import _w4a8_matmul_held, w4a8_matmul, w8a8_matmul
 from .modes import MaxAbs, Percentile, ScaleMode
 from .observer import ChannelMaxObserver
 from .smooth import SmoothQuantConfig, compute_smooth_factors, smooth_activations, smooth_weights
@@ -91,16 +91,19 @@ class QuantizedLinear:
     With ``smooth``, SmoothQuant factors are folded into the weights and the
     activations are divided by them at run time.
 
-    8-bit weights are held packed (``pack_weights_int8``) where the active
-    kernel path multiplies packed weights (``kernel_info().packed_gemm``:
-    AVX-512 VNNI), row-major elsewhere; ``pack=`` forces either. The layout
-    changes the speed, never the bits. It is chosen when the layer is built
-    or unpickled: a layer pickled on one machine is packed or not for the
-    one that loads it.
+    Weights are held packed for the AVX-512 VNNI kernels where the active
+    kernel path has them (``kernel_info().packed_gemm``), row-major
+    elsewhere; ``pack=`` forces either. 8-bit: ``pack_weights_int8``'s
+    64-row panels. 4-bit: the int4 rows (and their scales) regrouped into
+    16-row panels, where ``in_features`` is a multiple of 64 and the group
+    a multiple of 8 dividing it. The layout changes the speed, never the
+    bits. It is chosen when the layer is built or unpickled: a layer
+    pickled on one machine is packed or not for the one that loads it.
     """
 
     __slots__ = (
         "_pack",
+        "_scales",
         "_weight",
         "act_mode",
         "bias",
@@ -111,11 +114,13 @@ class QuantizedLinear:
         "per_token",
         "smooth_alpha",
         "smooth_factors",
-        "weight_scales",
     )
 
-    # What a pickle holds: the weights row-major (portable), never packed.
-    _STATE = tuple(sorted({*__slots__} - {"_pack", "_weight"} | {"weight"}))
+    # What a pickle holds: the weights and scales row-major (portable),
+    # never packed.
+    _STATE = tuple(
+        sorted({*__slots__} - {"_pack", "_scales", "_weight"} | {"weight", "weight_scales"})
+    )
 
     in_features: int
     out_features: int
@@ -123,9 +128,10 @@ class QuantizedLinear:
     group_size: int | None
     per_token: bool
     act_mode: ScaleMode
-    _weight: npt.NDArray[Any] | _core.PackedInt8Weights
+    _weight: npt.NDArray[Any] | _core.PackedInt8Weights | _core.PackedInt4Weights
     _pack: bool | None
-    weight_scales: npt.NDArray[np.float32]
+    # Row-major scales, or None when the int4 panels hold them.
+    _scales: npt.NDArray[np.float32] | None
     bias: npt.NDArray[np.float32] | None
     smooth_factors: npt.NDArray[np.float32] | None
     smooth_alpha: float | None
@@ -154,9 +160,10 @@ class QuantizedLinear:
 
         ``smooth=(SmoothQuantConfig(alpha), calibration)`` where calibration
         is activations ``[tokens, in]`` seen by this layer, or their
-        per-channel ``max|A_j|`` ``[in]``. ``pack`` (8 bits only): ``None``
-        packs the weights where this machine's kernel path multiplies packed
-        weights, ``True``/``False`` force it.
+        per-channel ``max|A_j|`` ``[in]``. ``pack``: ``None`` packs the
+        weights where this machine's kernel path multiplies packed weights
+        (for 4 bits: where the shape allows panels), ``True``/``False``
+        force it (4 bits with ``True``: an error when it does not).
         """
         if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits not in (4, 8):
             raise InvalidArgumentError(f"bits must be 8 or 4, got {bits!r}")
@@ -165,10 +172,6 @@ class QuantizedLinear:
             raise InvalidArgumentError("group_size applies to bits=4 only")
         if pack is not None:
             pack = check_bool(pack, "pack")
-            if pack and bits == 4:
-                raise InvalidArgumentError(
-                    "pack=True applies to bits=8 only (int4 weights are packed already)"
-                )
         if not isinstance(act_mode, (MaxAbs, Percentile)):
             raise ArgumentTypeError(
                 f"act_mode must be dq.MaxAbs() or dq.Percentile(p), got {act_mode!r}"
@@ -195,24 +198,53 @@ class QuantizedLinear:
             w = smooth_weights(w, factors)
             layer.smooth_factors, layer.smooth_alpha = factors, smooth[0].alpha
         if bits == 8:
-            weight, layer.weight_scales = quantize_weights_int8(w)
+            weight, scales = quantize_weights_int8(w)
         else:
-            weight, layer.weight_scales = quantize_weights_int4(w, group_size)
+            weight, scales = quantize_weights_int4(w, group_size)
         layer._pack = pack
-        layer._set_weight(weight)
+        layer._set_weight(weight, scales)
         return layer
 
-    def _set_weight(self, weight: npt.NDArray[Any]) -> None:
-        """Hold ``weight`` (row-major) in the layout ``_pack`` asks for, and
-        make the arrays read-only: the layer owns them, and an in-place edit
-        through an attribute would change every later result silently."""
+    def _int4_group(self) -> int | None:
+        """The group the int4 panels take for this layer, or None when its
+        shape has none (``in_features`` a positive multiple of 64, the group
+        a multiple of 8 that divides it)."""
+        k = self.in_features
+        group = k if self.group_size is None else self.group_size
+        if k == 0 or k % 64 or group % 8 or k % group:
+            return None
+        return group
+
+    def _set_weight(self, weight: npt.NDArray[Any], scales: npt.NDArray[np.float32]) -> None:
+        """Hold ``weight`` and ``scales`` (row-major) in the layout ``_pack``
+        asks for, and make the arrays read-only: the layer owns them, and an
+        in-place edit through an attribute would change every later result
+        silently."""
         pack = self._pack
-        if pack is None:  # packed where it is faster, and never for nothing
-            pack = self.bits == 8 and weight.size > 0 and bool(_core.kernel_info()["packed_gemm"])
-        self._weight = pack_weights_int8(weight) if pack else weight
-        for a in (weight, self.weight_scales, self.bias, self.smooth_factors):
+        group = self._int4_group() if self.bits == 4 else None
+        if self.bits == 4 and not np.isfinite(scales).all():
+            pack = False  # the panels refuse them; the product names them
+        elif pack is None:  # packed where it is faster, and never for nothing
+            shape_ok = self.bits == 8 or group is not None
+            pack = shape_ok and weight.size > 0 and bool(_core.kernel_info()["packed_gemm"])
+        elif pack and self.bits == 4 and group is None:
+            raise InvalidArgumentError(
+                "pack=True for bits=4 needs in_features a positive multiple of 64 and a group "
+                f"size that is a multiple of 8 dividing it; got in_features {self.in_features}, "
+                f"group_size {self.group_size}"
+            )
+        for a in (weight, scales, self.bias, self.smooth_factors):
             if a is not None:
                 a.flags.writeable = False
+        self._scales = scales
+        if not pack:
+            self._weight = weight
+        elif self.bits == 8:
+            self._weight = pack_weights_int8(weight)
+        else:
+            assert group is not None
+            self._weight = _core.pack_weights_int4(weight, scales, self.in_features, group)
+            self._scales = None  # the panels hold them
 
     @property
     def weight(self) -> npt.NDArray[Any]:
@@ -223,12 +255,34 @@ class QuantizedLinear:
             w: npt.NDArray[Any] = self._weight.unpack()
             w.flags.writeable = False
             return w
+        if isinstance(self._weight, _core.PackedInt4Weights):
+            w = self._weight.unpack()[0]
+            w.flags.writeable = False
+            return w
         return self._weight
 
     @property
+    def weight_scales(self) -> npt.NDArray[np.float32]:
+        """The weight scales, read-only: ``[out]`` (8 bits) or ``[out, groups]``
+        (4 bits). A copy, unpacked on each access, when int4 panels hold them."""
+        if self._scales is not None:
+            return self._scales
+        assert isinstance(self._weight, _core.PackedInt4Weights)
+        s = self._weight.unpack()[1]
+        s.flags.writeable = False
+        return s
+
+    @weight_scales.setter
+    def weight_scales(self, scales: Any) -> None:
+        """Reassigned scales (to study their effect, say) are held as given
+        (a float32 copy) and the layout is chosen again; non-finite ones
+        keep int4 weights row-major, so that the product reports them."""
+        self._set_weight(self.weight, as_float32(scales, "weight_scales").copy())
+
+    @property
     def packed(self) -> bool:
-        """Whether the int8 weights are held packed for the AVX-512 VNNI kernel."""
-        return isinstance(self._weight, _core.PackedInt8Weights)
+        """Whether the weights are held packed for the AVX-512 VNNI kernels."""
+        return isinstance(self._weight, (_core.PackedInt8Weights, _core.PackedInt4Weights))
 
     def __call__(self, x: Any, *, nan_policy: str = "raise") -> npt.NDArray[np.float32]:
         """``x [..., in]`` → ``[..., out]``."""
@@ -286,6 +340,15 @@ class QuantizedLinear:
                 nan_policy=nan_policy,
             )
         try:
+            if isinstance(self._weight, _core.PackedInt4Weights):
+                return _w4a8_matmul_held(
+                    a,
+                    self._weight,
+                    per_token=self.per_token,
+                    bias=self.bias,
+                    act_mode=self.act_mode,
+                    nan_policy=nan_policy,
+                )
             return w4a8_matmul(
                 a,
                 self.weight,
@@ -318,11 +381,11 @@ class QuantizedLinear:
     def memory_bytes(self) -> int:
         """Bytes of weights (as held: packed panels and row sums when
         ``packed``), scales, bias and smoothing factors."""
-        parts = [self._weight, self.weight_scales, self.bias, self.smooth_factors]
+        parts = [self._weight, self._scales, self.bias, self.smooth_factors]
         return sum(int(p.nbytes) for p in parts if p is not None)
 
     def __repr__(self) -> str:
-        group = f", group_size={self.group_size}" if self.bits == 4 else f", packed={self.packed}"
+        group = f", group_size={self.group_size}" if self.bits == 4 else ""
         smooth = (
             f", smooth=SmoothQuant(alpha={self.smooth_alpha})"
             if self.smooth_alpha is not None
@@ -330,7 +393,8 @@ class QuantizedLinear:
         )
         return (
             f"QuantizedLinear(in_features={self.in_features}, out_features={self.out_features}, "
-            f"bits={self.bits}{group}, per_token={self.per_token}, act_mode={self.act_mode!r}, "
+            f"bits={self.bits}{group}, packed={self.packed}, per_token={self.per_token}, "
+            f"act_mode={self.act_mode!r}, "
             f"bias={self.bias is not None}{smooth}, memory_bytes={self.memory_bytes()})"
         )
 
@@ -358,7 +422,7 @@ class QuantizedLinear:
                 f"{INT4_LAYOUT}); quantize it again from its float weights"
             )
         for name in self._STATE:
-            if name != "weight":
+            if name not in ("weight", "weight_scales"):
                 setattr(self, name, state[name])
         self._pack = state.get("pack")  # absent from older pickles: auto
-        self._set_weight(state["weight"])
+        self._set_weight(state["weight"], state["weight_scales"])

@@ -223,6 +223,28 @@ def w4a8_matmul(
     return out
 
 
+def _w4a8_matmul_held(
+    x: npt.NDArray[np.float32],
+    held: _core.PackedInt4Weights,
+    *,
+    per_token: bool,
+    bias: npt.NDArray[np.float32] | None,
+    act_mode: ScaleMode,
+    nan_policy: str,
+) -> npt.NDArray[np.float32]:
+    """``w4a8_matmul`` on int4 weights regrouped into 16-row panels (what
+    ``QuantizedLinear(bits=4)`` holds on AVX-512 VNNI CPUs): the same bits.
+    ``x`` is float32 ``[..., in]`` with ``in`` checked by the caller."""
+    x2, lead = _tokens(x)
+    pct = percentile_arg(act_mode, "act_mode")
+    try:
+        y = _core.w4a8_matmul_packed(x2, held, bias, per_token, pct, check_nan_policy(nan_policy))
+    except NonFiniteError as e:
+        raise _reworded(e, nan_policy, pct, x2) from None
+    out: npt.NDArray[np.float32] = y.reshape(*lead, held.shape[0])
+    return out
+
+
 def w4a8_matvec(
     packed: Any,
     scales: Any,

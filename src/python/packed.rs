@@ -1,5 +1,6 @@
-//! `PackedInt8Weights`: int8 weights packed once for the broadcast W8A8
-//! kernel ([`crate::packed`]); the PyO3 face only, no math here.
+//! `PackedInt8Weights` and `PackedInt4Weights`: weights packed once for the
+//! broadcast W8A8 kernel ([`crate::packed`]) and W4A8's panel kernel
+//! ([`crate::w4a8`]); the PyO3 face only, no math here.
 
 use numpy::{
     IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
@@ -8,8 +9,9 @@ use numpy::{
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use super::{act_quant, contiguous, detached, new_array, optional_contiguous};
+use super::{act_quant, contiguous, detached, new_array, optional_contiguous, PackedParts};
 use crate::packed::{w8a8_matmul_packed_into, PackedInt8Weights};
+use crate::w4a8::{w4a8_matmul_packed_into, Int4Layout, PackedInt4Weights};
 
 /// Int8 weights `[out, in]` packed for `w8a8_matmul` (panels of 64 rows).
 #[pyclass(name = "PackedInt8Weights", module = "dynquant._core", frozen)]
@@ -85,6 +87,110 @@ pub(super) fn w8a8_matmul_packed<'py>(
     let work = n.saturating_mul(weight.0.cols()).saturating_mul(m);
     let (out, ()) = new_array(py, &[m, n], work, |out| {
         w8a8_matmul_packed_into(xs, m, &weight.0, s, b, act, out)
+    })?;
+    Ok(out)
+}
+
+/// Packed int4 weights regrouped into 16-row panels for `w4a8_matmul`.
+#[pyclass(name = "PackedInt4Weights", module = "dynquant._core", frozen)]
+pub(super) struct PyPackedInt4Weights(pub(super) PackedInt4Weights);
+
+#[pymethods]
+impl PyPackedInt4Weights {
+    /// `(out, in)`: the weights' rows and columns (not packed bytes).
+    #[getter]
+    fn shape(&self) -> (usize, usize) {
+        let l = self.0.layout();
+        (l.out_features, l.in_features)
+    }
+
+    /// Columns per scale.
+    #[getter]
+    fn group_size(&self) -> usize {
+        self.0.layout().group_size
+    }
+
+    /// Bytes held (panels padded to 16 rows, and their scales).
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.0.nbytes()
+    }
+
+    /// The packed int4 rows `[out, ceil(in / 2)]` and scales `[out, groups]`
+    /// back, exactly.
+    fn unpack<'py>(&self, py: Python<'py>) -> PyResult<PackedParts<'py>> {
+        let l = self.0.layout();
+        let (packed, scales) = self.0.unpack();
+        let packed = packed
+            .into_pyarray(py)
+            .reshape(vec![l.out_features, l.row_bytes()])?;
+        let scales = scales
+            .into_pyarray(py)
+            .reshape(vec![l.out_features, l.groups()])?;
+        Ok((packed, scales))
+    }
+
+    /// Pickled as the packed rows and scales, regrouped again on loading.
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let pack = py.import("dynquant._core")?.getattr("pack_weights_int4")?;
+        let (packed, scales) = self.unpack(py)?;
+        let (k, group) = (self.shape().1, self.group_size());
+        let args = (packed, scales, k, group).into_pyobject(py)?;
+        PyTuple::new(py, [pack.into_any(), args.into_any()])
+    }
+
+    fn __repr__(&self) -> String {
+        let (n, k) = self.shape();
+        format!(
+            "PackedInt4Weights(shape=({n}, {k}), group_size={}, nbytes={})",
+            self.group_size(),
+            self.nbytes()
+        )
+    }
+}
+
+/// Packed int4 rows `[out, ceil(in / 2)]` and scales `[out, groups]` →
+/// `PackedInt4Weights`.
+#[pyfunction]
+pub(super) fn pack_weights_int4(
+    py: Python<'_>,
+    packed: PyReadonlyArray2<'_, u8>,
+    scales: PyReadonlyArray2<'_, f32>,
+    in_features: usize,
+    group_size: usize,
+) -> PyResult<PyPackedInt4Weights> {
+    let layout = Int4Layout {
+        out_features: packed.shape()[0],
+        in_features,
+        group_size,
+    };
+    let (p, s) = (
+        contiguous(packed.as_slice())?,
+        contiguous(scales.as_slice())?,
+    );
+    let held = detached(py, || PackedInt4Weights::pack(p, s, layout))?;
+    Ok(PyPackedInt4Weights(held))
+}
+
+/// Batched W4A8 of a 2-D `x` `[m, k]` on regrouped int4 weights: `[m, n]`.
+#[pyfunction]
+pub(super) fn w4a8_matmul_packed<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    weight: &PyPackedInt4Weights,
+    bias: Option<PyReadonlyArray1<'py, f32>>,
+    per_token: bool,
+    percentile: Option<f32>,
+    reference: bool,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let m = x.shape()[0];
+    let (n, k) = weight.shape();
+    let xs = contiguous(x.as_slice())?;
+    let b = optional_contiguous(&bias)?;
+    let act = act_quant(per_token, percentile, reference);
+    let work = n.saturating_mul(k / 2).saturating_mul(m);
+    let (out, ()) = new_array(py, &[m, n], work, |out| {
+        w4a8_matmul_packed_into(xs, m, &weight.0, b, act, out)
     })?;
     Ok(out)
 }
