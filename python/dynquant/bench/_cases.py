@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 import dynquant as dq
 from dynquant import _core
+from dynquant.matmul import _w4a8_matmul_held
 
 from ..demo import CONFIGS, quantized_factory
 from ..models import minilm as _minilm
@@ -599,14 +600,39 @@ def _w4a8_cases(cfg: Config) -> Iterator[Case]:
             def build(m: int = m, shape: _Shape = shape) -> Builder:
                 packed, scales = shape.int4
                 x = _normal(_rng(5 + m), (m, shape.in_f))
+                # What QuantizedLinear(bits=4) holds on AVX-512 VNNI CPUs.
+                held = (
+                    _core.pack_weights_int4(packed, scales, shape.in_f, group)
+                    if _core.kernel_info()["packed_gemm"]
+                    else None
+                )
 
                 def impls(threads: int) -> list[Impl]:
-                    return [
+                    ours = [
                         Impl(
                             f"dynquant: w4a8_matmul(group_size={group})",
                             lambda: dq.w4a8_matmul(x, packed, scales, group_size=group),
                             dynquant=True,
-                        ),
+                        )
+                    ]
+                    if held is not None:
+                        ours.append(
+                            Impl(
+                                "dynquant: W4A8 on 16-row int4 panels (QuantizedLinear's)",
+                                lambda: _w4a8_matmul_held(
+                                    x,
+                                    held,
+                                    per_token=True,
+                                    bias=None,
+                                    act_mode=dq.MaxAbs(),
+                                    nan_policy="raise",
+                                ),
+                                dynquant=True,
+                                note="weights regrouped once, as the peers'",
+                            )
+                        )
+                    return [
+                        *ours,
                         shape.ort_impl(
                             f"onnxruntime: MatMulNBits(bits=4, block={group}, accuracy_level=4)",
                             threads,
