@@ -320,41 +320,43 @@ unsafe fn layer_norm_rows_avx2(
 /// row's maximum NaN, as NumPy's). The exponential stays NumPy's `np.exp`
 /// (its bits are NumPy's own SIMD code); [`softmax_normalize_rows`] ends it.
 pub fn softmax_shift_rows(x: &mut [f32], width: usize) -> Result<(), DynQuantError> {
-    check_rows(x.len(), width, "softmax")?;
-    if width == 0 {
-        return Ok(());
-    }
-    parallel::chunks_mut(x, width, (TASK_VALUES / width).max(1), |x| {
-        for row in x.chunks_exact_mut(width) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| {
-                if m.is_nan() || v.is_nan() {
-                    f32::NAN
-                } else {
-                    m.max(v)
-                }
-            });
-            for v in row.iter_mut() {
-                *v -= max;
+    for_each_row(x, width, |row| {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| {
+            if m.is_nan() || v.is_nan() {
+                f32::NAN
+            } else {
+                m.max(v)
             }
+        });
+        for v in row.iter_mut() {
+            *v -= max;
         }
-    });
-    Ok(())
+    })
 }
 
 /// The second half of a row softmax, in place: each row divided by its
 /// NumPy float32 sum ([`numpy_sum`]), as `x /= x.sum(-1)`.
 pub fn softmax_normalize_rows(x: &mut [f32], width: usize) -> Result<(), DynQuantError> {
+    for_each_row(x, width, |row| {
+        let sum = numpy_sum(row);
+        for v in row.iter_mut() {
+            *v /= sum;
+        }
+    })
+}
+
+/// `f` on every row of `width` values of `x`, rows split across the pool.
+fn for_each_row(
+    x: &mut [f32],
+    width: usize,
+    f: impl Fn(&mut [f32]) + Sync + Send,
+) -> Result<(), DynQuantError> {
     check_rows(x.len(), width, "softmax")?;
     if width == 0 {
         return Ok(());
     }
     parallel::chunks_mut(x, width, (TASK_VALUES / width).max(1), |x| {
-        for row in x.chunks_exact_mut(width) {
-            let sum = numpy_sum(row);
-            for v in row.iter_mut() {
-                *v /= sum;
-            }
-        }
+        x.chunks_exact_mut(width).for_each(&f)
     });
     Ok(())
 }
