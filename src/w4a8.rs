@@ -303,6 +303,26 @@ fn panel_tokens(
 /// scales per group (a last partial panel repeats its last row). Needs
 /// `in_features` a positive multiple of 64 and `group_size` a multiple of
 /// 8 that divides it (the panel kernel's shapes).
+///
+/// ```
+/// use dynquant::w4a8::{w4a8_matmul_packed_into, Int4Layout, PackedInt4Weights};
+/// use dynquant::{quantize_weights_int4, w4a8_matmul_into, ActQuant};
+///
+/// let (n, k, m) = (40, 128, 3); // two full panels and a partial one
+/// let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 8.0).collect();
+/// let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.7).sin()).collect();
+/// let (packed, scales) = quantize_weights_int4(&w, n, k, Some(32))?;
+/// let layout = Int4Layout { out_features: n, in_features: k, group_size: 32 };
+/// let held = PackedInt4Weights::pack(&packed, &scales, layout)?; // once
+/// assert_eq!(held.unpack(), (packed.clone(), scales.clone()));
+///
+/// let mut y = vec![0.0f32; m * n];
+/// w4a8_matmul_packed_into(&x, m, &held, None, ActQuant::PER_TOKEN, &mut y)?;
+/// let mut want = vec![0.0f32; m * n];
+/// w4a8_matmul_into(&x, m, &packed, &scales, layout, None, ActQuant::PER_TOKEN, &mut want)?;
+/// assert!(y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+/// # Ok::<(), dynquant::DynQuantError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct PackedInt4Weights {
     layout: Int4Layout,
