@@ -221,8 +221,10 @@ fn squares_sum(a: &[f32]) -> f32 {
 /// LayerNorm over rows of `width` values, with the residual added first:
 /// `out = (v - mean) / sqrt(var + eps) * gamma + beta` where `v = x +
 /// residual` (or `x`), `mean` and the population `var` being NumPy's
-/// float32 means (`np.mean(v)`, `np.mean(np.square(v - mean))`: the sum of
-/// [`numpy_sum`] divided by `width`), each step rounded to f32 in this
+/// float32 means (`np.mean(v)`, `np.mean(np.square(v - mean))`: NumPy's
+/// pairwise f32 sum — runs of at most 128 values in eight interleaved
+/// accumulators, longer ones split at `n / 2` rounded down to a multiple
+/// of 8 — divided by `width`), each step rounded to f32 in this
 /// order: the bits of BERT's LayerNorm written in NumPy (`x.mean(-1)`,
 /// `x - mean`, `np.square`, `np.mean`, `np.sqrt(var + eps)`, `/=`,
 /// `*= gamma`, `+= beta`).
@@ -335,7 +337,8 @@ pub fn softmax_shift_rows(x: &mut [f32], width: usize) -> Result<(), DynQuantErr
 }
 
 /// The second half of a row softmax, in place: each row divided by its
-/// NumPy float32 sum ([`numpy_sum`]), as `x /= x.sum(-1)`.
+/// NumPy float32 sum (the pairwise order of [`layer_norm_into`]), as
+/// `x /= x.sum(-1)`.
 pub fn softmax_normalize_rows(x: &mut [f32], width: usize) -> Result<(), DynQuantError> {
     for_each_row(x, width, |row| {
         let sum = numpy_sum(row);
