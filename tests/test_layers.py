@@ -591,6 +591,13 @@ def test_int4_layers_hold_panels_where_the_kernel_has_them(path: str) -> None:
     assert held.memory_bytes() == 3 * 16 * (16 + 4) * 4
     row_major = dq.QuantizedLinear.from_float(W4_WIDE, bits=4, group_size=32, pack=False)
     assert row_major.memory_bytes() == 37 * 64 + 37 * 4 * 4
+    # Reassigned scales: same shape only; the layout is chosen again.
+    with pytest.raises(dq.ShapeMismatchError, match=r"keep their shape \(37, 4\)"):
+        held.weight_scales = np.ones(37, F32)
+    rescaled = copy.copy(held)
+    rescaled.weight_scales = held.weight_scales * F32(2)
+    assert rescaled.packed and rescaled._weight is not held._weight
+    assert_same_f32(rescaled.weight_scales, held.weight_scales * F32(2), "reassigned")
     twin = copy.copy(held)
     assert twin._weight is held._weight and twin.packed
     assert_same_f32(twin(x), held(x), "copy")

@@ -277,7 +277,16 @@ class QuantizedLinear:
         """Reassigned scales (to study their effect, say) are held as given
         (a float32 copy) and the layout is chosen again; non-finite ones
         keep int4 weights row-major, so that the product reports them."""
-        self._set_weight(self.weight, as_float32(scales, "weight_scales").copy())
+        s = as_float32(scales, "weight_scales").copy()
+        want = self.weight_scales.shape
+        if s.shape != want:
+            raise ShapeMismatchError(
+                f"weight_scales must keep their shape {want} (one per output row"
+                f"{' and group' if self.bits == 4 else ''}), got {s.shape}",
+                expected=want,
+                actual=s.shape,
+            )
+        self._set_weight(self.weight, s)
 
     @property
     def packed(self) -> bool:
