@@ -314,8 +314,8 @@ def layer_norm(
 ) -> F32Array:
     """BERT's LayerNorm in float32 NumPy passes (population variance), after
     ``x + residual`` when given."""
-    v = np.array(x, dtype=np.float32) if residual is None else x + residual
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # inf + -inf, inf - inf: NaN, as the core's
+        v = np.array(x, dtype=np.float32) if residual is None else x + residual
         centred = v - v.mean(axis=-1, keepdims=True)
         var = np.mean(np.square(centred), axis=-1, keepdims=True)
         centred /= np.sqrt(var + np.float32(eps))
