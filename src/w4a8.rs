@@ -1031,6 +1031,37 @@ mod tests {
         y
     }
 
+    /// `m` tokens (the first all +-127) and `n` int4 rows of `k` columns
+    /// (the first all -8, the last all 7) with group scales: the operands
+    /// of the panel-form tests.
+    fn extreme_int4_case(
+        m: usize,
+        n: usize,
+        k: usize,
+        group: usize,
+        seed: usize,
+    ) -> (Vec<f32>, Vec<u8>, Vec<f32>, Int4Layout) {
+        let mut x = data(m * k, seed);
+        for (i, v) in x[..k].iter_mut().enumerate() {
+            *v = if i % 2 == 0 { 1.0 } else { -1.0 };
+        }
+        let mut values: Vec<i8> = (0..n * k).map(|i| ((i * 37 + k) % 16) as i8 - 8).collect();
+        if n > 0 {
+            values[..k].fill(-8);
+            values[(n - 1) * k..].fill(7);
+        }
+        let packed = pack_int4(&values, k).unwrap();
+        let scales: Vec<f32> = (0..n * (k / group))
+            .map(|i| 0.01 + (i % 13) as f32 * 0.003)
+            .collect();
+        let layout = Int4Layout {
+            out_features: n,
+            in_features: k,
+            group_size: group,
+        };
+        (x, packed, scales, layout)
+    }
+
     #[test]
     fn panel_and_tile_forms_give_the_same_bits_on_every_path() {
         // Partial panels (5, 33, 37 rows), one and odd token counts, every
@@ -1044,25 +1075,8 @@ mod tests {
             (4, 20, 320, 320),
             (5, 17, 512, 256),
         ] {
-            let mut x = data(m * k, k);
-            x[..k]
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v = if i % 2 == 0 { 1.0 } else { -1.0 });
-            let mut values: Vec<i8> = (0..n * k).map(|i| ((i * 37 + k) % 16) as i8 - 8).collect();
-            values[..k].fill(-8);
-            values[(n - 1) * k..].fill(7);
-            let packed = pack_int4(&values, k).unwrap();
-            let groups = k / group;
-            let scales: Vec<f32> = (0..n * groups)
-                .map(|i| 0.01 + (i % 13) as f32 * 0.003)
-                .collect();
+            let (x, packed, scales, layout) = extreme_int4_case(m, n, k, group, k);
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 1.0).collect();
-            let layout = Int4Layout {
-                out_features: n,
-                in_features: k,
-                group_size: group,
-            };
             for act in [ActQuant::PER_TOKEN, ActQuant::PER_TENSOR] {
                 let run = |isa, form| {
                     w4a8_on(isa, form, &x, m, &packed, &scales, layout, Some(&bias), act)
@@ -1159,25 +1173,10 @@ mod tests {
             (17, 16, 512, 512),
             (2, 0, 64, 32),
         ] {
-            let values: Vec<i8> = (0..n * k).map(|i| ((i * 37 + k) % 16) as i8 - 8).collect();
-            let packed = pack_int4(&values, k).unwrap();
-            let groups = k / group;
-            let scales: Vec<f32> = (0..n * groups)
-                .map(|i| 0.01 + (i % 13) as f32 * 0.003)
-                .collect();
-            let layout = Int4Layout {
-                out_features: n,
-                in_features: k,
-                group_size: group,
-            };
+            let (x, packed, scales, layout) = extreme_int4_case(m, n, k, group, k + 1);
             let held = PackedInt4Weights::pack(&packed, &scales, layout).unwrap();
             assert_eq!(held.unpack(), (packed.clone(), scales.clone()));
-            assert_eq!(held.nbytes(), 4 * n.div_ceil(16) * 16 * (k / 8 + groups));
-            let mut x = data(m * k, k + 1);
-            x[..k]
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v = if i % 2 == 0 { 1.0 } else { -1.0 });
+            assert_eq!(held.nbytes(), 4 * n.div_ceil(16) * 16 * (k / 8 + k / group));
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 2.0).collect();
             for act in [ActQuant::PER_TOKEN, ActQuant::PER_TENSOR] {
                 let want = w4a8_on(
